@@ -1,0 +1,1 @@
+"""mu0_perception"""
