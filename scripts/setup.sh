@@ -102,6 +102,7 @@ cat > env.sh <<ENV
 source "$VENV/bin/activate"
 export AMENT_PREFIX_PATH="$VENV\${AMENT_PREFIX_PATH:+:\$AMENT_PREFIX_PATH}"
 export RMW_IMPLEMENTATION=rmw_fastrtps_cpp
+export ROS_AUTOMATIC_DISCOVERY_RANGE="\${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}"
 export MUJOCO_GL="\${MUJOCO_GL:-egl}"
 ENV
 say "done in $(( $(date +%s) - t0 )) s — enter the environment with: source env.sh"
