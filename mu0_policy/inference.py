@@ -1,0 +1,173 @@
+"""Inference API of trace predictors (the contract in docs/interfaces.md "Inference API").
+
+A `TracePredictor` maps batched (image, depth, intrinsics, instruction, query pixels, history)
+requests to future interaction traces: K sampled traces per query as absolute `uvz`
+(normalised u, v and depth in metres, in the request's camera), per-step validity
+probabilities, and the cubic B-spline control points the samples were decoded from.
+
+Implementations: the μ_0 model (`mu0_policy.model.predictor`, torch or onnxruntime backend)
+and the non-learned baselines in `mu0_policy.baselines`. Nothing here imports ROS.
+"""
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mu0_perception.camera import CameraIntrinsics
+
+HISTORY_STEPS = 8
+DEFAULT_HORIZON = 32
+DEFAULT_STEP_PERIOD = 0.0125  # seconds; the sim recording period (docs/interfaces.md)
+BACKENDS = ("torch", "onnxruntime")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint directory is missing a file or has a bad field; the message names both."""
+
+    def __init__(self, path, field: str | None, problem: str):
+        self.path = str(path)
+        self.field = field
+        where = f"{self.path}" + (f" field '{field}'" if field else "")
+        super().__init__(f"bad checkpoint {where}: {problem}")
+
+
+@dataclass
+class TraceRequest:
+    color: np.ndarray                     # (H, W, 3) uint8 RGB
+    depth: np.ndarray | None              # (H, W) float32 metres, NaN invalid
+    intrinsics: CameraIntrinsics
+    instruction: str
+    query_px: np.ndarray                  # (N, 2) float pixels
+    history_uvz: np.ndarray | None = None  # (N, 8, 3), None = no history
+
+    def validate(self) -> None:
+        """Raise ValueError naming the field when the request breaks the contract."""
+        color = np.asarray(self.color)
+        if color.ndim != 3 or color.shape[2] != 3 or color.dtype != np.uint8:
+            raise ValueError(f"TraceRequest.color: expected uint8 (H, W, 3), got {color.dtype} {color.shape}")
+        h, w = color.shape[:2]
+        if self.depth is not None:
+            depth = np.asarray(self.depth)
+            if depth.shape != (h, w):
+                raise ValueError(f"TraceRequest.depth: expected shape {(h, w)} matching color, got {depth.shape}")
+        if not isinstance(self.intrinsics, CameraIntrinsics):
+            raise ValueError(f"TraceRequest.intrinsics: expected CameraIntrinsics, got {type(self.intrinsics).__name__}")
+        if (self.intrinsics.width, self.intrinsics.height) != (w, h):
+            raise ValueError(
+                f"TraceRequest.intrinsics: size {self.intrinsics.width}x{self.intrinsics.height} "
+                f"does not match color {w}x{h}")
+        if not isinstance(self.instruction, str):
+            raise ValueError(f"TraceRequest.instruction: expected str, got {type(self.instruction).__name__}")
+        q = np.asarray(self.query_px)
+        if q.ndim != 2 or q.shape[1] != 2:
+            raise ValueError(f"TraceRequest.query_px: expected (N, 2), got {q.shape}")
+        if not np.all(np.isfinite(q)):
+            raise ValueError("TraceRequest.query_px: contains non-finite values")
+        if self.history_uvz is not None:
+            hist = np.asarray(self.history_uvz)
+            if hist.shape != (q.shape[0], HISTORY_STEPS, 3):
+                raise ValueError(
+                    f"TraceRequest.history_uvz: expected {(q.shape[0], HISTORY_STEPS, 3)}, got {hist.shape}")
+
+    @property
+    def num_queries(self) -> int:
+        return int(np.asarray(self.query_px).shape[0])
+
+
+@dataclass
+class TraceResult:
+    samples_uvz: np.ndarray   # (K, N, H+1, 3) absolute uvz in the request's camera
+    validity: np.ndarray      # (K, N, H+1) probability
+    ctrl_uvz: np.ndarray      # (K, N, D, 3) absolute uvz control points
+    knots: np.ndarray         # (D + 4,)
+
+
+class TracePredictor(ABC):
+    model_id: str
+    horizon: int
+    step_period: float
+    num_ctrl: int
+
+    @abstractmethod
+    def predict(self, requests: list[TraceRequest], num_samples: int = 1,
+                seed: int | None = None) -> list[TraceResult]:
+        """One TraceResult per request, each with `num_samples` samples."""
+
+    def reset(self) -> None:
+        """Drop any per-episode state (caches keyed on instructions are kept)."""
+
+
+def check_predict_args(requests, num_samples) -> None:
+    """Shared argument checks for `TracePredictor.predict` implementations."""
+    if not isinstance(requests, (list, tuple)):
+        raise ValueError(f"requests: expected a list of TraceRequest, got {type(requests).__name__}")
+    for i, r in enumerate(requests):
+        if not isinstance(r, TraceRequest):
+            raise ValueError(f"requests[{i}]: expected TraceRequest, got {type(r).__name__}")
+        r.validate()
+    if int(num_samples) < 1:
+        raise ValueError(f"num_samples: must be >= 1, got {num_samples}")
+
+
+def pixels_to_normalized(uv_px: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Pixel coordinates -> normalised image coordinates (outer image edges at -1 and +1)."""
+    uv = np.asarray(uv_px, dtype=np.float32)
+    scale = np.array([2.0 / width, 2.0 / height], dtype=np.float32)
+    return (uv + 0.5) * scale - 1.0
+
+
+def sample_depth_at(depth: np.ndarray | None, query_px: np.ndarray) -> np.ndarray:
+    """Depth (metres) at each query pixel: nearest valid pixel in a 5x5 window, NaN if none."""
+    q = np.asarray(query_px, dtype=np.float32)
+    if depth is None:
+        return np.full(len(q), np.nan, np.float32)
+    d = np.asarray(depth, dtype=np.float32)
+    h, w = d.shape
+    out = np.full(len(q), np.nan, np.float32)
+    ui = np.clip(np.rint(q[:, 0]).astype(int), 0, w - 1)
+    vi = np.clip(np.rint(q[:, 1]).astype(int), 0, h - 1)
+    centre = d[vi, ui]
+    ok = np.isfinite(centre) & (centre > 0)
+    out[ok] = centre[ok]
+    for i in np.nonzero(~ok)[0]:
+        # depth holes at object edges are common; a small neighbourhood recovers most of them
+        patch = d[max(vi[i] - 2, 0):vi[i] + 3, max(ui[i] - 2, 0):ui[i] + 3]
+        good = patch[np.isfinite(patch) & (patch > 0)]
+        if good.size:
+            out[i] = float(np.median(good))
+    return out
+
+
+def load_predictor(checkpoint_dir, backend: str = "torch", device: str = "cpu",
+                   dtype: str = "float32") -> TracePredictor:
+    """Load a μ_0 checkpoint directory (model.safetensors + config.json [+ model.onnx]).
+
+    backend "torch" runs the PyTorch model on `device` ("cpu", "cuda", "cuda:1") in `dtype`;
+    backend "onnxruntime" runs `model.onnx` (CPU provider here; CUDA/TensorRT when
+    onnxruntime-gpu is installed and device starts with "cuda").
+    Raises CheckpointError naming the file and field when the checkpoint is unusable.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: expected one of {DTYPES}, got {dtype!r}")
+    root = Path(checkpoint_dir)
+    if not root.is_dir():
+        raise CheckpointError(root, None, "not a directory")
+    config_path = root / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(config_path, None, "file missing")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(config_path, None, f"not valid JSON ({exc})") from exc
+    if not isinstance(config, dict):
+        raise CheckpointError(config_path, None, "top level must be a JSON object")
+    from mu0_policy.model.predictor import Mu0Predictor  # heavy import (torch) only when needed
+
+    return Mu0Predictor.from_checkpoint(root, config, backend=backend, device=device, dtype=dtype)
