@@ -1,0 +1,364 @@
+"""The one module that converts ROS messages <-> numpy / core dataclasses.
+
+Every function reads messages duck-typed (only field names are used), so the same code handles
+rclpy messages on a live graph and `rosbags` messages read from or written to a bag. Functions
+that BUILD messages take an optional `typestore` (a rosbags typestore): without it they build
+rclpy message classes, with it the typestore's classes (for writing bags without DDS).
+
+Bad input raises ValueError naming the offending field; nodes catch it, count and drop.
+"""
+from __future__ import annotations
+
+import array
+import importlib
+import math
+
+import numpy as np
+
+from mu0_perception.camera import CameraIntrinsics, RigidTransform
+from mu0_perception.frames import RGBDFrame
+from mu0_policy.traces import TraceSet
+
+# encoding -> (numpy dtype, channels)
+IMAGE_ENCODINGS = {
+    "rgb8": (np.uint8, 3),
+    "bgr8": (np.uint8, 3),
+    "mono8": (np.uint8, 1),
+    "16UC1": (np.uint16, 1),
+    "mono16": (np.uint16, 1),
+    "32FC1": (np.float32, 1),
+}
+MM_PER_M = 1000.0
+
+
+# ----------------------------------------------------------------------------------------------
+# message construction (rclpy classes or a rosbags typestore)
+# ----------------------------------------------------------------------------------------------
+def _msg_class(type_name: str, typestore=None):
+    """'sensor_msgs/msg/Image' -> the class (rclpy module import, or typestore lookup)."""
+    if typestore is not None:
+        try:
+            return typestore.types[type_name]
+        except KeyError:
+            raise ValueError(f"type {type_name!r} is not registered in the typestore") from None
+    pkg, kind, name = type_name.split("/")
+    return getattr(importlib.import_module(f"{pkg}.{kind}"), name)
+
+
+def _array_field(values, typecode: str, typestore):
+    """Primitive sequence field: array.array for rclpy (its fast path), ndarray for rosbags."""
+    dtype = {"B": np.uint8, "d": np.float64, "f": np.float32, "I": np.uint32}[typecode]
+    arr = np.ascontiguousarray(values, dtype=dtype).reshape(-1)
+    if typestore is not None:
+        return arr
+    out = array.array(typecode)
+    out.frombytes(arr.tobytes())
+    return out
+
+
+def stamp_to_ns(stamp) -> int:
+    """builtin_interfaces/Time -> integer nanoseconds."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def ns_to_stamp(ns: int, typestore=None):
+    """Integer nanoseconds -> builtin_interfaces/Time."""
+    ns = int(ns)
+    if ns < 0:
+        raise ValueError(f"stamp: negative time {ns} ns")
+    return _msg_class("builtin_interfaces/msg/Time", typestore)(
+        sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+
+
+def make_header(stamp_ns: int, frame_id: str, typestore=None):
+    return _msg_class("std_msgs/msg/Header", typestore)(
+        stamp=ns_to_stamp(stamp_ns, typestore), frame_id=str(frame_id))
+
+
+# ----------------------------------------------------------------------------------------------
+# sensor_msgs/Image
+# ----------------------------------------------------------------------------------------------
+def image_to_numpy(msg) -> np.ndarray:
+    """sensor_msgs/Image -> array in the message's own encoding.
+
+    (H, W, 3) for rgb8/bgr8, (H, W) for mono8/16UC1/mono16/32FC1. Honours `step` padding and
+    `is_bigendian`; the result is native-endian and owns its memory.
+    """
+    enc = msg.encoding
+    if enc not in IMAGE_ENCODINGS:
+        raise ValueError(f"encoding: unsupported image encoding {enc!r} "
+                         f"(supported: {', '.join(IMAGE_ENCODINGS)})")
+    dtype, channels = IMAGE_ENCODINGS[enc]
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    if height < 0 or width < 0 or step < 0:
+        raise ValueError(f"height/width/step: negative size ({height}, {width}, {step})")
+    if height == 0 or width == 0:
+        raise ValueError(f"height/width: empty image ({width}x{height})")
+    itemsize = np.dtype(dtype).itemsize
+    row_bytes = width * channels * itemsize
+    if step < row_bytes:
+        raise ValueError(f"step: {step} bytes is less than width*channels*itemsize = {row_bytes}")
+    buf = np.frombuffer(memoryview(msg.data).cast("B"), dtype=np.uint8)
+    if buf.size != height * step:
+        raise ValueError(f"data: {buf.size} bytes, expected height*step = {height}*{step} = {height * step}")
+    rows = buf.reshape(height, step)[:, :row_bytes]
+    order = ">" if msg.is_bigendian else "<"
+    pixels = np.ascontiguousarray(rows).view(np.dtype(dtype).newbyteorder(order))
+    pixels = pixels.reshape((height, width, channels) if channels > 1 else (height, width))
+    return pixels.astype(np.dtype(dtype).newbyteorder("="), copy=True)
+
+
+def numpy_to_image(pixels: np.ndarray, encoding: str, header=None, typestore=None):
+    """Array -> sensor_msgs/Image (little-endian, unpadded step)."""
+    if encoding not in IMAGE_ENCODINGS:
+        raise ValueError(f"encoding: unsupported image encoding {encoding!r}")
+    dtype, channels = IMAGE_ENCODINGS[encoding]
+    pixels = np.asarray(pixels)
+    want_ndim = 3 if channels > 1 else 2
+    if pixels.ndim != want_ndim or (channels > 1 and pixels.shape[2] != channels):
+        raise ValueError(f"pixels: shape {pixels.shape} does not fit encoding {encoding}")
+    if pixels.dtype != dtype:
+        raise ValueError(f"pixels: dtype {pixels.dtype} does not fit encoding {encoding} ({np.dtype(dtype)})")
+    height, width = pixels.shape[:2]
+    data = np.ascontiguousarray(pixels.astype(np.dtype(dtype).newbyteorder("<"), copy=False))
+    return _msg_class("sensor_msgs/msg/Image", typestore)(
+        header=header if header is not None else make_header(0, "", typestore),
+        height=height, width=width, encoding=encoding, is_bigendian=0,
+        step=width * channels * np.dtype(dtype).itemsize,
+        data=_array_field(data.view(np.uint8), "B", typestore))
+
+
+def color_from_image(msg) -> np.ndarray:
+    """Colour image message (rgb8 / bgr8 / mono8) -> (H, W, 3) uint8 RGB."""
+    pixels = image_to_numpy(msg)
+    if msg.encoding == "rgb8":
+        return pixels
+    if msg.encoding == "bgr8":
+        return np.ascontiguousarray(pixels[:, :, ::-1])
+    if msg.encoding == "mono8":
+        return np.repeat(pixels[:, :, None], 3, axis=2)
+    raise ValueError(f"encoding: {msg.encoding!r} is not a colour encoding (rgb8, bgr8, mono8)")
+
+
+def depth_from_image(msg) -> np.ndarray:
+    """Depth image (16UC1/mono16 millimetres, 0 = invalid; or 32FC1 metres) -> float32 metres, NaN = invalid."""
+    pixels = image_to_numpy(msg)
+    if msg.encoding in ("16UC1", "mono16"):
+        depth = pixels.astype(np.float32) / np.float32(MM_PER_M)
+        depth[pixels == 0] = np.nan
+        return depth
+    if msg.encoding == "32FC1":
+        depth = pixels.astype(np.float32, copy=True)
+        depth[~np.isfinite(depth) | (depth <= 0)] = np.nan
+        return depth
+    raise ValueError(f"encoding: {msg.encoding!r} is not a depth encoding (16UC1, mono16, 32FC1)")
+
+
+def depth_to_image(depth_m: np.ndarray, encoding: str = "32FC1", header=None, typestore=None):
+    """float32 metres (NaN invalid) -> depth image: 32FC1 metres or 16UC1 millimetres (0 invalid)."""
+    depth_m = np.asarray(depth_m, dtype=np.float32)
+    if encoding == "32FC1":
+        return numpy_to_image(depth_m, "32FC1", header, typestore)
+    if encoding == "16UC1":
+        mm = np.where(np.isfinite(depth_m) & (depth_m > 0), np.round(depth_m * MM_PER_M), 0)
+        return numpy_to_image(np.clip(mm, 0, 65535).astype(np.uint16), "16UC1", header, typestore)
+    raise ValueError(f"encoding: depth encoding must be 32FC1 or 16UC1, got {encoding!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# sensor_msgs/CameraInfo
+# ----------------------------------------------------------------------------------------------
+def intrinsics_from_camera_info(msg) -> CameraIntrinsics:
+    """sensor_msgs/CameraInfo -> CameraIntrinsics (K, distortion, size)."""
+    width, height = int(msg.width), int(msg.height)
+    if width <= 0 or height <= 0:
+        raise ValueError(f"camera_info.width/height: must be positive, got {width}x{height}")
+    K = np.asarray(msg.k, dtype=float)
+    if K.size != 9:
+        raise ValueError(f"camera_info.k: expected 9 values, got {K.size}")
+    if not np.all(np.isfinite(K)) or K[0] <= 0 or K[4] <= 0:
+        raise ValueError(f"camera_info.k: invalid intrinsic matrix {K.tolist()}")
+    return CameraIntrinsics.from_K(K.reshape(3, 3), width, height,
+                                   distortion=tuple(np.asarray(msg.d, dtype=float).tolist()),
+                                   distortion_model=msg.distortion_model or "plumb_bob")
+
+
+def camera_info_from_intrinsics(intr: CameraIntrinsics, header=None, typestore=None):
+    """CameraIntrinsics -> sensor_msgs/CameraInfo (R = identity, P = [K | 0])."""
+    K = intr.K
+    P = np.zeros((3, 4))
+    P[:, :3] = K
+    roi = _msg_class("sensor_msgs/msg/RegionOfInterest", typestore)(
+        x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)
+    f64 = (lambda a: np.asarray(a, dtype=np.float64).reshape(-1))
+    return _msg_class("sensor_msgs/msg/CameraInfo", typestore)(
+        header=header if header is not None else make_header(0, "", typestore),
+        height=intr.height, width=intr.width, distortion_model=intr.distortion_model,
+        d=_array_field(list(intr.distortion), "d", typestore), k=f64(K), r=f64(np.eye(3)), p=f64(P),
+        binning_x=0, binning_y=0, roi=roi)
+
+
+# ----------------------------------------------------------------------------------------------
+# mu0_msgs/RGBD
+# ----------------------------------------------------------------------------------------------
+def rgbd_msg_to_frame(msg) -> RGBDFrame:
+    """mu0_msgs/RGBD -> RGBDFrame (colour as RGB, depth as float32 metres)."""
+    return RGBDFrame(stamp_ns=stamp_to_ns(msg.header.stamp), frame_id=msg.header.frame_id,
+                     color=color_from_image(msg.color), depth=depth_from_image(msg.depth),
+                     intrinsics=intrinsics_from_camera_info(msg.camera_info))
+
+
+def frame_to_rgbd_msg(frame: RGBDFrame, typestore=None):
+    """RGBDFrame -> mu0_msgs/RGBD (rgb8 colour, 32FC1 metre depth, shared header)."""
+    header = make_header(frame.stamp_ns, frame.frame_id, typestore)
+    return _msg_class("mu0_msgs/msg/RGBD", typestore)(
+        header=header,
+        color=numpy_to_image(frame.color, "rgb8", make_header(frame.stamp_ns, frame.frame_id, typestore), typestore),
+        depth=depth_to_image(frame.depth, "32FC1", make_header(frame.stamp_ns, frame.frame_id, typestore), typestore),
+        camera_info=camera_info_from_intrinsics(
+            frame.intrinsics, make_header(frame.stamp_ns, frame.frame_id, typestore), typestore))
+
+
+# ----------------------------------------------------------------------------------------------
+# geometry helpers
+# ----------------------------------------------------------------------------------------------
+def _point(xyz, typestore):
+    return _msg_class("geometry_msgs/msg/Point", typestore)(x=float(xyz[0]), y=float(xyz[1]), z=float(xyz[2]))
+
+
+def _points_to_numpy(points, field: str) -> np.ndarray:
+    out = np.array([(p.x, p.y, p.z) for p in points], dtype=np.float64).reshape(-1, 3)
+    if not np.all(np.isfinite(out)):
+        raise ValueError(f"{field}: non-finite coordinates")
+    return out
+
+
+def transform_to_rigid(msg) -> RigidTransform:
+    """geometry_msgs/Transform -> RigidTransform."""
+    t, q = msg.translation, msg.rotation
+    return RigidTransform.from_quat_xyzw([q.x, q.y, q.z, q.w], [t.x, t.y, t.z])
+
+
+def rigid_to_transform(tf: RigidTransform, typestore=None):
+    q = tf.to_quat_xyzw()
+    t = tf.translation
+    return _msg_class("geometry_msgs/msg/Transform", typestore)(
+        translation=_msg_class("geometry_msgs/msg/Vector3", typestore)(x=float(t[0]), y=float(t[1]), z=float(t[2])),
+        rotation=_msg_class("geometry_msgs/msg/Quaternion", typestore)(
+            x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3])))
+
+
+def pose_to_rigid(pose) -> RigidTransform:
+    """geometry_msgs/Pose -> RigidTransform (the pose of a frame in its parent)."""
+    p, q = pose.position, pose.orientation
+    return RigidTransform.from_quat_xyzw([q.x, q.y, q.z, q.w], [p.x, p.y, p.z])
+
+
+def rigid_to_pose(tf: RigidTransform, typestore=None):
+    q = tf.to_quat_xyzw()
+    return _msg_class("geometry_msgs/msg/Pose", typestore)(
+        position=_point(tf.translation, typestore),
+        orientation=_msg_class("geometry_msgs/msg/Quaternion", typestore)(
+            x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3])))
+
+
+def named_points_to_dict(msg) -> dict:
+    """mu0_msgs/NamedPoints -> {name: (3,) metres}."""
+    if len(msg.names) != len(msg.points):
+        raise ValueError(f"names/points: {len(msg.names)} names but {len(msg.points)} points")
+    return dict(zip(msg.names, _points_to_numpy(msg.points, "points")))
+
+
+def dict_to_named_points(points: dict, stamp_ns: int, frame_id: str, typestore=None):
+    return _msg_class("mu0_msgs/msg/NamedPoints", typestore)(
+        header=make_header(stamp_ns, frame_id, typestore), names=list(points),
+        points=[_point(p, typestore) for p in points.values()])
+
+
+# ----------------------------------------------------------------------------------------------
+# mu0_msgs/TraceArray
+# ----------------------------------------------------------------------------------------------
+def trace_set_to_msg(traces: TraceSet, typestore=None):
+    """TraceSet -> mu0_msgs/TraceArray."""
+    trace_cls = _msg_class("mu0_msgs/msg/Trace", typestore)
+    knots = _array_field(traces.knots, "d", typestore)
+    items = []
+    for i in range(len(traces)):
+        items.append(trace_cls(
+            query_id=int(traces.query_ids[i]), entity=str(traces.entities[i]),
+            pixel_u=float(traces.pixels[i, 0]), pixel_v=float(traces.pixels[i, 1]),
+            position=_point(traces.positions[i], typestore), degree=int(traces.degree),
+            knots=knots if typestore is not None else array.array("d", knots),
+            control_points=[_point(p, typestore) for p in traces.control_points[i]],
+            samples=[_point(p, typestore) for p in traces.samples[i]],
+            validity=_array_field(traces.validity[i], "f", typestore),
+            confidence=float(traces.confidence[i])))
+    return _msg_class("mu0_msgs/msg/TraceArray", typestore)(
+        header=make_header(traces.stamp_ns, traces.frame_id, typestore),
+        instruction=traces.instruction, model_id=traces.model_id,
+        horizon_steps=int(traces.horizon_steps), step_period=float(traces.step_period),
+        camera_to_frame=rigid_to_transform(traces.camera_to_frame, typestore), traces=items)
+
+
+def trace_msg_to_set(msg) -> TraceSet:
+    """mu0_msgs/TraceArray -> TraceSet. Raises ValueError naming the field on inconsistent input."""
+    horizon = int(msg.horizon_steps)
+    if horizon <= 0:
+        raise ValueError(f"horizon_steps: must be positive, got {horizon}")
+    if not (math.isfinite(msg.step_period) and msg.step_period > 0):
+        raise ValueError(f"step_period: must be positive, got {msg.step_period}")
+    n = len(msg.traces)
+    if n == 0:
+        knots, degree, num_ctrl = np.zeros(0), 3, 0
+    else:
+        first = msg.traces[0]
+        knots, degree, num_ctrl = np.asarray(first.knots, dtype=float), int(first.degree), len(first.control_points)
+    ctrl = np.zeros((n, num_ctrl, 3))
+    samples = np.zeros((n, horizon + 1, 3))
+    validity = np.zeros((n, horizon + 1), dtype=np.float32)
+    for i, tr in enumerate(msg.traces):
+        if len(tr.samples) != horizon + 1:
+            raise ValueError(f"traces[{i}].samples: {len(tr.samples)} samples, expected horizon_steps+1 = {horizon + 1}")
+        if len(tr.validity) != horizon + 1:
+            raise ValueError(f"traces[{i}].validity: {len(tr.validity)} values, expected {horizon + 1}")
+        if len(tr.control_points) != num_ctrl or int(tr.degree) != degree or len(tr.knots) != len(knots):
+            raise ValueError(f"traces[{i}]: spline (degree/knots/control_points) differs from traces[0]")
+        ctrl[i] = _points_to_numpy(tr.control_points, f"traces[{i}].control_points")
+        samples[i] = _points_to_numpy(tr.samples, f"traces[{i}].samples")
+        v = np.asarray(tr.validity, dtype=np.float32)
+        if not np.all(np.isfinite(v)):
+            raise ValueError(f"traces[{i}].validity: non-finite values")
+        validity[i] = v
+    return TraceSet(
+        stamp_ns=stamp_to_ns(msg.header.stamp), frame_id=msg.header.frame_id,
+        instruction=msg.instruction, model_id=msg.model_id, horizon_steps=horizon,
+        step_period=float(msg.step_period),
+        query_ids=np.array([t.query_id for t in msg.traces], dtype=np.uint32),
+        entities=[t.entity for t in msg.traces],
+        pixels=np.array([(t.pixel_u, t.pixel_v) for t in msg.traces], dtype=np.float32).reshape(n, 2),
+        positions=_points_to_numpy([t.position for t in msg.traces], "traces[].position").reshape(n, 3),
+        knots=knots, control_points=ctrl, samples=samples, validity=validity,
+        confidence=np.array([t.confidence for t in msg.traces], dtype=np.float32),
+        degree=degree, camera_to_frame=transform_to_rigid(msg.camera_to_frame))
+
+
+# ----------------------------------------------------------------------------------------------
+# bags: our message definitions for a rosbags typestore
+# ----------------------------------------------------------------------------------------------
+def mu0_typestore():
+    """A rosbags typestore (ROS 2 Jazzy) with mu0_msgs registered from our .msg files."""
+    from pathlib import Path
+
+    from rosbags.typesys import Stores, get_typestore, get_types_from_msg
+
+    store = get_typestore(Stores.ROS2_JAZZY)
+    msg_dir = Path(__file__).resolve().parent.parent / "mu0_msgs" / "msg"
+    if not msg_dir.is_dir():  # installed layout: share/mu0_msgs/msg
+        from ament_index_python.packages import get_package_share_directory
+
+        msg_dir = Path(get_package_share_directory("mu0_msgs")) / "msg"
+    types = {}
+    for path in sorted(msg_dir.glob("*.msg")):
+        types.update(get_types_from_msg(path.read_text(), f"mu0_msgs/msg/{path.stem}"))
+    store.register(types)
+    return store
