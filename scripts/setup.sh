@@ -36,9 +36,16 @@ fi
 if [ ! -x "$VENV/bin/python" ]; then
   say "creating venv at $VENV"
   "$PY" -m venv "$VENV"
-  "$VENV/bin/pip" install -q --upgrade pip wheel setuptools
+  "$VENV/bin/pip" install -q --upgrade pip wheel setuptools 2>&1 | grep -v "is ignored" || true
 fi
 PIP="$VENV/bin/pip"
+# pip -q still prints one warning per missing local index directory; keep real errors only
+pip_install() {
+  local log; log=$(mktemp)
+  if ! "$PIP" install -q "$@" >"$log" 2>&1; then grep -v "is ignored: it is neither" "$log"; rm -f "$log"; return 1; fi
+  grep -v "is ignored: it is neither" "$log" | grep -vE "^\s*$|BuildBackendWarning|warnings.warn|!!|\*\*\*|Please be careful|name as your package|precedence during imports|with strategy" || true
+  rm -f "$log"
+}
 VPY="$VENV/bin/python"
 
 # --- 2. pinned Python dependencies -------------------------------------------------------------
@@ -47,9 +54,9 @@ VPY="$VENV/bin/python"
 req_hash=$(hash_of requirements.txt)
 if ! stamp_ok requirements "$req_hash"; then
   say "installing pinned Python dependencies (first run: a few minutes)"
-  "$PIP" install -q "$(grep -E '^mujoco==' requirements.txt)"
-  "$PIP" install -q "$(grep -E '^torch==' requirements.txt)"
-  "$PIP" install -q -r requirements.txt
+  pip_install "$(grep -E '^mujoco==' requirements.txt)"
+  pip_install "$(grep -E '^torch==' requirements.txt)"
+  pip_install -r requirements.txt
   stamp_set requirements "$req_hash"
 else
   say "Python dependencies up to date"
@@ -92,7 +99,7 @@ fi
 pkg_hash=$(hash_of setup.py setup.cfg package.xml)
 if ! stamp_ok mu0 "$pkg_hash"; then
   say "installing mu0 (editable)"
-  "$PIP" install -q --no-deps --no-build-isolation -e .
+  pip_install --no-deps --no-build-isolation -e .
   stamp_set mu0 "$pkg_hash"
 fi
 
