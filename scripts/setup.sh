@@ -19,7 +19,7 @@ stamp_set() { mkdir -p "$STAMPS"; echo "$2" > "$STAMPS/$1"; }
 
 # --- 0. system libraries (pyrealsense2 needs libusb; MuJoCo offscreen needs EGL/OSMesa) --------
 need_apt=()
-for lib in libusb-1.0.so.0 libOSMesa.so.6 libEGL.so.1; do
+for lib in libusb-1.0.so.0 libOSMesa.so libEGL.so.1; do
   ldconfig -p | grep -q "$lib" || need_apt+=("$lib")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
