@@ -19,8 +19,9 @@ stamp_set() { mkdir -p "$STAMPS"; echo "$2" > "$STAMPS/$1"; }
 
 # --- 0. system libraries (pyrealsense2 needs libusb; MuJoCo offscreen needs EGL/OSMesa) --------
 need_apt=()
+libs=$(ldconfig -p)   # captured once: `ldconfig -p | grep -q` trips pipefail via SIGPIPE
 for lib in libusb-1.0.so.0 libOSMesa.so libEGL.so.1; do
-  ldconfig -p | grep -q "$lib" || need_apt+=("$lib")
+  grep -q "$lib" <<<"$libs" || need_apt+=("$lib")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
