@@ -1,0 +1,263 @@
+"""Online query selection for the running model: which pixels to ask μ_0 about, frame after frame.
+
+Three sources of queries (`QueryTracker.mode`):
+* ``automatic`` — corner features (Shi-Tomasi) on pixels with valid depth, grouped into
+  entities ``cluster_<k>`` by k-means on (u, v, depth);
+* ``grid``      — a rows x cols lattice over the image (entity ``grid``);
+* ``given``     — pixels from outside (mu0_msgs/QueryPoints), with their ids and entities.
+
+Queries keep their id while the physical point is followed from frame to frame by pyramidal
+Lucas-Kanade optical flow, so `QueryHistory` can hand the model each query's past positions
+(the (N, 8, 3) history μ_0 is conditioned on). Lost automatic/grid queries are replaced by new
+ones with fresh ids; lost given queries are simply dropped until new ones are given.
+Pure numpy + OpenCV; no ROS.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+MODES = ("automatic", "grid", "given")
+HISTORY_STEPS = 8
+
+
+@dataclass
+class QuerySet:
+    query_ids: np.ndarray   # (N,) uint32
+    pixels: np.ndarray      # (N, 2) float32, u right / v down
+    entities: list          # N strings
+
+    def __post_init__(self):
+        self.query_ids = np.asarray(self.query_ids, dtype=np.uint32).reshape(-1)
+        self.pixels = np.asarray(self.pixels, dtype=np.float32).reshape(-1, 2)
+        self.entities = [str(e) for e in self.entities]
+        n = len(self.query_ids)
+        if len(self.pixels) != n or len(self.entities) != n:
+            raise ValueError(f"QuerySet: query_ids ({n}), pixels ({len(self.pixels)}) and entities "
+                             f"({len(self.entities)}) must have the same length")
+        if len(set(self.query_ids.tolist())) != n:
+            raise ValueError("QuerySet.query_ids: ids must be unique")
+
+    def __len__(self) -> int:
+        return len(self.query_ids)
+
+    def subset(self, keep: np.ndarray) -> "QuerySet":
+        keep = np.asarray(keep, dtype=bool)
+        return QuerySet(self.query_ids[keep], self.pixels[keep], [e for e, k in zip(self.entities, keep) if k])
+
+
+def to_gray(color: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(np.ascontiguousarray(color), cv2.COLOR_RGB2GRAY)
+
+
+def select_automatic(color: np.ndarray, depth: np.ndarray | None, max_points: int = 32,
+                     min_distance: float = 12.0, quality: float = 0.01,
+                     exclude_px: np.ndarray | None = None) -> np.ndarray:
+    """Up to `max_points` corner pixels (K, 2) on valid depth, away from `exclude_px`."""
+    if max_points < 1:
+        raise ValueError(f"max_points must be >= 1, got {max_points}")
+    gray = to_gray(color)
+    h, w = gray.shape
+    mask = np.full((h, w), 255, np.uint8)
+    if depth is not None:
+        mask[~(np.isfinite(depth) & (depth > 0))] = 0
+    border = max(2, int(min_distance // 2))
+    mask[:border] = 0
+    mask[-border:] = 0
+    mask[:, :border] = 0
+    mask[:, -border:] = 0
+    if exclude_px is not None:
+        for u, v in np.asarray(exclude_px).reshape(-1, 2):
+            cv2.circle(mask, (int(round(u)), int(round(v))), int(min_distance), 0, -1)
+    corners = cv2.goodFeaturesToTrack(gray, maxCorners=int(max_points), qualityLevel=float(quality),
+                                      minDistance=float(min_distance), mask=mask, blockSize=5)
+    if corners is None:
+        return np.zeros((0, 2), np.float32)
+    return corners.reshape(-1, 2).astype(np.float32)
+
+
+def select_grid(width: int, height: int, rows: int, cols: int, margin: float = 0.1) -> np.ndarray:
+    """(rows*cols, 2) pixel centres of a lattice inset by `margin` (fraction of the image)."""
+    if rows < 1 or cols < 1:
+        raise ValueError(f"grid rows/cols must be >= 1, got {rows}x{cols}")
+    if not 0.0 <= margin < 0.5:
+        raise ValueError(f"grid margin must be in [0, 0.5), got {margin}")
+    us = np.linspace(margin * (width - 1), (1 - margin) * (width - 1), cols)
+    vs = np.linspace(margin * (height - 1), (1 - margin) * (height - 1), rows)
+    uu, vv = np.meshgrid(us, vs)
+    return np.stack([uu.ravel(), vv.ravel()], axis=1).astype(np.float32)
+
+
+def cluster_entities(pixels: np.ndarray, depth: np.ndarray | None, width: int, height: int,
+                     num_entities: int) -> list[str]:
+    """Group points into `cluster_<k>` by k-means on (u/W, v/H, depth) — deterministic seeds."""
+    n = len(pixels)
+    k = min(int(num_entities), n)
+    if k <= 1:
+        return ["cluster_0"] * n
+    z = np.zeros(n, np.float32)
+    if depth is not None:
+        ui = np.clip(np.rint(pixels[:, 0]).astype(int), 0, width - 1)
+        vi = np.clip(np.rint(pixels[:, 1]).astype(int), 0, height - 1)
+        z = np.nan_to_num(depth[vi, ui], nan=0.0)
+    feats = np.stack([pixels[:, 0] / width, pixels[:, 1] / height, z], axis=1).astype(np.float32)
+    cv2.setRNGSeed(0)
+    criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 30, 1e-4)
+    _, labels, _ = cv2.kmeans(feats, k, None, criteria, 3, cv2.KMEANS_PP_CENTERS)
+    # relabel by first appearance so labels do not depend on k-means' internal numbering
+    order = {}
+    for label in labels.ravel():
+        order.setdefault(int(label), len(order))
+    return [f"cluster_{order[int(label)]}" for label in labels.ravel()]
+
+
+class QueryTracker:
+    """Keeps a stable, tracked set of queries across frames (see module docstring)."""
+
+    def __init__(self, mode: str = "automatic", max_points: int = 32, grid_rows: int = 4,
+                 grid_cols: int = 6, grid_margin: float = 0.1, min_distance: float = 12.0,
+                 num_entities: int = 4, track: bool = True, reseed_fraction: float = 0.5,
+                 max_flow_error: float = 30.0):
+        if mode not in MODES:
+            raise ValueError(f"queries mode must be one of {MODES}, got {mode!r}")
+        self.mode = mode
+        self.max_points = int(max_points)
+        self.grid_rows, self.grid_cols, self.grid_margin = int(grid_rows), int(grid_cols), float(grid_margin)
+        self.min_distance = float(min_distance)
+        self.num_entities = int(num_entities)
+        self.track = bool(track)
+        self.reseed_fraction = float(reseed_fraction)
+        self.max_flow_error = float(max_flow_error)
+        self.current = QuerySet(np.zeros(0), np.zeros((0, 2)), [])
+        self._prev_gray: np.ndarray | None = None
+        self._next_id = 0
+        self._pending_given: QuerySet | None = None
+
+    def reset(self) -> None:
+        self.current = QuerySet(np.zeros(0), np.zeros((0, 2)), [])
+        self._prev_gray = None
+        self._pending_given = None
+
+    def set_given(self, pixels, query_ids=None, entities=None) -> QuerySet:
+        """Queries from outside; they replace the current set at the next `update`."""
+        pixels = np.asarray(pixels, dtype=np.float32).reshape(-1, 2)
+        n = len(pixels)
+        if not np.all(np.isfinite(pixels)):
+            raise ValueError("given queries: pixel_u/pixel_v contain non-finite values")
+        if query_ids is None or len(query_ids) == 0:
+            query_ids = np.arange(n)
+        if entities is None or len(entities) == 0:
+            entities = ["given"] * n
+        if len(query_ids) != n:
+            raise ValueError(f"given queries: query_ids has {len(query_ids)} entries, pixel_u has {n}")
+        if len(entities) != n:
+            raise ValueError(f"given queries: entities has {len(entities)} entries, pixel_u has {n}")
+        self._pending_given = QuerySet(query_ids, pixels, list(entities))
+        return self._pending_given
+
+    def _new_ids(self, n: int) -> np.ndarray:
+        ids = np.arange(self._next_id, self._next_id + n, dtype=np.uint32)
+        self._next_id += n
+        return ids
+
+    def _follow(self, gray: np.ndarray) -> QuerySet:
+        """Move the current queries into this frame with optical flow; drop lost ones."""
+        cur = self.current
+        if not self.track or self._prev_gray is None or len(cur) == 0 or self._prev_gray.shape != gray.shape:
+            return cur
+        prev_pts = cur.pixels.reshape(-1, 1, 2)
+        next_pts, status, err = cv2.calcOpticalFlowPyrLK(self._prev_gray, gray, prev_pts, None,
+                                                         winSize=(21, 21), maxLevel=3)
+        next_pts = next_pts.reshape(-1, 2)
+        h, w = gray.shape
+        inside = ((next_pts[:, 0] >= 0) & (next_pts[:, 0] <= w - 1) & (next_pts[:, 1] >= 0)
+                  & (next_pts[:, 1] <= h - 1))
+        keep = (status.ravel() == 1) & inside & (err.ravel() < self.max_flow_error)
+        return QuerySet(cur.query_ids[keep], next_pts[keep], [e for e, k in zip(cur.entities, keep) if k])
+
+    def update(self, color: np.ndarray, depth: np.ndarray | None) -> QuerySet:
+        """Queries for this frame (ids stable for points that were followed)."""
+        gray = to_gray(color)
+        h, w = gray.shape
+        if self._pending_given is not None:
+            followed, self._pending_given = self._pending_given, None
+        else:
+            followed = self._follow(gray)
+        if self.mode == "automatic" and len(followed) < self.reseed_fraction * self.max_points:
+            fresh = select_automatic(color, depth, self.max_points - len(followed), self.min_distance,
+                                     exclude_px=followed.pixels)
+            if len(fresh):
+                labels = cluster_entities(np.concatenate([followed.pixels, fresh]), depth, w, h,
+                                          self.num_entities)[len(followed):]
+                if len(followed):  # a new point joins the entity of its nearest surviving query
+                    d = np.linalg.norm(fresh[:, None] - followed.pixels[None], axis=2)
+                    labels = [followed.entities[j] for j in d.argmin(axis=1)]
+                followed = QuerySet(np.concatenate([followed.query_ids, self._new_ids(len(fresh))]),
+                                    np.concatenate([followed.pixels, fresh]), followed.entities + labels)
+        elif self.mode == "grid" and len(followed) < self.grid_rows * self.grid_cols:
+            lattice = select_grid(w, h, self.grid_rows, self.grid_cols, self.grid_margin)
+            if len(followed):
+                d = np.linalg.norm(lattice[:, None] - followed.pixels[None], axis=2).min(axis=1)
+                lattice = lattice[d > self.min_distance]
+            lattice = lattice[: self.grid_rows * self.grid_cols - len(followed)]
+            followed = QuerySet(np.concatenate([followed.query_ids, self._new_ids(len(lattice))]),
+                                np.concatenate([followed.pixels, lattice]),
+                                followed.entities + ["grid"] * len(lattice))
+        self._prev_gray = gray
+        self.current = followed
+        return followed
+
+
+class QueryHistory:
+    """Per-query_id past positions (stamp, uvz) -> the model's (N, 8, 3) history.
+
+    History step j (0..7) is the query's uvz at `now - (8 - j) * step_period`, linearly
+    interpolated between the observations kept for that id; a time before the first observation
+    of the id is NaN (invalid — the predictor masks it). Ids not seen for `forget_after_ns` are
+    forgotten. With a static camera the reference camera of every step is the current one.
+    """
+
+    def __init__(self, max_observations: int = 32, forget_after_ns: int = 2_000_000_000):
+        self._tracks: dict[int, deque] = {}
+        self.max_observations = int(max_observations)
+        self.forget_after_ns = int(forget_after_ns)
+
+    def __len__(self) -> int:
+        return len(self._tracks)
+
+    def reset(self) -> None:
+        self._tracks.clear()
+
+    def add(self, stamp_ns: int, query_ids: np.ndarray, uvz: np.ndarray) -> None:
+        uvz = np.asarray(uvz, dtype=np.float64).reshape(-1, 3)
+        for qid, point in zip(np.asarray(query_ids).tolist(), uvz):
+            track = self._tracks.setdefault(int(qid), deque(maxlen=self.max_observations))
+            if track and stamp_ns <= track[-1][0]:
+                continue  # repeated or out-of-order frame: history is monotone in time
+            track.append((int(stamp_ns), point.copy()))
+        stale = [q for q, t in self._tracks.items() if stamp_ns - t[-1][0] > self.forget_after_ns]
+        for qid in stale:
+            del self._tracks[qid]
+
+    def history(self, query_ids: np.ndarray, now_ns: int, step_period: float,
+                steps: int = HISTORY_STEPS) -> np.ndarray:
+        if step_period <= 0:
+            raise ValueError(f"step_period must be positive, got {step_period}")
+        ids = np.asarray(query_ids).tolist()
+        out = np.full((len(ids), steps, 3), np.nan, np.float32)
+        times = now_ns - np.arange(steps, 0, -1) * step_period * 1e9  # t-8 .. t-1
+        for i, qid in enumerate(ids):
+            track = self._tracks.get(int(qid))
+            if not track:
+                continue
+            t_obs = np.array([t for t, _ in track], dtype=np.float64)
+            p_obs = np.stack([p for _, p in track])
+            usable = (times >= t_obs[0]) & (times <= max(t_obs[-1], now_ns))
+            if not usable.any():
+                continue
+            for c in range(3):
+                out[i, usable, c] = np.interp(times[usable], t_obs, p_obs[:, c])
+        return out

@@ -1,0 +1,211 @@
+"""Approximate-time matching of several timestamped streams (pure Python, no ROS).
+
+message_filters is not available without a ROS install, and the policy we need is small: every
+stream keeps a bounded queue; once every queue holds a message, the newest queue head is the
+pivot, each stream contributes its latest message not after the pivot, and the set is emitted
+when its spread (pivot - oldest candidate) is within `slop`. Otherwise the oldest candidate (and
+anything before it in its queue) can never be part of a match any more and is dropped as
+unmatched. Messages older than an emitted set
+are dropped too (they lost their partner). Every drop is counted per stream and reason, so a node
+can report them.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+
+@dataclass
+class SyncStats:
+    matched: int = 0
+    received: dict = field(default_factory=dict)          # stream -> count
+    dropped_unmatched: dict = field(default_factory=dict)  # stream -> count (no partner within slop)
+    dropped_overflow: dict = field(default_factory=dict)   # stream -> count (queue full)
+    dropped_out_of_order: dict = field(default_factory=dict)  # stream -> count (older than last match)
+
+    def total_dropped(self) -> int:
+        return (sum(self.dropped_unmatched.values()) + sum(self.dropped_overflow.values())
+                + sum(self.dropped_out_of_order.values()))
+
+
+class ApproximateTimeMatcher:
+    """Group messages of `streams` whose stamps (int ns) lie within `slop_ns` of each other.
+
+    `add(stream, stamp_ns, item)` returns the list of matched sets it completed (each a dict
+    stream -> (stamp_ns, item)), usually zero or one.
+    """
+
+    def __init__(self, streams, slop_ns: int, queue_size: int = 10,
+                 on_drop: Callable[[str, str, int], None] | None = None):
+        streams = list(streams)
+        if len(streams) < 2 or len(set(streams)) != len(streams):
+            raise ValueError(f"streams must be >= 2 distinct names, got {streams}")
+        if slop_ns < 0:
+            raise ValueError(f"slop_ns must be >= 0, got {slop_ns}")
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be >= 1, got {queue_size}")
+        self.streams = streams
+        self.slop_ns = int(slop_ns)
+        self.queue_size = int(queue_size)
+        self._queues: dict[str, deque] = {s: deque() for s in streams}
+        self._last_emitted_ns: int | None = None
+        self._on_drop = on_drop
+        self.stats = SyncStats(received={s: 0 for s in streams},
+                               dropped_unmatched={s: 0 for s in streams},
+                               dropped_overflow={s: 0 for s in streams},
+                               dropped_out_of_order={s: 0 for s in streams})
+
+    def _drop(self, stream: str, reason: str, stamp_ns: int) -> None:
+        getattr(self.stats, f"dropped_{reason}")[stream] += 1
+        if self._on_drop is not None:
+            self._on_drop(stream, reason, stamp_ns)
+
+    def queued(self, stream: str) -> int:
+        return len(self._queues[stream])
+
+    def add(self, stream: str, stamp_ns: int, item: Any) -> list[dict]:
+        if stream not in self._queues:
+            raise ValueError(f"unknown stream {stream!r}; expected one of {self.streams}")
+        stamp_ns = int(stamp_ns)
+        self.stats.received[stream] += 1
+        if self._last_emitted_ns is not None and stamp_ns < self._last_emitted_ns - self.slop_ns:
+            self._drop(stream, "out_of_order", stamp_ns)
+            return []
+        queue = self._queues[stream]
+        # keep the queue sorted by stamp (transports may reorder slightly)
+        position = len(queue)
+        while position > 0 and queue[position - 1][0] > stamp_ns:
+            position -= 1
+        queue.insert(position, (stamp_ns, item))
+        if len(queue) > self.queue_size:
+            old_stamp, _ = queue.popleft()
+            self._drop(stream, "overflow", old_stamp)
+        return self._match()
+
+    def _match(self) -> list[dict]:
+        matches = []
+        while all(self._queues[s] for s in self.streams):
+            # The newest head is the pivot: that stream has nothing older, so every match from now
+            # on contains a message >= pivot. Each other stream offers its latest message <= pivot
+            # (it has one: its head).
+            pivot = max(self._queues[s][0][0] for s in self.streams)
+            chosen = {}
+            for s in self.streams:
+                queue = self._queues[s]
+                index = 0
+                while index + 1 < len(queue) and queue[index + 1][0] <= pivot:
+                    index += 1
+                chosen[s] = index
+            stamps = {s: self._queues[s][chosen[s]][0] for s in self.streams}
+            if pivot - min(stamps.values()) <= self.slop_ns:
+                match = {}
+                for s in self.streams:
+                    queue = self._queues[s]
+                    for _ in range(chosen[s]):  # older than the match: their partner is gone
+                        old_stamp, _ = queue.popleft()
+                        self._drop(s, "unmatched", old_stamp)
+                    match[s] = queue.popleft()
+                self._last_emitted_ns = pivot
+                self.stats.matched += 1
+                matches.append(match)
+                continue
+            # The stream with the oldest candidate: it and everything before it are more than slop
+            # older than the pivot stream's oldest message, so they can never be matched.
+            stale = min(self.streams, key=lambda s: stamps[s])
+            for _ in range(chosen[stale] + 1):
+                old_stamp, _ = self._queues[stale].popleft()
+                self._drop(stale, "unmatched", old_stamp)
+        return matches
+
+    def reset(self) -> None:
+        for queue in self._queues.values():
+            queue.clear()
+        self._last_emitted_ns = None
+
+
+# ----------------------------------------------------------------------------------------------
+# colour + depth + camera_info -> one RGBDFrame (shared by the rgbd_sync node and offline replay)
+# ----------------------------------------------------------------------------------------------
+STREAMS = ("color", "depth", "info")
+FAULTS = ("bad_encoding", "size_mismatch", "bad_camera_info", "invalid_depth", "malformed")
+
+
+class FrameRejected(ValueError):
+    """A matched colour/depth/camera_info set that cannot become a frame; `fault` says why."""
+
+    def __init__(self, fault: str, detail: str):
+        super().__init__(f"{fault}: {detail}")
+        self.fault = fault
+        self.detail = detail
+
+
+def classify_fault(message: str) -> str:
+    """Map a conversion ValueError's text (it names the field) to a counter name."""
+    text = message.lower()
+    if "encoding" in text:
+        return "bad_encoding"
+    if "camera_info size" in text or "shape" in text or "height*step" in text or "step:" in text:
+        return "size_mismatch"
+    if "camera_info" in text:
+        return "bad_camera_info"
+    return "malformed"
+
+
+def assemble_frame(color_msg, depth_msg, info_msg, min_valid_depth_fraction: float = 0.05):
+    """Convert one matched set to an RGBDFrame (colour RGB, depth float32 metres, NaN invalid).
+
+    Raises FrameRejected (a ValueError) with a fault name from FAULTS. A frame whose depth is
+    almost all invalid (NaN / 0 / negative) is rejected as `invalid_depth`: a model fed no depth
+    would anchor every trace on a guess, and downstream a robot would follow it.
+    """
+    from mu0_ros import convert  # pure (no rclpy); imported here to keep the matcher dependency-free
+
+    try:
+        color = convert.color_from_image(color_msg)
+        depth = convert.depth_from_image(depth_msg)
+        intrinsics = convert.intrinsics_from_camera_info(info_msg)
+    except ValueError as exc:
+        raise FrameRejected(classify_fault(str(exc)), str(exc)) from None
+    if depth.shape != color.shape[:2]:
+        raise FrameRejected("size_mismatch", f"depth {depth.shape[1]}x{depth.shape[0]} != color "
+                                             f"{color.shape[1]}x{color.shape[0]} (depth must be aligned to color)")
+    if (intrinsics.height, intrinsics.width) != color.shape[:2]:
+        raise FrameRejected("size_mismatch", f"camera_info {intrinsics.width}x{intrinsics.height} != color "
+                                             f"{color.shape[1]}x{color.shape[0]}")
+    valid_fraction = float(np.isfinite(depth).mean())
+    if valid_fraction < min_valid_depth_fraction:
+        raise FrameRejected("invalid_depth", f"only {valid_fraction:.1%} of depth pixels are valid "
+                                             f"(min_valid_depth_fraction {min_valid_depth_fraction:.1%})")
+    from mu0_perception.frames import RGBDFrame
+
+    return RGBDFrame(stamp_ns=convert.stamp_to_ns(color_msg.header.stamp), frame_id=color_msg.header.frame_id,
+                     color=color, depth=depth, intrinsics=intrinsics)
+
+
+class RGBDAssembler:
+    """Approximate-time matching + conversion + fault counting, fed one message at a time."""
+
+    def __init__(self, slop_s: float = 0.02, queue_size: int = 10, min_valid_depth_fraction: float = 0.05):
+        if not slop_s >= 0:
+            raise ValueError(f"slop must be >= 0 seconds, got {slop_s}")
+        self.matcher = ApproximateTimeMatcher(STREAMS, int(round(slop_s * 1e9)), queue_size)
+        self.min_valid_depth_fraction = float(min_valid_depth_fraction)
+        self.faults = {f: 0 for f in FAULTS}
+        self.last_fault = ""
+
+    def add(self, stream: str, msg) -> list:
+        """Feed a colour / depth / info message; returns completed frames ([] usually)."""
+        from mu0_ros.convert import stamp_to_ns
+
+        frames = []
+        for match in self.matcher.add(stream, stamp_to_ns(msg.header.stamp), msg):
+            try:
+                frames.append(assemble_frame(match["color"][1], match["depth"][1], match["info"][1],
+                                             self.min_valid_depth_fraction))
+            except FrameRejected as exc:
+                self.faults[exc.fault] += 1
+                self.last_fault = str(exc)
+        return frames

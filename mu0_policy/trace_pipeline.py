@@ -1,0 +1,184 @@
+"""The per-frame work of mu0_node as a pure object: frame -> queries -> μ_0 -> published traces.
+
+mu0_node (live, over DDS) and `mu0_ros.replay.replay_offline` (in-process, bag to bag) both call
+`TracePipeline.process`, so the two give the same traces for the same frames. No ROS imports.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mu0_perception.camera import RigidTransform
+from mu0_perception.frames import RGBDFrame
+from mu0_perception.keypoint_select import QueryHistory, QuerySet, QueryTracker
+from mu0_policy.inference import TracePredictor, TraceRequest, pixels_to_normalized, sample_depth_at
+from mu0_policy.trace_postprocess import (LineStrip, result_to_trace_set, trace_line_strips,
+                                          transform_trace_set)
+from mu0_policy.traces import TraceSet
+
+BASELINE_PREFIX = "baseline:"
+
+
+def make_predictor(model: str, backend: str = "torch", device: str = "cpu", dtype: str = "float32"):
+    """`baseline:constant_velocity` / `baseline:zero_motion`, or a checkpoint directory."""
+    if not isinstance(model, str) or not model:
+        raise ValueError(f"model: expected 'baseline:<name>' or a checkpoint directory, got {model!r}")
+    if model.startswith(BASELINE_PREFIX):
+        from mu0_policy.baselines import ConstantVelocityPredictor, ZeroMotionPredictor
+
+        name = model[len(BASELINE_PREFIX):]
+        baselines = {"constant_velocity": ConstantVelocityPredictor, "zero_motion": ZeroMotionPredictor}
+        if name not in baselines:
+            raise ValueError(f"model: unknown baseline {name!r}; expected one of {sorted(baselines)}")
+        return baselines[name]()
+    if backend == "onnx":  # the runtime's short name for the onnxruntime backend
+        backend = "onnxruntime"
+    from mu0_policy.inference import load_predictor
+
+    return load_predictor(model, backend=backend, device=device, dtype=dtype)
+
+
+@dataclass
+class PipelineConfig:
+    queries: str = "automatic"            # automatic | grid | given
+    max_queries: int = 32
+    grid_rows: int = 4
+    grid_cols: int = 6
+    num_entities: int = 4
+    track_queries: bool = True
+    num_samples: int = 1
+    seed: int | None = 0
+    camera_to_base: RigidTransform | None = None   # T_base_cam; None = camera frame only
+    base_frame_id: str = "base_link"
+    marker_width: float = 0.006
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "config") -> "PipelineConfig":
+        d = dict(d or {})
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"{where}: unknown field(s) {unknown}; expected some of {sorted(known)}")
+        if "camera_to_base" in d and d["camera_to_base"] is not None and not isinstance(d["camera_to_base"], RigidTransform):
+            d["camera_to_base"] = extrinsic_from_list(d["camera_to_base"], f"{where}.camera_to_base")
+        return cls(**d)
+
+
+def extrinsic_from_list(values, where: str = "camera_to_base") -> RigidTransform | None:
+    """[x, y, z, qx, qy, qz, qw] (T_base_cam, the camera optical frame's pose in base) -> transform.
+
+    An empty list means "no extrinsic" (traces in the camera frame only).
+    """
+    values = [] if values is None else list(values)
+    if len(values) == 0:
+        return None
+    if len(values) != 7:
+        raise ValueError(f"{where}: expected 7 numbers [x, y, z, qx, qy, qz, qw], got {len(values)}")
+    try:
+        return RigidTransform.from_quat_xyzw(values[3:], values[:3])
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+
+
+@dataclass
+class PipelineOutput:
+    stamp_ns: int
+    queries: QuerySet
+    camera_traces: TraceSet
+    base_traces: TraceSet | None
+    markers: list[LineStrip]
+    timings_ms: dict = field(default_factory=dict)
+    queries_without_depth: int = 0
+
+    @property
+    def published(self) -> TraceSet:
+        """The set the node publishes on /mu0/traces: base frame when an extrinsic is given."""
+        return self.base_traces if self.base_traces is not None else self.camera_traces
+
+
+class TracePipeline:
+    """Stateful (query tracking + history) frame processor around a TracePredictor."""
+
+    def __init__(self, predictor: TracePredictor, config: PipelineConfig | None = None,
+                 instruction: str = ""):
+        self.predictor = predictor
+        self.config = config or PipelineConfig()
+        if self.config.num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {self.config.num_samples}")
+        self.tracker = QueryTracker(self.config.queries, max_points=self.config.max_queries,
+                                    grid_rows=self.config.grid_rows, grid_cols=self.config.grid_cols,
+                                    num_entities=self.config.num_entities, track=self.config.track_queries)
+        self.history = QueryHistory()
+        self.instruction = ""
+        if instruction:
+            self.set_instruction(instruction)
+
+    def set_instruction(self, text: str) -> None:
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("instruction: must be a non-empty string")
+        self.instruction = text.strip()
+
+    def set_given_queries(self, pixels, query_ids=None, entities=None) -> None:
+        if self.config.queries != "given":
+            raise ValueError(f"given queries arrive while queries mode is {self.config.queries!r}")
+        self.tracker.set_given(pixels, query_ids, entities)
+
+    def reset(self) -> None:
+        self.tracker.reset()
+        self.history.reset()
+        self.predictor.reset()
+
+    def warmup(self, width: int = 64, height: int = 48) -> float:
+        """Run the predictor once on a synthetic frame (first-call costs happen here); returns ms."""
+        from mu0_perception.camera import CameraIntrinsics
+
+        intr = CameraIntrinsics(width, height, width, width, (width - 1) / 2, (height - 1) / 2)
+        request = TraceRequest(color=np.full((height, width, 3), 128, np.uint8),
+                               depth=np.ones((height, width), np.float32), intrinsics=intr,
+                               instruction=self.instruction or "warm up",
+                               query_px=np.array([[width / 2, height / 2]], np.float32))
+        start = time.perf_counter()
+        self.predictor.predict([request], num_samples=self.config.num_samples, seed=self.config.seed)
+        return (time.perf_counter() - start) * 1e3
+
+    def process(self, frame: RGBDFrame) -> PipelineOutput | None:
+        """Traces for one frame; None when there is nothing to predict (no instruction / queries)."""
+        if not self.instruction:
+            return None
+        timings = {}
+        t0 = time.perf_counter()
+        queries = self.tracker.update(frame.color, frame.depth)
+        width, height = frame.intrinsics.width, frame.intrinsics.height
+        z = sample_depth_at(frame.depth, queries.pixels) if len(queries) else np.zeros(0, np.float32)
+        has_depth = np.isfinite(z) & (z > 0)
+        without_depth = int((~has_depth).sum())
+        queries = queries.subset(has_depth)   # no metric anchor -> no 3D trace for the robot
+        z = z[has_depth]
+        uvz_now = np.concatenate([pixels_to_normalized(queries.pixels, width, height), z[:, None]], axis=1)
+        self.history.add(frame.stamp_ns, queries.query_ids, uvz_now)
+        history = self.history.history(queries.query_ids, frame.stamp_ns, self.predictor.step_period)
+        timings["select_ms"] = (time.perf_counter() - t0) * 1e3
+        if len(queries) == 0:
+            return None
+        t1 = time.perf_counter()
+        request = TraceRequest(color=frame.color, depth=frame.depth, intrinsics=frame.intrinsics,
+                               instruction=self.instruction, query_px=queries.pixels, history_uvz=history)
+        result = self.predictor.predict([request], num_samples=self.config.num_samples,
+                                        seed=self.config.seed)[0]
+        timings["predict_ms"] = (time.perf_counter() - t1) * 1e3
+        t2 = time.perf_counter()
+        camera_traces = result_to_trace_set(
+            result, query_ids=queries.query_ids, entities=queries.entities, pixels=queries.pixels,
+            intrinsics=frame.intrinsics, stamp_ns=frame.stamp_ns, camera_frame_id=frame.frame_id,
+            instruction=self.instruction, model_id=self.predictor.model_id,
+            step_period=self.predictor.step_period)
+        base_traces = None
+        if self.config.camera_to_base is not None:
+            base_traces = transform_trace_set(camera_traces, self.config.camera_to_base, self.config.base_frame_id)
+        shown = base_traces if base_traces is not None else camera_traces
+        markers = trace_line_strips(shown, width=self.config.marker_width)
+        timings["postprocess_ms"] = (time.perf_counter() - t2) * 1e3
+        return PipelineOutput(frame.stamp_ns, queries, camera_traces, base_traces, markers, timings,
+                              without_depth)

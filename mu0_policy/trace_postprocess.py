@@ -1,0 +1,143 @@
+"""From the model's output to what the runtime publishes (pure numpy, no ROS).
+
+μ_0 predicts traces in `uvz` (normalised pixel coordinates + metric depth) of the reference
+camera. Robots and RViz want metric 3D: this module deprojects the samples to camera xyz, refits
+the B-spline control points in xyz (a spline in uvz is not a spline in xyz: perspective division
+is not affine), optionally maps everything into the robot base frame (B-splines are affine
+invariant, so transforming the control points transforms the curve), and describes RViz line
+strips as plain data for the node to turn into messages.
+"""
+from __future__ import annotations
+
+import colorsys
+from dataclasses import dataclass
+
+import numpy as np
+
+from mu0_perception import camera
+from mu0_perception.camera import CameraIntrinsics, RigidTransform
+from mu0_policy import bspline
+from mu0_policy.inference import TraceResult
+from mu0_policy.traces import TraceSet
+
+VALID_THRESHOLD = 0.5  # Trace.msg: a trace ends at the first sample with validity < 0.5
+
+
+def _hold_last_finite(xyz: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """Replace non-finite rows of each (T, 3) trace by the last finite one before them."""
+    out = xyz.copy()
+    for i in range(out.shape[0]):
+        for t in range(1, out.shape[1]):
+            if not ok[i, t]:
+                out[i, t] = out[i, t - 1]
+    return out
+
+
+def result_to_trace_set(result: TraceResult, *, query_ids, entities, pixels, intrinsics: CameraIntrinsics,
+                        stamp_ns: int, camera_frame_id: str, instruction: str, model_id: str,
+                        step_period: float, sample_index: int = 0, ridge: float = bspline.DEFAULT_RIDGE
+                        ) -> TraceSet:
+    """One TraceResult (uvz, K samples) -> a TraceSet in the camera optical frame (metres).
+
+    Uses sample `sample_index` of the K. Samples whose deprojection is not finite (depth <= 0 or
+    NaN) get validity 0 and are held at the previous point so every number stays finite.
+    """
+    uvz = np.asarray(result.samples_uvz, dtype=np.float64)
+    if uvz.ndim != 4 or uvz.shape[-1] != 3:
+        raise ValueError(f"result.samples_uvz: expected (K, N, H+1, 3), got {uvz.shape}")
+    if not 0 <= sample_index < uvz.shape[0]:
+        raise ValueError(f"sample_index {sample_index} out of range for K={uvz.shape[0]}")
+    uvz = uvz[sample_index]
+    n, t1, _ = uvz.shape
+    validity = np.clip(np.nan_to_num(np.asarray(result.validity, np.float64)[sample_index]), 0.0, 1.0)
+    if validity.shape != (n, t1):
+        raise ValueError(f"result.validity: expected (K, {n}, {t1}), got {np.shape(result.validity)}")
+    query_ids = np.asarray(query_ids, dtype=np.uint32).reshape(-1)
+    if len(query_ids) != n or len(entities) != n or len(pixels) != n:
+        raise ValueError(f"query_ids/entities/pixels must have N={n} entries (the result's queries)")
+    depth_ok = np.isfinite(uvz).all(axis=-1) & (uvz[..., 2] > 0)
+    if n and not depth_ok[:, 0].all():
+        raise ValueError("result.samples_uvz: anchor (step 0) depth must be finite and positive; "
+                         "drop queries without depth before postprocessing")
+    xyz = np.zeros_like(uvz)
+    if n:
+        safe = np.where(depth_ok[..., None], uvz, 1.0)
+        xyz = camera.uvz_to_xyz(safe, intrinsics)
+        finite = depth_ok & np.isfinite(xyz).all(axis=-1)
+        validity = np.where(finite, validity, 0.0)
+        xyz = _hold_last_finite(np.where(finite[..., None], xyz, np.nan), finite)
+    horizon = t1 - 1
+    knots = np.asarray(result.knots, dtype=np.float64)
+    num_ctrl = len(knots) - bspline.DEFAULT_DEGREE - 1
+    basis = bspline.basis_matrix(num_ctrl, horizon, knots=knots)
+    weights = (validity >= VALID_THRESHOLD).astype(np.float64)
+    ctrl = bspline.fit(xyz, basis, valid=weights, ridge=ridge) if n else np.zeros((0, num_ctrl, 3))
+    samples = bspline.decode(ctrl, basis) if n else np.zeros((0, t1, 3))
+    confidence = validity[:, 1:].mean(axis=1) if n else np.zeros(0)
+    return TraceSet(
+        stamp_ns=int(stamp_ns), frame_id=camera_frame_id, instruction=instruction, model_id=model_id,
+        horizon_steps=horizon, step_period=float(step_period), query_ids=query_ids,
+        entities=[str(e) for e in entities], pixels=np.asarray(pixels, np.float32).reshape(n, 2),
+        positions=samples[:, 0].copy(), knots=knots, control_points=ctrl, samples=samples,
+        validity=validity.astype(np.float32), confidence=confidence.astype(np.float32),
+        degree=bspline.DEFAULT_DEGREE, camera_to_frame=RigidTransform.identity())
+
+
+def transform_trace_set(traces: TraceSet, target_from_camera: RigidTransform, frame_id: str) -> TraceSet:
+    """The same traces expressed in another frame (e.g. base_link, given T_base_cam)."""
+    if not isinstance(target_from_camera, RigidTransform):
+        raise ValueError(f"target_from_camera must be a RigidTransform, got {type(target_from_camera).__name__}")
+    # the set may already be in a non-camera frame: compose with its own camera_to_frame
+    to_target = target_from_camera @ traces.camera_to_frame.inverse()
+    return TraceSet(
+        stamp_ns=traces.stamp_ns, frame_id=frame_id, instruction=traces.instruction, model_id=traces.model_id,
+        horizon_steps=traces.horizon_steps, step_period=traces.step_period, query_ids=traces.query_ids.copy(),
+        entities=list(traces.entities), pixels=traces.pixels.copy(),
+        positions=to_target.apply(traces.positions) if len(traces) else traces.positions.copy(),
+        knots=traces.knots.copy(),
+        control_points=to_target.apply(traces.control_points) if len(traces) else traces.control_points.copy(),
+        samples=to_target.apply(traces.samples) if len(traces) else traces.samples.copy(),
+        validity=traces.validity.copy(), confidence=traces.confidence.copy(), degree=traces.degree,
+        camera_to_frame=target_from_camera)
+
+
+def valid_length(validity: np.ndarray, threshold: float = VALID_THRESHOLD) -> np.ndarray:
+    """(N, T) -> (N,) number of leading samples before the first one under `threshold`."""
+    below = np.asarray(validity) < threshold
+    first = np.where(below.any(axis=1), below.argmax(axis=1), below.shape[1])
+    return first.astype(int)
+
+
+def time_colors(num: int, alpha: float = 1.0) -> np.ndarray:
+    """(num, 4) RGBA from blue (now) through green to red (end of horizon)."""
+    hues = np.linspace(2.0 / 3.0, 0.0, max(num, 1))[:num]
+    return np.array([(*colorsys.hsv_to_rgb(h, 1.0, 1.0), alpha) for h in hues], dtype=np.float32).reshape(num, 4)
+
+
+@dataclass
+class LineStrip:
+    """A visualization_msgs/Marker LINE_STRIP as plain data."""
+    namespace: str         # one per entity
+    marker_id: int         # the query id
+    frame_id: str
+    stamp_ns: int
+    points: np.ndarray     # (M, 3) metres
+    colors: np.ndarray     # (M, 4) RGBA in [0, 1], per point (colour by time)
+    width: float
+
+
+def trace_line_strips(traces: TraceSet, width: float = 0.006,
+                      threshold: float = VALID_THRESHOLD) -> list[LineStrip]:
+    """One line strip per trace (only its valid prefix; traces with < 2 valid points are left out)."""
+    lengths = valid_length(traces.validity, threshold)
+    colors = time_colors(traces.horizon_steps + 1)
+    strips = []
+    for i in range(len(traces)):
+        m = int(lengths[i])
+        if m < 2:
+            continue
+        strips.append(LineStrip(namespace=traces.entities[i], marker_id=int(traces.query_ids[i]),
+                                frame_id=traces.frame_id, stamp_ns=traces.stamp_ns,
+                                points=np.asarray(traces.samples[i, :m], np.float64),
+                                colors=colors[:m].copy(), width=float(width)))
+    return strips

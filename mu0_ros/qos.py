@@ -1,0 +1,89 @@
+"""QoS profiles of the mu0 graph and incompatible-QoS reporting (node-side helper; imports rclpy).
+
+realsense-ros publishes images and camera_info with a keep-last history and (depending on its
+`*_qos` parameters) RELIABLE or BEST_EFFORT delivery. A BEST_EFFORT + VOLATILE subscription is
+compatible with both, which is why it is our default for camera inputs. If a user overrides the
+reliability to RELIABLE while the camera publishes BEST_EFFORT, DDS silently never connects the
+two; the event callbacks below turn that into a counted, throttled warning instead.
+"""
+from __future__ import annotations
+
+import threading
+
+from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
+from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSPolicyKind, QoSProfile,
+                       ReliabilityPolicy)
+
+_RELIABILITY = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE,
+                "system_default": ReliabilityPolicy.SYSTEM_DEFAULT}
+_DURABILITY = {"volatile": DurabilityPolicy.VOLATILE, "transient_local": DurabilityPolicy.TRANSIENT_LOCAL,
+               "system_default": DurabilityPolicy.SYSTEM_DEFAULT}
+
+
+def make_qos(reliability: str = "best_effort", durability: str = "volatile", depth: int = 5,
+             name: str = "qos") -> QoSProfile:
+    """A keep-last profile from parameter strings; ValueError names the bad parameter."""
+    if reliability not in _RELIABILITY:
+        raise ValueError(f"{name}.reliability must be one of {sorted(_RELIABILITY)}, got {reliability!r}")
+    if durability not in _DURABILITY:
+        raise ValueError(f"{name}.durability must be one of {sorted(_DURABILITY)}, got {durability!r}")
+    if int(depth) < 1:
+        raise ValueError(f"{name}.depth must be >= 1, got {depth}")
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=int(depth),
+                      reliability=_RELIABILITY[reliability], durability=_DURABILITY[durability])
+
+
+def sensor_qos(depth: int = 5, reliability: str = "best_effort") -> QoSProfile:
+    """Camera streams: keep-last, best effort, volatile (compatible with realsense-ros defaults)."""
+    return make_qos(reliability, "volatile", depth, name="sensor_qos")
+
+
+def latest_only_qos() -> QoSProfile:
+    """Model input: keep only the newest frame, never a backlog."""
+    return make_qos("best_effort", "volatile", 1, name="latest_only_qos")
+
+
+def latched_qos() -> QoSProfile:
+    """Instruction-like state: the last value is delivered to late joiners."""
+    return make_qos("reliable", "transient_local", 1, name="latched_qos")
+
+
+def reliable_qos(depth: int = 10) -> QoSProfile:
+    return make_qos("reliable", "volatile", depth, name="reliable_qos")
+
+
+def _policy_name(kind) -> str:
+    try:
+        return QoSPolicyKind(kind).name
+    except ValueError:
+        return str(kind)
+
+
+class QosEventMonitor:
+    """Counts incompatible-QoS events per topic and logs a throttled warning for each new one."""
+
+    def __init__(self, node):
+        self._node = node
+        self._lock = threading.Lock()
+        self.incompatible: dict[str, int] = {}
+
+    def _record(self, topic: str, role: str, info) -> None:
+        with self._lock:
+            self.incompatible[topic] = self.incompatible.get(topic, 0) + max(1, int(info.total_count_change))
+            count = self.incompatible[topic]
+        self._node.get_logger().warning(
+            f"incompatible QoS on {role} {topic}: policy {_policy_name(info.last_policy_kind)} "
+            f"(seen {count}x); the endpoints will not exchange messages",
+            throttle_duration_sec=5.0)
+
+    def subscription(self, topic: str) -> SubscriptionEventCallbacks:
+        return SubscriptionEventCallbacks(
+            incompatible_qos=lambda info: self._record(topic, "subscription", info))
+
+    def publisher(self, topic: str) -> PublisherEventCallbacks:
+        return PublisherEventCallbacks(
+            incompatible_qos=lambda info: self._record(topic, "publisher", info))
+
+    def total(self) -> int:
+        with self._lock:
+            return sum(self.incompatible.values())
