@@ -26,6 +26,8 @@ from mu0_sim.config import EMBODIMENTS, SimRobotConfig, load_sim_robot
 from mu0_sim.render import CameraRenderer
 
 STEP_PERIOD_NS = 12_500_000  # Meta-World frame_skip 5 x 2.5 ms
+# Sim clock at reset. Not 0: under use_sim_time a ROS time of 0 means "no clock received yet".
+SIM_START_NS = 1_000_000_000
 DEFAULT_CAMERA = "corner"
 CAMERAS = ("topview", "corner", "corner2", "corner3", "corner4", "behindGripper", "gripperPOV")
 # Meta-World holds the hand pointing down with this mocap orientation (wxyz, unnormalised)
@@ -138,7 +140,7 @@ class CameraMotion:
 @dataclass
 class SimObservation:
     step: int                        # env steps since reset
-    stamp_ns: int                    # sim time since reset, step * 12.5 ms
+    stamp_ns: int                    # sim clock: SIM_START_NS + step * 12.5 ms
     color: np.ndarray | None         # (H, W, 3) uint8 RGB (None when rendering is off)
     depth: np.ndarray | None         # (H, W) float32 metres, NaN invalid
     intrinsics: CameraIntrinsics
@@ -283,7 +285,7 @@ class SawyerSimEnv:
         names, pts = self.ground_truth()
         pos, vel = self.joint_state()
         return SimObservation(
-            step=self.step_count, stamp_ns=self.step_count * STEP_PERIOD_NS,
+            step=self.step_count, stamp_ns=SIM_START_NS + self.step_count * STEP_PERIOD_NS,
             color=color, depth=depth,
             intrinsics=self.renderer.intrinsics if self.renderer else None,
             T_base_cam=self.camera_pose() if self.renderer else None,
