@@ -1,0 +1,124 @@
+"""Configuration of the μ_0 model (stored as config.json beside model.safetensors).
+
+Two named presets: `small` (compact vision encoder + MiniLM instruction embedding, a few
+expert layers; trains on a CPU in minutes and ships as the default checkpoint) and `full`
+(SmolVLM2-class backbone loaded from a local directory, first 20 text layers, 20-layer expert
+at half the VLM width) for GPU machines. Every field can be overridden.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+BACKBONES = ("compact", "vlm")
+
+
+@dataclass
+class Mu0Config:
+    # trace parametrisation
+    horizon: int = 32
+    history: int = 8
+    num_ctrl: int = 10
+    degree: int = 3
+    use_bspline: bool = True          # False: the paper's "no B-spline" ablation (raw waypoints)
+    step_period: float = 0.0125
+
+    # backbone
+    backbone: str = "compact"         # "compact" | "vlm"
+    image_height: int = 96
+    image_width: int = 128
+    vision_dim: int = 96
+    vision_layers: int = 2
+    vision_heads: int = 4
+    text_dim: int = 384               # all-MiniLM-L6-v2 sentence embedding size
+    vlm_path: str = ""                # local directory of a SmolVLM2 / Idefics3 checkpoint
+    vlm_num_layers: int = 20          # first K text layers kept
+    vlm_image_size: int = 384
+
+    # trace expert
+    expert_dim: int = 128
+    expert_layers: int = 4            # alternating cross (even) / self (odd) attention blocks
+    expert_heads: int = 4
+    mlp_ratio: float = 3.0
+    fourier_freqs: int = 8
+    ctrl_per_token: int = 10          # control points per expert token (tokens per query = D / this)
+
+    # flow matching
+    num_flow_steps: int = 4
+    time_beta_alpha: float = 1.5
+    time_beta_beta: float = 1.0
+    validity_weight: float = 0.5
+    rigidity_weight: float = 5.0
+
+    # data normalisation (TraceNormalizer.to_dict()), filled in by training
+    normalizer: dict = field(default_factory=dict)
+    model_id: str = "mu0_small"
+
+    def __post_init__(self):
+        self.validate()
+
+    # --- derived sizes -------------------------------------------------------------------
+    @property
+    def num_points(self) -> int:
+        """Points the flow predicts per query: D control points, or H raw waypoints."""
+        return self.num_ctrl if self.use_bspline else self.horizon
+
+    @property
+    def points_per_token(self) -> int:
+        return self.ctrl_per_token if self.use_bspline else self.ctrl_per_token * self.horizon // self.num_ctrl
+
+    @property
+    def tokens_per_query(self) -> int:
+        return self.num_points // self.points_per_token
+
+    def validate(self) -> None:
+        def bad(name, why):
+            raise ValueError(f"Mu0Config.{name}: {why} (got {getattr(self, name)!r})")
+
+        if self.backbone not in BACKBONES:
+            bad("backbone", f"must be one of {BACKBONES}")
+        for name in ("horizon", "history", "num_ctrl", "image_height", "image_width", "vision_dim",
+                     "expert_dim", "expert_layers", "expert_heads", "fourier_freqs", "num_flow_steps",
+                     "ctrl_per_token", "text_dim"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                bad(name, "must be a positive integer")
+        if self.num_ctrl not in (4, 7, 10):
+            bad("num_ctrl", "must be one of (4, 7, 10)")
+        if self.num_ctrl % self.ctrl_per_token:
+            bad("ctrl_per_token", f"must divide num_ctrl={self.num_ctrl}")
+        if not self.use_bspline and (self.ctrl_per_token * self.horizon) % self.num_ctrl:
+            bad("ctrl_per_token", "raw-waypoint mode needs ctrl_per_token * horizon divisible by num_ctrl")
+        if self.expert_dim % self.expert_heads:
+            bad("expert_heads", f"must divide expert_dim={self.expert_dim}")
+        if self.vision_dim % self.vision_heads:
+            bad("vision_heads", f"must divide vision_dim={self.vision_dim}")
+        if self.image_height % 8 or self.image_width % 8:
+            bad("image_height", "image size must be a multiple of 8 (stride of the compact stem)")
+        if self.backbone == "vlm" and not self.vlm_path:
+            bad("vlm_path", "backbone 'vlm' needs a local model directory")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Mu0Config":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"Mu0Config: unknown field(s) {unknown}")
+        return cls(**d)
+
+
+PRESETS = {
+    "small": dict(),
+    "tiny": dict(vision_dim=32, vision_layers=1, vision_heads=2, expert_dim=32, expert_layers=2,
+                 expert_heads=2, image_height=32, image_width=32, model_id="mu0_tiny"),
+    "full": dict(backbone="vlm", vlm_num_layers=20, expert_dim=1024, expert_layers=20,
+                 expert_heads=16, ctrl_per_token=2, model_id="mu0_full"),
+}
+
+
+def preset(name: str, **overrides) -> Mu0Config:
+    if name not in PRESETS:
+        raise ValueError(f"preset: unknown {name!r}, expected one of {sorted(PRESETS)}")
+    return Mu0Config(**{**PRESETS[name], **overrides})
