@@ -1,0 +1,302 @@
+"""mu0_node: a lifecycle node that runs the frozen μ_0 on the newest RGB-D frame.
+
+Lifecycle (rclpy.lifecycle; with `autostart` true, the default, the node configures and
+activates itself because this project has no lifecycle manager outside ROS installs):
+* configure  — loads the predictor (`model`: a checkpoint directory or `baseline:<name>`;
+  `backend` torch|onnx, `device` cpu|cuda, `dtype`), warms it up, creates publishers,
+  subscriptions and the SetInstruction service. SUCCESS, or FAILURE (logged, naming the file
+  and field) when the model or a parameter is unusable — the node stays unconfigured.
+* activate   — starts the worker that processes frames; lifecycle publishers go live. SUCCESS.
+* deactivate — stops processing (frames keep being received and replaced, not processed). SUCCESS.
+* cleanup    — destroys publishers, subscriptions, service and the predictor. SUCCESS.
+* shutdown   — as cleanup, from any state. SUCCESS.
+
+Data: /mu0/rgbd (keep-last 1; a frame arriving before the previous one was processed replaces it
+and counts as dropped: never a backlog), /mu0/instruction (std_msgs/String, transient local)
+and the ~/set_instruction service, /mu0/queries (mu0_msgs/QueryPoints, when `queries` is
+`given`). Outputs: /mu0/traces (TraceArray stamped with the source frame; base frame when
+`camera_to_base` = [x, y, z, qx, qy, qz, qw] is given, else camera frame), /mu0/traces_camera
+(always camera frame), /mu0/trace_markers (LINE_STRIP per trace, namespace per entity, colour by
+time, lifetime 2 x `expected_period`), /diagnostics (per-stage ms, frame age, drops).
+The per-frame work is `mu0_policy.trace_pipeline.TracePipeline` (shared with offline replay).
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.executors import ExternalShutdownException
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from std_msgs.msg import String
+from visualization_msgs.msg import MarkerArray
+
+from mu0_msgs.msg import RGBD, QueryPoints, TraceArray
+from mu0_msgs.srv import SetInstruction
+from mu0_policy.trace_pipeline import PipelineConfig, TracePipeline, extrinsic_from_list, make_predictor
+from mu0_ros import convert
+from mu0_ros.markers import marker_array_msg
+from mu0_ros.diagnostics import RuntimeMonitor, diagnostic_array_msg
+from mu0_ros.qos import QosEventMonitor, latched_qos, latest_only_qos, reliable_qos
+
+WARN_COUNTERS = ("dropped_frames", "malformed_rgbd", "failed_frames", "bad_queries", "no_instruction")
+
+
+class Mu0Node(LifecycleNode):
+    def __init__(self, **kwargs):
+        super().__init__("mu0_node", **kwargs)
+        p = self.declare_parameter
+        p("model", "baseline:constant_velocity")
+        p("backend", "torch")
+        p("device", "cpu")
+        p("dtype", "float32")
+        p("instruction", "")
+        p("queries", "automatic")
+        p("max_queries", 32)
+        p("grid_rows", 4)
+        p("grid_cols", 6)
+        p("num_entities", 4)
+        p("track_queries", True)
+        p("num_samples", 1)
+        p("seed", 0)
+        p("camera_to_base", Parameter.Type.DOUBLE_ARRAY)
+        p("base_frame_id", "base_link")
+        p("expected_period", 0.1)
+        p("input_topic", "/mu0/rgbd")
+        p("diagnostics_period", 1.0)
+        p("autostart", True)
+        self.monitor = RuntimeMonitor("mu0: mu0_node")
+        self.qos_events = QosEventMonitor(self)
+        self.pipeline: TracePipeline | None = None
+        self._slot = None                      # newest unprocessed RGBD message
+        self._slot_cv = threading.Condition()
+        self._active = False
+        self._stop = False
+        self._worker: threading.Thread | None = None
+        self._entities = []
+        self.period = 0.1
+        self.traces_pub = self.camera_traces_pub = self.markers_pub = self.diag_pub = None
+
+    # ------------------------------------------------------------------ lifecycle transitions
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Load + warm up the predictor, create endpoints. SUCCESS, or FAILURE with the reason logged."""
+        g = lambda name: self.get_parameter(name).value  # noqa: E731
+        try:
+            extrinsic = extrinsic_from_list(g("camera_to_base"), "parameter camera_to_base")
+            config = PipelineConfig(queries=g("queries"), max_queries=int(g("max_queries")),
+                                    grid_rows=int(g("grid_rows")), grid_cols=int(g("grid_cols")),
+                                    num_entities=int(g("num_entities")), track_queries=bool(g("track_queries")),
+                                    num_samples=int(g("num_samples")), seed=int(g("seed")),
+                                    camera_to_base=extrinsic, base_frame_id=g("base_frame_id"))
+            predictor = make_predictor(g("model"), g("backend"), g("device"), g("dtype"))
+            self.pipeline = TracePipeline(predictor, config, instruction=g("instruction") or "")
+            self.period = float(g("expected_period"))
+            if not self.period > 0:
+                raise ValueError(f"parameter expected_period must be > 0, got {self.period}")
+            warm_ms = self.pipeline.warmup()
+        except Exception as exc:  # CheckpointError / ValueError name the file and field
+            self.get_logger().error(f"configure failed: {exc}")
+            self.pipeline = None
+            return TransitionCallbackReturn.FAILURE
+        self.get_logger().info(f"loaded {predictor.model_id} ({g('model')}, {g('backend')}/{g('device')}), "
+                               f"warm-up {warm_ms:.1f} ms")
+        self.traces_pub = self.create_lifecycle_publisher(TraceArray, "/mu0/traces", reliable_qos(5))
+        self.camera_traces_pub = self.create_lifecycle_publisher(TraceArray, "/mu0/traces_camera", reliable_qos(5))
+        self.markers_pub = self.create_lifecycle_publisher(MarkerArray, "/mu0/trace_markers", reliable_qos(5))
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", reliable_qos(10))
+        topic = g("input_topic")
+        self.rgbd_sub = self.create_subscription(RGBD, topic, self._on_rgbd, latest_only_qos(),
+                                                 event_callbacks=self.qos_events.subscription(topic))
+        self.instruction_sub = self.create_subscription(
+            String, "/mu0/instruction", self._on_instruction, latched_qos(),
+            event_callbacks=self.qos_events.subscription("/mu0/instruction"))
+        self.queries_sub = self.create_subscription(QueryPoints, "/mu0/queries", self._on_queries, reliable_qos(5))
+        self.instruction_srv = self.create_service(SetInstruction, "~/set_instruction", self._on_set_instruction)
+        self.diag_timer = self.create_timer(float(g("diagnostics_period")), self._report)
+        self._stop = False
+        self._worker = threading.Thread(target=self._work, name="mu0_worker", daemon=True)
+        self._worker.start()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Start processing frames; lifecycle publishers go live. SUCCESS."""
+        with self._slot_cv:
+            self._slot = None   # never process a frame that waited through the inactive period
+            self._active = True
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop processing (frames are still received and replaced). SUCCESS."""
+        with self._slot_cv:
+            self._active = False
+        return super().on_deactivate(state)
+
+    def _free(self) -> None:
+        with self._slot_cv:
+            self._active = False
+            self._stop = True
+            self._slot = None
+            self._slot_cv.notify_all()
+        if self._worker is not None and self._worker is not threading.current_thread():
+            self._worker.join(timeout=5.0)
+        self._worker = None
+        for name in ("rgbd_sub", "instruction_sub", "queries_sub"):
+            if getattr(self, name, None) is not None:
+                self.destroy_subscription(getattr(self, name))
+                setattr(self, name, None)
+        for name in ("traces_pub", "camera_traces_pub", "markers_pub"):
+            if getattr(self, name, None) is not None:
+                self.destroy_lifecycle_publisher(getattr(self, name))
+                setattr(self, name, None)
+        if getattr(self, "diag_pub", None) is not None:
+            self.destroy_publisher(self.diag_pub)
+            self.diag_pub = None
+        if getattr(self, "instruction_srv", None) is not None:
+            self.destroy_service(self.instruction_srv)
+            self.instruction_srv = None
+        if getattr(self, "diag_timer", None) is not None:
+            self.destroy_timer(self.diag_timer)
+            self.diag_timer = None
+        self.pipeline = None  # drops the predictor (and its memory)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Destroy endpoints and the predictor; back to unconfigured. SUCCESS."""
+        self._free()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Free everything from any state. SUCCESS."""
+        self._free()
+        return TransitionCallbackReturn.SUCCESS
+
+    # ------------------------------------------------------------------ inputs
+    def _on_rgbd(self, msg) -> None:
+        self.monitor.count("received_frames")
+        with self._slot_cv:
+            if self._slot is not None:
+                self.monitor.count("dropped_frames")  # the worker was busy: only the newest counts
+            self._slot = msg
+            self._slot_cv.notify()
+
+    def _apply_instruction(self, text: str) -> tuple[bool, str]:
+        if self.pipeline is None:
+            return False, "node is not configured"
+        try:
+            self.pipeline.set_instruction(text)
+        except ValueError as exc:
+            return False, str(exc)
+        self.get_logger().info(f"instruction: {self.pipeline.instruction!r}")
+        return True, ""
+
+    def _on_instruction(self, msg: String) -> None:
+        ok, why = self._apply_instruction(msg.data)
+        if not ok:
+            self.monitor.count("bad_instruction")
+            self.get_logger().warning(f"ignored instruction: {why}", throttle_duration_sec=5.0)
+
+    def _on_set_instruction(self, request, response):
+        response.success, response.message = self._apply_instruction(request.instruction)
+        return response
+
+    def _on_queries(self, msg: QueryPoints) -> None:
+        try:
+            if len(msg.pixel_u) != len(msg.pixel_v):
+                raise ValueError(f"pixel_u has {len(msg.pixel_u)} entries, pixel_v {len(msg.pixel_v)}")
+            pixels = np.stack([np.asarray(msg.pixel_u, np.float32), np.asarray(msg.pixel_v, np.float32)], axis=1)
+            self.pipeline.set_given_queries(pixels, list(msg.query_ids), list(msg.entities))
+        except (ValueError, AttributeError) as exc:
+            self.monitor.count("bad_queries")
+            self.get_logger().warning(f"ignored QueryPoints: {exc}", throttle_duration_sec=5.0)
+
+    # ------------------------------------------------------------------ worker
+    def _work(self) -> None:
+        while True:
+            with self._slot_cv:
+                while not self._stop and (self._slot is None or not self._active):
+                    self._slot_cv.wait(timeout=0.5)
+                if self._stop:
+                    return
+                msg, self._slot = self._slot, None
+            try:
+                self._process(msg)
+            except Exception as exc:  # a bug or a model failure must not kill the node
+                self.monitor.count("failed_frames")
+                self.get_logger().error(f"frame processing failed: {exc!r}", throttle_duration_sec=5.0)
+
+    def _process(self, msg) -> None:
+        start = time.perf_counter()
+        pipeline = self.pipeline
+        if pipeline is None:
+            return
+        try:
+            frame = convert.rgbd_msg_to_frame(msg)
+        except ValueError as exc:
+            self.monitor.count("malformed_rgbd")
+            self.get_logger().warning(f"dropped a malformed RGBD frame: {exc}", throttle_duration_sec=5.0)
+            return
+        self.monitor.record("convert_ms", (time.perf_counter() - start) * 1e3)
+        if not pipeline.instruction:
+            self.monitor.count("no_instruction")
+            self.get_logger().warning("no instruction yet (topic /mu0/instruction or ~/set_instruction)",
+                                      throttle_duration_sec=10.0)
+            return
+        age_ms = (self.get_clock().now().nanoseconds - frame.stamp_ns) / 1e6
+        self.monitor.record("frame_age_ms", age_ms)
+        out = pipeline.process(frame)
+        if out is None:
+            self.monitor.count("frames_without_queries")
+            return
+        for stage, ms in out.timings_ms.items():
+            self.monitor.record(stage, ms)
+        self.monitor.count("queries_without_depth", out.queries_without_depth)
+        t_pub = time.perf_counter()
+        if self._active and self.traces_pub is not None:
+            self.traces_pub.publish(convert.trace_set_to_msg(out.published))
+            self.camera_traces_pub.publish(convert.trace_set_to_msg(out.camera_traces))
+            # entities that disappeared since the last frame: delete their namespaces explicitly
+            current = {s.namespace for s in out.markers}
+            self.markers_pub.publish(marker_array_msg(out.markers, 2.0 * self.period, set(self._entities) - current,
+                                                      frame.stamp_ns, out.published.frame_id))
+            self._entities = sorted(current)
+            self.monitor.count("published_frames")
+        self.monitor.record("publish_ms", (time.perf_counter() - t_pub) * 1e3)
+        self.monitor.record("total_ms", (time.perf_counter() - start) * 1e3)
+
+    def _report(self) -> None:
+        if self.diag_pub is None:
+            return
+        status = self.monitor.status(WARN_COUNTERS)
+        status.values["incompatible_qos"] = str(self.qos_events.total())
+        status.values["active"] = str(self._active)
+        if self.pipeline is not None:
+            status.values["model_id"] = self.pipeline.predictor.model_id
+            status.values["instruction"] = self.pipeline.instruction
+        self.diag_pub.publish(diagnostic_array_msg([status], self.get_clock().now().to_msg()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    rclpy.init(args=argv)
+    node = None
+    try:
+        node = Mu0Node()
+        if node.get_parameter("autostart").value:
+            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                return 1
+            node.trigger_activate()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node._free()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,295 @@
+"""Start the mu0 node graph as processes from one YAML file — `ros2 launch` for machines without it.
+
+The YAML is a standard ROS 2 parameters file (the launch files in launch/ pass the very same file
+to their nodes), plus one entry the nodes ignore:
+
+    mu0_graph:
+      ros__parameters:
+        nodes: [rgbd_sync, mu0_node, action_expert]   # which processes to start
+        use_sim_time: false
+    rgbd_sync:
+      ros__parameters: {slop: 0.02, ...}
+    mu0_node:
+      ros__parameters: {model: checkpoints/mu0_small, ...}
+
+Every child gets the merged parameters file (overrides `node.param=value` applied). Ctrl-C
+(SIGINT) or SIGTERM stops all children (SIGINT, then SIGTERM, then SIGKILL after grace periods).
+Exit code: 0 when stopped by the user or when the `driver` (e.g. the bag player) finished
+cleanly; otherwise the exit code of the first child that died.
+
+CLI (wired by mu0_ros.cli): `mu0 run CONFIG`, `mu0 sim`, `mu0 replay BAG [--offline OUT]`, `mu0 demo`.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO / "config"
+GRAPH_KEY = "mu0_graph"
+NODE_MODULES = {
+    "rgbd_sync": "mu0_perception.nodes.rgbd_sync",
+    "realsense_camera": "mu0_perception.nodes.realsense_camera",
+    "mu0_node": "mu0_policy.nodes.mu0_node",
+    "action_expert": "mu0_policy.nodes.action_expert_node",
+    "sim_arm": "mu0_sim.nodes.sim_node",
+    "bag_player": "mu0_ros.bag_player",
+}
+
+
+class GraphConfigError(ValueError):
+    """A graph YAML that cannot be used; the message names the file and the field."""
+
+
+@dataclass
+class GraphConfig:
+    path: Path
+    params: dict                       # the whole parameters file (node -> {ros__parameters: ...})
+    nodes: list = field(default_factory=list)
+
+    def node_params(self, node: str) -> dict:
+        return self.params.get(node, {}).get("ros__parameters", {})
+
+
+def _parse_value(text: str):
+    return yaml.safe_load(text) if text != "" else ""
+
+
+def load_graph_config(path, overrides=()) -> GraphConfig:
+    """Read a graph YAML and apply `node.param=value` overrides (values parsed as YAML)."""
+    path = Path(path)
+    if not path.is_file():
+        raise GraphConfigError(f"{path}: graph config not found")
+    try:
+        params = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise GraphConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(params, dict):
+        raise GraphConfigError(f"{path}: top level must be a mapping of node names")
+    for node, entry in params.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("ros__parameters", {}), dict) \
+                or set(entry) - {"ros__parameters"}:
+            raise GraphConfigError(f"{path}: field '{node}': expected {{ros__parameters: {{...}}}}")
+    params = copy.deepcopy(params)
+    for item in overrides or ():
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise GraphConfigError(f"override {item!r}: expected node.param=value")
+        key, value = item.split("=", 1)
+        node, name = key.split(".", 1)
+        params.setdefault(node, {}).setdefault("ros__parameters", {})[name] = _parse_value(value)
+    graph = params.get(GRAPH_KEY, {}).get("ros__parameters", {})
+    nodes = graph.get("nodes")
+    if not isinstance(nodes, list) or not nodes:
+        raise GraphConfigError(f"{path}: field '{GRAPH_KEY}.ros__parameters.nodes': expected a non-empty list")
+    unknown = [n for n in nodes if n not in NODE_MODULES]
+    if unknown:
+        raise GraphConfigError(f"{path}: field '{GRAPH_KEY}.ros__parameters.nodes': unknown node(s) {unknown}; "
+                               f"known: {sorted(NODE_MODULES)}")
+    if graph.get("use_sim_time"):
+        for node in nodes:
+            params.setdefault(node, {}).setdefault("ros__parameters", {})["use_sim_time"] = True
+    return GraphConfig(path, params, list(nodes))
+
+
+def resolve_config(name_or_path: str) -> Path:
+    """A path, or a short name from config/ (`replay` -> config/mu0_replay.yaml)."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    candidate = CONFIG_DIR / f"mu0_{name_or_path}.yaml"
+    if candidate.is_file():
+        return candidate
+    raise GraphConfigError(f"{name_or_path}: no such file (nor {candidate})")
+
+
+class ProcessGraph:
+    """The children of one graph; `wait()` supervises them until done, a failure, or a signal."""
+
+    def __init__(self, config: GraphConfig, extra: dict | None = None, driver: str | None = None,
+                 log_dir: Path | None = None, env: dict | None = None):
+        self.config = config
+        self.extra = extra or {}          # node -> extra CLI args before --ros-args (bag_player)
+        self.driver = driver
+        self.children: dict[str, subprocess.Popen] = {}
+        self.log_dir = log_dir
+        self.env = env
+        self._stop_requested = False
+        self._params_file = None
+
+    def start(self) -> None:
+        handle = tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="mu0_params_", delete=False)
+        yaml.safe_dump({k: v for k, v in self.config.params.items() if k != GRAPH_KEY}, handle)
+        handle.close()
+        self._params_file = handle.name
+        env = dict(os.environ if self.env is None else self.env)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        for node in self.config.nodes + ([self.driver] if self.driver and self.driver not in self.config.nodes else []):
+            cmd = [sys.executable, "-m", NODE_MODULES[node], *self.extra.get(node, []),
+                   "--ros-args", "--params-file", self._params_file]
+            out = None
+            if self.log_dir is not None:
+                self.log_dir.mkdir(parents=True, exist_ok=True)
+                out = open(self.log_dir / f"{node}.log", "w")
+            self.children[node] = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
+                                                   cwd=str(REPO))
+
+    def request_stop(self, *_):
+        self._stop_requested = True
+
+    def stop(self, grace_s: float = 5.0) -> dict:
+        """SIGINT every live child, then SIGTERM, then SIGKILL; returns node -> exit code."""
+        for sig, wait in ((signal.SIGINT, grace_s), (signal.SIGTERM, 2.0), (signal.SIGKILL, 2.0)):
+            live = [p for p in self.children.values() if p.poll() is None]
+            if not live:
+                break
+            for p in live:
+                try:
+                    p.send_signal(sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline and any(p.poll() is None for p in live):
+                time.sleep(0.05)
+        if self._params_file:
+            Path(self._params_file).unlink(missing_ok=True)
+        return {n: p.poll() for n, p in self.children.items()}
+
+    def wait(self, duration_s: float | None = None) -> int:
+        start = time.monotonic()
+        previous = {s: signal.signal(s, self.request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        code = 0
+        try:
+            while not self._stop_requested:
+                if duration_s is not None and time.monotonic() - start > duration_s:
+                    break
+                finished = {n: p.poll() for n, p in self.children.items() if p.poll() is not None}
+                failed = {n: c for n, c in finished.items() if c != 0}
+                if failed:
+                    node, code = next(iter(failed.items()))
+                    print(f"mu0: {node} exited with code {code}; stopping the graph", file=sys.stderr)
+                    break
+                if self.driver and self.driver in finished:
+                    break
+                if finished and not self.driver:
+                    node = next(iter(finished))
+                    print(f"mu0: {node} exited; stopping the graph", file=sys.stderr)
+                    break
+                time.sleep(0.1)
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            self.stop()
+        return code
+
+
+def run_graph(config_path, overrides=(), duration_s: float | None = None, driver: str | None = None,
+              extra: dict | None = None, log_dir=None) -> int:
+    """Start the graph of `config_path` and supervise it (see module docstring). Returns the exit code."""
+    try:
+        config = load_graph_config(resolve_config(str(config_path)), overrides)
+    except GraphConfigError as exc:
+        print(f"mu0: {exc}", file=sys.stderr)
+        return 2
+    graph = ProcessGraph(config, extra=extra, driver=driver, log_dir=Path(log_dir) if log_dir else None)
+    graph.start()
+    return graph.wait(duration_s)
+
+
+def replay_live(bag, config="replay", overrides=(), rate: float = 1.0, loop: bool = False,
+                duration_s: float | None = None, log_dir=None, wait_for=("/camera/camera/color/image_raw",)) -> int:
+    """Play `bag` (with /clock) into the graph of `config`; returns when the bag has been played."""
+    if not (Path(bag) / "metadata.yaml").is_file():
+        print(f"mu0: {bag}: not a rosbag2 directory (no metadata.yaml)", file=sys.stderr)
+        return 2
+    args = [str(bag), "--rate", str(rate), "--wait-for", *wait_for, "--wait-timeout", "30", "--start-delay", "1.0",
+            "--linger", "2.0"]
+    if loop:
+        args.append("--loop")
+    return run_graph(config, overrides, duration_s=duration_s, driver="bag_player", extra={"bag_player": args},
+                     log_dir=log_dir)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def _overrides_arg(parser):
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NODE.PARAM=VALUE",
+                        help="override a parameter of the config (repeatable)")
+    parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    parser.add_argument("--log-dir", default=None, help="write each node's output to LOG_DIR/<node>.log")
+
+
+def main_run(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mu0 run", description="start the node graph of a YAML config")
+    parser.add_argument("config", help="graph YAML (or a short name: sim, replay, arm)")
+    _overrides_arg(parser)
+    args = parser.parse_args(argv)
+    return run_graph(args.config, args.overrides, args.duration, log_dir=args.log_dir)
+
+
+def main_sim(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mu0 sim", description="simulated arm + sync + μ_0 + action expert")
+    parser.add_argument("--config", default="sim")
+    _overrides_arg(parser)
+    args = parser.parse_args(argv)
+    return run_graph(args.config, args.overrides, args.duration, log_dir=args.log_dir)
+
+
+def main_replay(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mu0 replay", description="replay a bag live (with /clock) or offline")
+    parser.add_argument("bag")
+    parser.add_argument("--offline", metavar="OUT", default=None,
+                        help="no DDS: write OUT, a copy of BAG with traces, markers and commands added")
+    parser.add_argument("--config", default="replay")
+    parser.add_argument("--rate", type=float, default=1.0)
+    parser.add_argument("--loop", action="store_true")
+    parser.add_argument("--overlay", default=None, help="(offline) also write an MP4 of the traces over the images")
+    _overrides_arg(parser)
+    args = parser.parse_args(argv)
+    if args.offline:
+        from mu0_ros.replay import replay_offline
+
+        try:
+            summary = replay_offline(args.bag, args.offline, resolve_config(args.config), args.overrides,
+                                     overlay_path=args.overlay)
+        except ValueError as exc:
+            print(f"mu0 replay: {exc}", file=sys.stderr)
+            return 2
+        print(summary.describe())
+        return 0
+    return replay_live(args.bag, args.config, args.overrides, args.rate, args.loop, args.duration, args.log_dir)
+
+
+def main_demo(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mu0 demo", description="sim bag -> sync -> μ_0 -> expert: output bag + MP4/PNG")
+    parser.add_argument("--out", default="out/demo", help="output directory")
+    parser.add_argument("--bag", default=None, help="use this recorded bag instead of recording a sim episode")
+    parser.add_argument("--config", default="replay")
+    parser.add_argument("--live", action="store_true", help="also replay live over DDS (processes)")
+    _overrides_arg(parser)
+    args = parser.parse_args(argv)
+    from mu0_ros.replay import demo
+
+    try:
+        result = demo(args.out, bag=args.bag, config=args.config, overrides=args.overrides, live=args.live)
+    except ValueError as exc:
+        print(f"mu0 demo: {exc}", file=sys.stderr)
+        return 2
+    print(result)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return main_run(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,282 @@
+"""Offline replay (bag in -> bag out, no DDS), the overlay renderer and the demo.
+
+`replay_offline` runs the same core objects the nodes run — `RGBDAssembler` (rgbd_sync),
+`TracePipeline` (mu0_node) and, when the graph has an action expert, its expert + safety guard —
+in-process, message by message in log-time order. The output bag holds every input message
+unchanged plus /mu0/traces (base frame when an extrinsic is known), /mu0/traces_camera,
+/mu0/trace_markers and the expert's commands, each written at the log time of the message that
+completed its camera frame. Same bag + same config -> byte-identical added messages.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from mu0_perception.camera import RigidTransform, project
+from mu0_perception.sync import RGBDAssembler
+from mu0_policy.trace_pipeline import PipelineConfig, TracePipeline, extrinsic_from_list, make_predictor
+from mu0_policy.trace_postprocess import time_colors, valid_length
+from mu0_ros import convert
+from mu0_ros.markers import marker_array_msg
+
+RGBD_PARAMS = {"color_topic": "/camera/camera/color/image_raw",
+               "depth_topic": "/camera/camera/aligned_depth_to_color/image_raw",
+               "camera_info_topic": "/camera/camera/color/camera_info",
+               "slop": 0.02, "queue_size": 10, "min_valid_depth_fraction": 0.05}
+PIPELINE_KEYS = ("queries", "max_queries", "grid_rows", "grid_cols", "num_entities", "track_queries",
+                 "num_samples", "seed", "base_frame_id")
+
+
+def pipeline_from_params(params: dict) -> TracePipeline:
+    """The mu0_node parameters (as in the graph YAML) -> a ready TracePipeline."""
+    config = PipelineConfig(**{k: params[k] for k in PIPELINE_KEYS if k in params},
+                            camera_to_base=extrinsic_from_list(params.get("camera_to_base"), "mu0_node.camera_to_base"))
+    predictor = make_predictor(params.get("model", "baseline:constant_velocity"), params.get("backend", "torch"),
+                               params.get("device", "cpu"), params.get("dtype", "float32"))
+    return TracePipeline(predictor, config, instruction=params.get("instruction") or "")
+
+
+@dataclass
+class ReplaySummary:
+    bag_in: str
+    bag_out: str
+    frames: int = 0
+    trace_sets: int = 0
+    traces: int = 0
+    commands: int = 0
+    faults: dict = field(default_factory=dict)
+    overlay: str | None = None
+
+    def describe(self) -> str:
+        faults = ", ".join(f"{k}={v}" for k, v in self.faults.items() if v) or "none"
+        return (f"replayed {self.bag_in} -> {self.bag_out}: {self.frames} frames, {self.trace_sets} trace sets "
+                f"({self.traces} traces), {self.commands} commands; dropped: {faults}"
+                + (f"; overlay {self.overlay}" if self.overlay else ""))
+
+
+def _graph_params(config, overrides=()) -> dict:
+    """node -> parameters from a graph YAML path (or an already-loaded dict of node params)."""
+    if config is None:
+        return {}
+    if isinstance(config, dict):
+        return config
+    from mu0_ros.launcher import load_graph_config
+
+    graph = load_graph_config(config, overrides)
+    return {node: graph.node_params(node) for node in graph.params}
+
+
+def replay_offline(bag_in, bag_out, config=None, overrides=(), overlay_path=None, progress: bool = True,
+                   expert_stage=None) -> ReplaySummary:
+    """Run the graph's core in-process over `bag_in`, write `bag_out` (see module docstring).
+
+    config: a graph YAML path or {node: params}. expert_stage: optional callable
+    (log_time_ns, TraceSet, joint_state_msg) -> [(topic, msgtype, message)] built with the
+    output typestore; by default the action expert of the config is used when available.
+    """
+    from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+
+    bag_in, bag_out = Path(bag_in), Path(bag_out)
+    if not (bag_in / "metadata.yaml").is_file():
+        raise ValueError(f"bag_in: {bag_in} is not a rosbag2 directory (no metadata.yaml)")
+    if bag_out.exists():
+        shutil.rmtree(bag_out)
+    bag_out.parent.mkdir(parents=True, exist_ok=True)
+    params = _graph_params(config, overrides)
+    sync_params = {**RGBD_PARAMS, **params.get("rgbd_sync", {})}
+    node_params = dict(params.get("mu0_node", {}))
+    episode = _episode_json(bag_in)
+    if not node_params.get("camera_to_base") and episode is not None and "T_base_cam" in episode:
+        tf = episode["T_base_cam"]
+        node_params["camera_to_base"] = list(tf["translation"]) + list(tf["quat_xyzw"])
+    pipeline = pipeline_from_params(node_params)
+    period = float(node_params.get("expected_period", 0.1))
+    assembler = RGBDAssembler(float(sync_params["slop"]), int(sync_params["queue_size"]),
+                              float(sync_params["min_valid_depth_fraction"]))
+    streams = {sync_params["color_topic"]: "color", sync_params["depth_topic"]: "depth",
+               sync_params["camera_info_topic"]: "info"}
+    if expert_stage is None and "action_expert" in params:
+        expert_stage = make_expert_stage(params["action_expert"])
+    store = convert.mu0_typestore()
+    summary = ReplaySummary(str(bag_in), str(bag_out))
+    overlay_frames = []
+    last_joint_state = None
+    entities: list[str] = []
+    with Reader(bag_in) as reader, Writer(bag_out, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        out_conns = {}
+
+        def connection(topic, msgtype):
+            if topic not in out_conns:
+                out_conns[topic] = writer.add_connection(topic, msgtype, typestore=store)
+            return out_conns[topic]
+
+        def write(topic, msgtype, log_time, msg):
+            writer.write(connection(topic, msgtype), log_time, store.serialize_cdr(msg, msgtype))
+
+        for c in reader.connections:
+            connection(c.topic, c.msgtype)
+        total = sum(c.msgcount for c in reader.connections)
+        for conn, log_time, raw in tqdm(reader.messages(), total=total, desc="offline replay", unit="msg",
+                                        disable=not progress):
+            writer.write(out_conns[conn.topic], log_time, raw)
+            if conn.topic == "/mu0/instruction":
+                pipeline.set_instruction(store.deserialize_cdr(raw, conn.msgtype).data)
+                continue
+            if conn.topic == "/joint_states":
+                last_joint_state = store.deserialize_cdr(raw, conn.msgtype)
+                continue
+            stream = streams.get(conn.topic)
+            if stream is None:
+                continue
+            for frame in assembler.add(stream, store.deserialize_cdr(raw, conn.msgtype)):
+                summary.frames += 1
+                out = pipeline.process(frame)
+                if out is None:
+                    continue
+                summary.trace_sets += 1
+                summary.traces += len(out.published)
+                write("/mu0/traces", "mu0_msgs/msg/TraceArray", log_time, convert.trace_set_to_msg(out.published, store))
+                write("/mu0/traces_camera", "mu0_msgs/msg/TraceArray", log_time,
+                      convert.trace_set_to_msg(out.camera_traces, store))
+                current = {s.namespace for s in out.markers}
+                write("/mu0/trace_markers", "visualization_msgs/msg/MarkerArray", log_time,
+                      marker_array_msg(out.markers, 2.0 * period, set(entities) - current, frame.stamp_ns,
+                                       out.published.frame_id, typestore=store))
+                entities = sorted(current)
+                if expert_stage is not None:
+                    for topic, msgtype, msg in expert_stage(log_time, out.published, last_joint_state, store):
+                        write(topic, msgtype, log_time, msg)
+                        summary.commands += 1
+                if overlay_path is not None:
+                    overlay_frames.append(draw_traces(frame.color, out.camera_traces, frame.intrinsics))
+    summary.faults = {**assembler.faults, "unmatched": sum(assembler.matcher.stats.dropped_unmatched.values())}
+    if episode is not None:
+        (bag_out / "episode.json").write_text(json.dumps(episode, indent=2))
+    if overlay_path is not None and overlay_frames:
+        summary.overlay = str(write_overlay(overlay_frames, overlay_path))
+    return summary
+
+
+def _episode_json(bag: Path) -> dict | None:
+    path = bag / "episode.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def make_expert_stage(expert_params: dict):
+    """The action expert's per-trace step for offline replay, or None when that module is absent.
+
+    Uses `mu0_policy.nodes.action_expert_node.offline_step_factory(params, typestore)` when the
+    action-expert node provides it (the same code its timer runs); without it, offline replay
+    writes traces and markers only.
+    """
+    try:
+        from mu0_policy.nodes import action_expert_node
+    except ImportError:
+        return None
+    factory = getattr(action_expert_node, "offline_step_factory", None)
+    if factory is None:
+        return None
+    return factory(expert_params)
+
+
+# ---------------------------------------------------------------------------------------------- overlay
+def draw_traces(color: np.ndarray, camera_traces, intrinsics, thickness: int = 2) -> np.ndarray:
+    """Colour image (RGB) with each camera-frame trace projected and drawn, colour by time."""
+    import cv2
+
+    canvas = np.ascontiguousarray(color.copy())
+    if len(camera_traces) == 0:
+        return canvas
+    colors = (time_colors(camera_traces.horizon_steps + 1)[:, :3] * 255).astype(int)
+    lengths = valid_length(camera_traces.validity)
+    uv, depth = project(camera_traces.samples.reshape(-1, 3), intrinsics)
+    uv = uv.reshape(len(camera_traces), -1, 2)
+    depth = depth.reshape(len(camera_traces), -1)
+    for i in range(len(camera_traces)):
+        pts = uv[i, :max(int(lengths[i]), 1)]
+        ok = np.isfinite(pts).all(axis=1) & (depth[i, :len(pts)] > 0)
+        for t in range(1, len(pts)):
+            if ok[t] and ok[t - 1]:
+                cv2.line(canvas, tuple(np.round(pts[t - 1]).astype(int)), tuple(np.round(pts[t]).astype(int)),
+                         tuple(int(c) for c in colors[t]), thickness, cv2.LINE_AA)
+        if ok[0]:
+            cv2.circle(canvas, tuple(np.round(pts[0]).astype(int)), thickness + 1, (255, 255, 255), -1, cv2.LINE_AA)
+    return canvas
+
+
+def write_overlay(frames: list, path, fps: float = 10.0) -> Path:
+    """MP4 (or PNG for a single frame / a .png path: a 2x2 contact sheet of evenly spaced frames)."""
+    import imageio.v2 as imageio
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".png":
+        picks = [frames[int(round(k))] for k in np.linspace(0, len(frames) - 1, min(4, len(frames)))]
+        while len(picks) < 4:
+            picks.append(np.zeros_like(picks[0]))
+        sheet = np.concatenate([np.concatenate(picks[:2], axis=1), np.concatenate(picks[2:], axis=1)], axis=0)
+        imageio.imwrite(path, sheet)
+        return path
+    even = [f[: f.shape[0] // 2 * 2, : f.shape[1] // 2 * 2] for f in frames]  # yuv420p needs even sizes
+    imageio.mimwrite(path, even, fps=fps, codec="libx264", macro_block_size=1)
+    return path
+
+
+def render_overlay_from_bag(bag, out_path, fps: float = 10.0) -> Path:
+    """Overlay of the /mu0/traces_camera of a replayed bag over its colour images."""
+    from rosbags.rosbag2 import Reader
+
+    store = convert.mu0_typestore()
+    images, infos, traces = {}, {}, []
+    with Reader(Path(bag)) as reader:
+        for conn, _, raw in reader.messages():
+            if conn.topic == RGBD_PARAMS["color_topic"]:
+                msg = store.deserialize_cdr(raw, conn.msgtype)
+                images[convert.stamp_to_ns(msg.header.stamp)] = convert.color_from_image(msg)
+            elif conn.topic == RGBD_PARAMS["camera_info_topic"]:
+                msg = store.deserialize_cdr(raw, conn.msgtype)
+                infos[convert.stamp_to_ns(msg.header.stamp)] = convert.intrinsics_from_camera_info(msg)
+            elif conn.topic == "/mu0/traces_camera":
+                traces.append(convert.trace_msg_to_set(store.deserialize_cdr(raw, conn.msgtype)))
+    frames = [draw_traces(images[t.stamp_ns], t, infos[t.stamp_ns]) for t in traces
+              if t.stamp_ns in images and t.stamp_ns in infos]
+    if not frames:
+        raise ValueError(f"bag: {bag} has no /mu0/traces_camera matching its colour images")
+    return write_overlay(frames, out_path, fps)
+
+
+# ---------------------------------------------------------------------------------------------- demo
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "checkpoints" / "mu0_small"
+
+
+def demo(out_dir, bag=None, config="replay", overrides=(), live: bool = False, task: str = "pick-place",
+         seed: int = 0, max_steps: int = 120) -> str:
+    """The main job: a sim episode (recorded now, or `bag`) -> sync -> μ_0 -> expert, offline and
+    optionally live; writes out_dir/replayed (bag), traces.mp4 and traces.png. Returns a summary."""
+    from mu0_ros.launcher import resolve_config
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if bag is None:
+        from mu0_sim.record import record_episode
+
+        bag = record_episode(task, seed, out_dir / "recorded", embodiment="sawyer_joint", max_steps=max_steps,
+                             overwrite=True)
+    overrides = list(overrides)
+    if not any(o.startswith("mu0_node.model=") for o in overrides) and not (DEFAULT_MODEL_DIR / "config.json").is_file():
+        overrides.append("mu0_node.model=baseline:constant_velocity")  # no bundled weights in this checkout
+    config_path = resolve_config(config)
+    summary = replay_offline(bag, out_dir / "replayed", config_path, overrides, overlay_path=out_dir / "traces.mp4")
+    render_overlay_from_bag(out_dir / "replayed", out_dir / "traces.png")
+    lines = [summary.describe(), f"overlay: {out_dir / 'traces.mp4'}, {out_dir / 'traces.png'}"]
+    if live:
+        from mu0_ros.launcher import replay_live
+
+        code = replay_live(bag, config_path, overrides, rate=0.25, log_dir=out_dir / "logs")
+        lines.append(f"live replay exit code {code} (logs in {out_dir / 'logs'})")
+    return "\n".join(lines)
