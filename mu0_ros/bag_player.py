@@ -38,14 +38,15 @@ def message_class(type_name: str):
         raise ValueError(f"message type {type_name!r} of the bag is not available to rclpy") from None
 
 
-def read_schedule(bag: str | Path, topics: list[str] | None = None):
+def read_schedule(bag: str | Path, topics: list[str] | None = None, exclude=()):
     """[(log_time_ns, topic, type_name, raw_cdr_bytes)] in log-time order (what the player sends)."""
     bag = Path(bag)
     if not (bag / "metadata.yaml").is_file():
         raise ValueError(f"bag: {bag} is not a rosbag2 directory (no metadata.yaml)")
     out = []
     with Reader(bag) as reader:
-        connections = [c for c in reader.connections if topics is None or c.topic in topics]
+        connections = [c for c in reader.connections
+                       if (topics is None or c.topic in topics) and c.topic not in set(exclude)]
         if topics:
             missing = sorted(set(topics) - {c.topic for c in reader.connections})
             if missing:
@@ -58,11 +59,11 @@ def read_schedule(bag: str | Path, topics: list[str] | None = None):
 
 class BagPlayer(Node):
     def __init__(self, bag, rate: float = 1.0, loop: bool = False, topics=None, publish_clock: bool = True,
-                 latched_topics=LATCHED_TOPICS, qos_depth: int = 10, **kwargs):
+                 latched_topics=LATCHED_TOPICS, qos_depth: int = 10, exclude=(), **kwargs):
         super().__init__("bag_player", **kwargs)
         if not rate > 0:
             raise ValueError(f"rate: must be > 0, got {rate}")
-        self.schedule = read_schedule(bag, topics)
+        self.schedule = read_schedule(bag, topics, exclude)
         if not self.schedule:
             raise ValueError(f"bag: {bag} has no messages on the selected topics")
         self.rate, self.loop, self.publish_clock = float(rate), bool(loop), bool(publish_clock)
@@ -122,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rate", type=float, default=1.0, help="playback speed factor")
     parser.add_argument("--loop", action="store_true", help="start over at the end until Ctrl-C")
     parser.add_argument("--topics", nargs="*", default=None, help="only these topics")
+    parser.add_argument("--exclude", nargs="*", default=[], help="never these topics")
     parser.add_argument("--no-clock", action="store_true", help="do not publish /clock")
     parser.add_argument("--wait-for", nargs="*", default=[], metavar="TOPIC",
                         help="wait (up to --wait-timeout s) until these topics have subscribers")
@@ -140,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         try:
             player = BagPlayer(args.bag, rate=args.rate, loop=args.loop, topics=args.topics,
-                               publish_clock=not args.no_clock)
+                               publish_clock=not args.no_clock, exclude=args.exclude)
         except ValueError as exc:
             print(f"bag_player: {exc}", file=sys.stderr)
             return 2

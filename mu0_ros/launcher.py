@@ -211,8 +211,14 @@ def replay_live(bag, config="replay", overrides=(), rate: float = 1.0, loop: boo
     if not (Path(bag) / "metadata.yaml").is_file():
         print(f"mu0: {bag}: not a rosbag2 directory (no metadata.yaml)", file=sys.stderr)
         return 2
+    try:
+        graph = load_graph_config(resolve_config(str(config)), overrides)
+    except GraphConfigError as exc:
+        print(f"mu0: {exc}", file=sys.stderr)
+        return 2
+    exclude = graph.node_params(GRAPH_KEY).get("exclude_topics", [])
     args = [str(bag), "--rate", str(rate), "--wait-for", *wait_for, "--wait-timeout", "30", "--start-delay", "1.0",
-            "--linger", "2.0"]
+            "--linger", "2.0", *(["--exclude", *exclude] if exclude else [])]
     if loop:
         args.append("--loop")
     return run_graph(config, overrides, duration_s=duration_s, driver="bag_player", extra={"bag_player": args},

@@ -72,12 +72,12 @@ def _graph_params(config, overrides=()) -> dict:
 
 
 def replay_offline(bag_in, bag_out, config=None, overrides=(), overlay_path=None, progress: bool = True,
-                   expert_stage=None) -> ReplaySummary:
+                   ) -> ReplaySummary:
     """Run the graph's core in-process over `bag_in`, write `bag_out` (see module docstring).
 
-    config: a graph YAML path or {node: params}. expert_stage: optional callable
-    (log_time_ns, TraceSet, joint_state_msg) -> [(topic, msgtype, message)] built with the
-    output typestore; by default the action expert of the config is used when available.
+    config: a graph YAML path or {node: params}. With an `action_expert` entry (robot_config), its
+    commands are added on the robot's command topic; command topics already in the input bag
+    (`mu0_graph.exclude_topics`, e.g. the recorder's commands) are kept under /recorded<topic>.
     """
     from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 
@@ -100,12 +100,11 @@ def replay_offline(bag_in, bag_out, config=None, overrides=(), overlay_path=None
                               float(sync_params["min_valid_depth_fraction"]))
     streams = {sync_params["color_topic"]: "color", sync_params["depth_topic"]: "depth",
                sync_params["camera_info_topic"]: "info"}
-    if expert_stage is None and "action_expert" in params:
-        expert_stage = make_expert_stage(params["action_expert"])
+    expert = ExpertStage(params["action_expert"]) if params.get("action_expert") else None
+    renamed = {t: f"/recorded{t}" for t in params.get("mu0_graph", {}).get("exclude_topics", [])}
     store = convert.mu0_typestore()
     summary = ReplaySummary(str(bag_in), str(bag_out))
     overlay_frames = []
-    last_joint_state = None
     entities: list[str] = []
     with Reader(bag_in) as reader, Writer(bag_out, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
         out_conns = {}
@@ -119,16 +118,21 @@ def replay_offline(bag_in, bag_out, config=None, overrides=(), overlay_path=None
             writer.write(connection(topic, msgtype), log_time, store.serialize_cdr(msg, msgtype))
 
         for c in reader.connections:
-            connection(c.topic, c.msgtype)
+            connection(renamed.get(c.topic, c.topic), c.msgtype)
         total = sum(c.msgcount for c in reader.connections)
         for conn, log_time, raw in tqdm(reader.messages(), total=total, desc="offline replay", unit="msg",
                                         disable=not progress):
-            writer.write(out_conns[conn.topic], log_time, raw)
+            writer.write(out_conns[renamed.get(conn.topic, conn.topic)], log_time, raw)
+            if expert is not None:
+                for tick_ns, msg in expert.advance(log_time, store):
+                    write(expert.topic, expert.msgtype, tick_ns, msg)
+                    summary.commands += 1
             if conn.topic == "/mu0/instruction":
                 pipeline.set_instruction(store.deserialize_cdr(raw, conn.msgtype).data)
                 continue
             if conn.topic == "/joint_states":
-                last_joint_state = store.deserialize_cdr(raw, conn.msgtype)
+                if expert is not None:
+                    expert.on_joint_state(store.deserialize_cdr(raw, conn.msgtype))
                 continue
             stream = streams.get(conn.topic)
             if stream is None:
@@ -148,10 +152,8 @@ def replay_offline(bag_in, bag_out, config=None, overrides=(), overlay_path=None
                       marker_array_msg(out.markers, 2.0 * period, set(entities) - current, frame.stamp_ns,
                                        out.published.frame_id, typestore=store))
                 entities = sorted(current)
-                if expert_stage is not None:
-                    for topic, msgtype, msg in expert_stage(log_time, out.published, last_joint_state, store):
-                        write(topic, msgtype, log_time, msg)
-                        summary.commands += 1
+                if expert is not None:
+                    expert.on_traces(out.published)
                 if overlay_path is not None:
                     overlay_frames.append(draw_traces(frame.color, out.camera_traces, frame.intrinsics))
     summary.faults = {**assembler.faults, "unmatched": sum(assembler.matcher.stats.dropped_unmatched.values())}
@@ -167,21 +169,76 @@ def _episode_json(bag: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def make_expert_stage(expert_params: dict):
-    """The action expert's per-trace step for offline replay, or None when that module is absent.
+class ExpertStage:
+    """The action_expert node's work, in bag time: the same ExpertRunner, ticked at the robot's
+    control rate between bag messages (the node's timer), fed the traces and joint states the
+    node would have received. Only commands the guard marks `send` (not dry-run) are written,
+    exactly as the node publishes only those."""
 
-    Uses `mu0_policy.nodes.action_expert_node.offline_step_factory(params, typestore)` when the
-    action-expert node provides it (the same code its timer runs); without it, offline replay
-    writes traces and markers only.
-    """
-    try:
-        from mu0_policy.nodes import action_expert_node
-    except ImportError:
-        return None
-    factory = getattr(action_expert_node, "offline_step_factory", None)
-    if factory is None:
-        return None
-    return factory(expert_params)
+    def __init__(self, expert_params: dict):
+        from mu0_policy.experts import load_robot_config
+        from mu0_policy.experts.runner import ExpertRunner
+
+        path = expert_params.get("robot_config")
+        if not path:
+            raise ValueError("action_expert.robot_config: required (path of config/robots/<robot>.yaml)")
+        self.robot = load_robot_config(path)
+        self.runner = ExpertRunner(self.robot)
+        if "dry_run" in expert_params:
+            self.runner.guard.dry_run = bool(expert_params["dry_run"])
+        self.topic = self.robot.command_topic
+        self.msgtype = ("trajectory_msgs/msg/JointTrajectory" if self.robot.command_interface == "joint_trajectory"
+                        else "std_msgs/msg/Float64MultiArray")
+        self.period_ns = int(round(self.robot.control_dt * 1e9))
+        self.next_tick_ns = None
+        self.dry_run_ticks = 0
+
+    def on_traces(self, traces) -> None:
+        self.runner.update_traces(traces)
+
+    def on_joint_state(self, msg) -> None:
+        names = [str(n) for n in msg.name]
+        vel = np.asarray(msg.velocity, float) if len(msg.velocity) else None
+        self.runner.update_joint_state(convert.stamp_to_ns(msg.header.stamp), names,
+                                       np.asarray(msg.position, float), vel)
+
+    def advance(self, now_ns: int, typestore) -> list:
+        """Run every control tick due up to `now_ns`; [(tick_ns, message)] to write."""
+        if self.next_tick_ns is None:
+            self.next_tick_ns = now_ns
+        out = []
+        while self.next_tick_ns <= now_ns:
+            cmd = self.runner.tick(self.next_tick_ns)
+            if cmd is not None and cmd.send:
+                out.append((self.next_tick_ns, command_msg(cmd, typestore)))
+            elif cmd is not None:
+                self.dry_run_ticks += 1
+            self.next_tick_ns += self.period_ns
+        return out
+
+
+def command_msg(cmd, typestore=None):
+    """A TickCommand -> JointTrajectory (joint_trajectory) or Float64MultiArray (first row)."""
+    c = lambda name: convert._msg_class(name, typestore)  # noqa: E731
+    if cmd.interface == "joint_trajectory":
+        points = []
+        for k, row in enumerate(np.asarray(cmd.values, float)):
+            ns = int(round((k + 1) * cmd.dt * 1e9))
+            points.append(c("trajectory_msgs/msg/JointTrajectoryPoint")(
+                positions=np.asarray(row, np.float64) if typestore is not None else [float(v) for v in row],
+                velocities=np.zeros(0) if typestore is not None else [],
+                accelerations=np.zeros(0) if typestore is not None else [],
+                effort=np.zeros(0) if typestore is not None else [],
+                time_from_start=c("builtin_interfaces/msg/Duration")(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)))
+        return c("trajectory_msgs/msg/JointTrajectory")(header=convert.make_header(0, "", typestore),
+                                                        joint_names=list(cmd.names), points=points)
+    values = np.asarray(cmd.values, np.float64)[0]
+    layout = c("std_msgs/msg/MultiArrayLayout")(dim=[], data_offset=0)
+    return c("std_msgs/msg/Float64MultiArray")(layout=layout, data=values if typestore is not None else values.tolist())
+
+
+def make_expert_stage(expert_params: dict):
+    return ExpertStage(expert_params)
 
 
 # ---------------------------------------------------------------------------------------------- overlay
