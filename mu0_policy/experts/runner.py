@@ -1,0 +1,179 @@
+"""ExpertRunner: the action_expert node's logic without ROS (also usable by offline replay).
+
+It keeps the newest traces and joint state, asks the expert for a chunk every `chunk_execute`
+ticks, passes every chunk through the SafetyGuard, and says per control tick what to emit:
+- joint_trajectory: the whole guarded chunk at each re-plan (the controller interpolates), nothing
+  in between; a hold is a one-point trajectory at the hold position;
+- forward_position / ee_delta: one row per tick from the guarded chunk.
+Inputs are checked on every tick, so a stale input or an e-stop holds within one tick.
+"""
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from mu0_policy.experts.base import ActionExpert, ExpertObservation, make_expert
+from mu0_policy.experts.robot_config import RobotConfig
+from mu0_policy.safety import SafetyGuard
+from mu0_policy.traces import TraceSet
+
+
+@dataclass
+class TickCommand:
+    interface: str                 # joint_trajectory | forward_position | ee_delta
+    names: list                    # joint names (joint interfaces) or ["dx", "dy", "dz", "gripper"]
+    values: np.ndarray             # (P, J) trajectory points, or (1, J) / (1, 4) for one tick
+    dt: float                      # seconds between trajectory points
+    hold: bool
+    reasons: tuple
+    send: bool                     # False in dry-run: log, do not publish
+
+
+@dataclass
+class _Traces:
+    stamp_ns: int
+    samples: np.ndarray            # (N, H+1, 3) base frame
+    validity: np.ndarray
+    entities: list
+    query_ids: np.ndarray
+    step_period: float
+
+
+class ExpertRunner:
+    def __init__(self, robot: RobotConfig, expert: ActionExpert | None = None, guard: SafetyGuard | None = None):
+        self.robot = robot
+        self.expert = expert or make_expert(robot)
+        self.guard = guard or SafetyGuard.from_robot(robot)
+        self.kinematics = getattr(self.expert, "kinematics", None) or robot.build_kinematics()
+        self._cam_to_base = robot.camera_to_base_transform()
+        self._traces: _Traces | None = None
+        self._joints: dict = {}    # name -> (stamp_ns, position, velocity)
+        self._plan = None          # guarded rows being executed (forward / ee_delta)
+        self._plan_tick = 0
+        self._ticks_since_plan = 0
+        self.counts = Counter()
+        self.act_ms: list = []     # latency of expert.act, for diagnostics / benchmarks
+
+    # ------------------------------------------------------------------------- inputs
+    def update_traces(self, traces: TraceSet) -> None:
+        """Take a new TraceSet; ValueError (nothing changes) when it cannot be used."""
+        samples = np.asarray(traces.samples, dtype=float)
+        if not np.all(np.isfinite(samples)):
+            raise ValueError("traces.samples: non-finite coordinates")
+        validity = np.asarray(traces.validity, dtype=float)
+        if not np.all(np.isfinite(validity)):
+            raise ValueError("traces.validity: non-finite values")
+        if traces.frame_id != self.robot.base_frame:
+            if self._cam_to_base is None:
+                raise ValueError(f"traces.frame_id: {traces.frame_id!r} is not the robot base frame "
+                                 f"{self.robot.base_frame!r} and the robot config has no camera_to_base")
+            # points in frame_id -> camera (undo camera_to_frame) -> base (configured extrinsic)
+            to_base = self._cam_to_base @ traces.camera_to_frame.inverse()
+            samples = to_base.apply(samples)
+        self._traces = _Traces(int(traces.stamp_ns), samples, validity, list(traces.entities),
+                               np.asarray(traces.query_ids), float(traces.step_period))
+        self.counts["traces"] += 1
+
+    def update_joint_state(self, stamp_ns: int, names, positions, velocities=None) -> None:
+        """Merge a joint-state message (may hold a subset of joints); ValueError on bad input."""
+        names = list(names)
+        pos = np.asarray(positions, dtype=float).reshape(-1)
+        if pos.shape[0] != len(names):
+            raise ValueError(f"joint_state.position: {pos.shape[0]} values for {len(names)} names")
+        vel = None if velocities is None or len(velocities) == 0 else np.asarray(velocities, float).reshape(-1)
+        if vel is not None and vel.shape[0] != len(names):
+            raise ValueError(f"joint_state.velocity: {vel.shape[0]} values for {len(names)} names")
+        wanted = [i for i, n in enumerate(names) if n in self.robot.joints.names]
+        if wanted and not np.all(np.isfinite(pos[wanted])):
+            raise ValueError("joint_state.position: non-finite values for the robot's joints")
+        for i in wanted:
+            self._joints[names[i]] = (int(stamp_ns), pos[i], np.nan if vel is None else vel[i])
+        self.counts["joint_states"] += 1
+
+    def measured(self):
+        """(positions (J,), velocities (J,) or None, oldest stamp) in the robot's joint order, or Nones."""
+        if not all(n in self._joints for n in self.robot.joints.names):
+            return None, None, None
+        rows = [self._joints[n] for n in self.robot.joints.names]
+        vel = np.array([r[2] for r in rows])
+        return (np.array([r[1] for r in rows]), None if np.isnan(vel).any() else vel, min(r[0] for r in rows))
+
+    # ------------------------------------------------------------------------- e-stop
+    def estop(self, reason: str = "e-stop") -> None:
+        self.guard.latch_estop(reason)
+        self._plan = None
+
+    def reset_estop(self) -> bool:
+        was = self.guard.reset_estop()
+        self.expert.reset()
+        self._plan = None
+        return was
+
+    # ------------------------------------------------------------------------- tick
+    def _names(self):
+        if self.robot.command_interface == "ee_delta":
+            return ["dx", "dy", "dz", "gripper"]
+        return list(self.robot.joints.names)
+
+    def _emit(self, out, values):
+        return TickCommand(self.robot.command_interface, self._names(), values, out.dt, out.hold,
+                           out.reasons, out.send)
+
+    def _guard(self, now_ns, chunk, q, js_stamp, tr_stamp):
+        if self.robot.command_interface == "ee_delta":
+            ee = None
+            if q is not None and np.all(np.isfinite(q)):
+                ee = self.kinematics.ee_pose(q)[:3, 3]
+            return self.guard.ee_command(now_ns, None if chunk is None else chunk.ee_deltas, ee, js_stamp, tr_stamp)
+        return self.guard.joint_command(now_ns, None if chunk is None else chunk.joint_positions, q, js_stamp, tr_stamp)
+
+    def tick(self, now_ns: int) -> TickCommand | None:
+        """What to emit at this control tick (None: nothing this tick)."""
+        q, qd, js_stamp = self.measured()
+        tr_stamp = None if self._traces is None else self._traces.stamp_ns
+        reasons = self.guard.input_reasons(now_ns, js_stamp, tr_stamp, q)
+        if reasons:
+            self._plan = None
+            out = self._guard(now_ns, None, q, js_stamp, tr_stamp)   # -> a hold with those reasons
+            self.counts["hold_ticks"] += 1
+            return None if out.values is None else self._emit(out, out.values)
+        iface = self.robot.command_interface
+        if self._plan is not None and self._ticks_since_plan < self.robot.chunk_execute:
+            self._ticks_since_plan += 1
+            if iface == "joint_trajectory":
+                return None                         # the controller is executing the chunk
+            self._plan_tick += 1
+            out = self._plan
+            return self._emit(out, out.values[min(self._plan_tick, len(out.values) - 1)][None])
+        t = self._traces
+        obs = ExpertObservation(
+            stamp_ns=now_ns, joint_names=list(self.robot.joints.names), joint_positions=q, joint_velocities=qd,
+            traces_xyz=t.samples, validity=t.validity, entities=t.entities, query_ids=t.query_ids,
+            trace_stamp_ns=t.stamp_ns, step_period=t.step_period)
+        start = time.perf_counter()
+        try:
+            chunk = self.expert.act(obs)
+        except (ValueError, ArithmeticError, np.linalg.LinAlgError) as err:
+            self.counts["expert_errors"] += 1
+            self.last_expert_error = str(err)
+            chunk = None
+        self.act_ms.append((time.perf_counter() - start) * 1e3)
+        if len(self.act_ms) > 200:
+            del self.act_ms[:100]
+        if chunk is not None and "hold" in chunk.info:
+            self.counts["expert_holds"] += 1
+        out = self._guard(now_ns, chunk, q, js_stamp, tr_stamp)
+        if out.values is None:
+            self._plan = None
+            return None
+        if out.hold:
+            self._plan = None
+            return self._emit(out, out.values)
+        self._plan, self._plan_tick, self._ticks_since_plan = out, 0, 1
+        self.counts["plans"] += 1
+        if iface == "joint_trajectory":
+            return self._emit(out, out.values)
+        return self._emit(out, out.values[:1])

@@ -1,0 +1,205 @@
+"""action_expert node over real rclpy / Fast DDS, in its own processes (the console-script module).
+
+The test process plays the rest of the graph: it publishes /joint_states and /mu0/traces, listens
+to the command topics, publishes the e-stop and calls ~/reset_estop. No robot exists here, so the
+joint states are a fixed pose (the closed-loop test with the MuJoCo sim is test_expert_closed_loop).
+"""
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Bool, Float64MultiArray
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from mu0_msgs.msg import TraceArray
+from mu0_policy.experts import load_robot_config
+from mu0_policy.traces import TraceSet
+from mu0_ros import convert
+
+RESET_Q = np.array([1.889, -0.576, -0.977, 1.642, 0.943, 1.044, 2.293, -1.0])
+FWD_CFG = "config/robots/sim_sawyer_forward.yaml"
+JTC_CFG = "config/robots/sim_sawyer_joint.yaml"
+DIRECTION = np.array([0.1, 0.0, -0.05])
+
+
+def trace_set(stamp_ns, start, direction=DIRECTION, frame="base_link", nan=False):
+    samples = start + np.linspace(0, 1, 33)[:, None] * direction
+    if nan:
+        samples[5, 1] = np.nan
+    ctrl = start + np.linspace(0, 1, 4)[:, None] * direction
+    return TraceSet(stamp_ns=stamp_ns, frame_id=frame, instruction="reach", model_id="test", horizon_steps=32,
+                    step_period=0.05, query_ids=np.array([7], np.uint32), entities=["gripper"],
+                    pixels=np.zeros((1, 2), np.float32), positions=samples[None, 0],
+                    knots=np.array([0, 0, 0, 0, 1, 1, 1, 1.0]), control_points=ctrl[None],
+                    samples=samples[None], validity=np.ones((1, 33), np.float32),
+                    confidence=np.ones(1, np.float32))
+
+
+def start_node(cfg, *args):
+    cmd = [sys.executable, "-m", "mu0_policy.nodes.action_expert_node", "--ros-args",
+           "-p", f"robot_config:={cfg}", *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.fixture(scope="module")
+def graph():
+    robot = load_robot_config(FWD_CFG)
+    kin = robot.build_kinematics()
+    procs = {
+        # live forward-position node with its own e-stop topic
+        "fwd": start_node(FWD_CFG, "-p", "dry_run:=false", "-p", "estop_topic:=/fwd/estop",
+                          "-r", "__node:=expert_fwd"),
+        # live trajectory node
+        "jtc": start_node(JTC_CFG, "-p", "dry_run:=false", "-r", "__node:=expert_jtc",
+                          "-p", "estop_topic:=/jtc/estop"),
+        # the shipped default: dry-run; its command topic is remapped so only it could publish there
+        "dry": start_node(JTC_CFG, "-r", "__node:=expert_dry",
+                          "-r", "/joint_trajectory_controller/joint_trajectory:=/dry/joint_trajectory"),
+    }
+    rclpy.init()
+    node = rclpy.create_node("expert_test_graph")
+    got = {"fwd": [], "jtc": [], "dry": [], "diag": []}
+    rel = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+    node.create_subscription(Float64MultiArray, robot.command_topic, lambda m: got["fwd"].append((time.monotonic(), m)), rel)
+    node.create_subscription(JointTrajectory, "/joint_trajectory_controller/joint_trajectory",
+                             lambda m: got["jtc"].append((time.monotonic(), m)), rel)
+    node.create_subscription(JointTrajectory, "/dry/joint_trajectory", lambda m: got["dry"].append(m), rel)
+    node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: got["diag"].append(m), rel)
+    pubs = {
+        "js": node.create_publisher(JointState, "/joint_states", 10),
+        "traces": node.create_publisher(TraceArray, "/mu0/traces", rel),
+        "estop": node.create_publisher(Bool, "/fwd/estop", rel),
+    }
+    ex = SingleThreadedExecutor()
+    ex.add_node(node)
+    state = {"q": RESET_Q.copy(), "nan_traces": False, "nan_js": False, "send": True}
+    ee = kin.ee_pose(RESET_Q)[:3, 3]
+
+    def publish_inputs():
+        now = node.get_clock().now().nanoseconds
+        q = state["q"].copy()
+        if state["nan_js"]:
+            q[2] = np.nan
+        js = JointState()
+        js.header.stamp = convert.ns_to_stamp(now)
+        js.name = list(robot.joint_names)
+        js.position = [float(v) for v in q]
+        pubs["js"].publish(js)
+        if state["send"]:
+            pubs["traces"].publish(convert.trace_set_to_msg(trace_set(now, ee, nan=state["nan_traces"])))
+
+    node.create_timer(0.05, publish_inputs)
+
+    def spin(seconds, until=None):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            ex.spin_once(timeout_sec=0.02)
+            if until is not None and until():
+                return True
+        return until is None or until()
+
+    yield dict(node=node, got=got, pubs=pubs, spin=spin, state=state, kin=kin, ee=ee, robot=robot, procs=procs)
+    for p in procs.values():
+        p.terminate()
+    for name, p in procs.items():
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    node.destroy_node()
+    rclpy.shutdown()
+
+
+def test_live_node_publishes_guarded_commands_toward_the_trace(graph):
+    got, spin = graph["got"], graph["spin"]
+    assert spin(40, until=lambda: len(got["fwd"]) >= 10 and len(got["jtc"]) >= 2), \
+        {k: p.poll() for k, p in graph["procs"].items()}
+    robot, kin, ee = graph["robot"], graph["kin"], graph["ee"]
+    lim = robot.joints
+    for _, m in got["fwd"][-10:]:
+        q = np.asarray(m.data)
+        assert q.shape == (8,) and np.all(np.isfinite(q))
+        assert np.all(q >= lim.lower) and np.all(q <= lim.upper)
+        # the arm "stays" at RESET_Q here, so every command is within a few steps of it
+        assert np.all(np.abs(q - RESET_Q) <= 3 * lim.max_step_delta + 1e-9)
+        moved = kin.ee_pose(q)[:3, 3] - ee
+        assert moved @ DIRECTION > 0                         # toward where the gripper trace goes
+    traj = got["jtc"][-1][1]
+    assert list(traj.joint_names) == robot.joint_names and len(traj.points) == 10
+    t = [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in traj.points]
+    assert np.allclose(np.diff(t), 0.05)
+    final = kin.ee_pose(np.asarray(traj.points[-1].positions))[:3, 3] - ee
+    assert final @ DIRECTION / np.linalg.norm(DIRECTION) > 0.01
+
+
+def test_estop_holds_until_reset(graph):
+    got, spin, pubs, node = graph["got"], graph["spin"], graph["pubs"], graph["node"]
+    spin(30, until=lambda: len(got["fwd"]) >= 5)
+    pubs["estop"].publish(Bool(data=True))
+    spin(0.5)
+    mark = time.monotonic()
+    spin(1.5)
+    during = [np.asarray(m.data) for t, m in got["fwd"] if t > mark]
+    assert len(during) >= 10
+    assert all(np.allclose(q, RESET_Q) for q in during)      # hold = the measured pose, every tick
+    pubs["estop"].publish(Bool(data=False))                   # false does not release the latch
+    spin(0.5)
+    assert np.allclose(np.asarray(got["fwd"][-1][1].data), RESET_Q)
+    client = node.create_client(Trigger, "/expert_fwd/reset_estop")
+    assert client.wait_for_service(timeout_sec=10)
+    future = client.call_async(Trigger.Request())
+    assert spin(10, until=future.done) and future.result().success
+    mark = time.monotonic()
+    spin(1.0)
+    after = [np.asarray(m.data) for t, m in got["fwd"] if t > mark]
+    assert after and not np.allclose(after[-1], RESET_Q)      # moving again
+
+
+def test_dry_run_node_publishes_nothing(graph):
+    got, spin = graph["got"], graph["spin"]
+    spin(30, until=lambda: len(got["jtc"]) >= 3)
+    spin(1.0)
+    assert got["jtc"] and got["dry"] == []                    # same inputs, same config, dry-run
+
+
+def diag_value(got, robot, key):
+    """Latest value of a counter in the /diagnostics status of the node driving `robot`."""
+    for m in reversed(got["diag"]):
+        for s in m.status:
+            vals = {kv.key: kv.value for kv in s.values}
+            if s.hardware_id == robot and key in vals:
+                return int(vals[key])
+    return None
+
+
+def test_malformed_inputs_are_counted_and_cause_a_hold(graph):
+    got, spin, state = graph["got"], graph["spin"], graph["state"]
+    state["nan_traces"] = True
+    assert spin(5, until=lambda: (diag_value(got, "sim_sawyer_forward", "malformed_traces") or 0) > 0)
+    state["nan_traces"] = False
+    state["nan_js"] = True
+    assert spin(5, until=lambda: (diag_value(got, "sim_sawyer_forward", "malformed_joint_states") or 0) > 0)
+    spin(1.0)   # beyond the 0.5 s joint-state timeout: the node holds at the last command
+    mark = time.monotonic()
+    spin(1.0)
+    during = [np.asarray(m.data) for t, m in got["fwd"] if t > mark]
+    assert during and all(np.array_equal(q, during[0]) for q in during) and np.all(np.isfinite(during))
+    state["nan_js"] = False
+    assert all(p.poll() is None for p in graph["procs"].values())     # nobody crashed
+
+
+def test_bad_config_fails_at_start_naming_the_file(tmp_path):
+    bad = tmp_path / "robot.yaml"
+    bad.write_text(open(FWD_CFG).read().replace("rate_hz: 20.0", "rate_hz: -3"))
+    p = start_node(str(bad))
+    out, _ = p.communicate(timeout=60)
+    assert p.returncode == 2 and str(bad) in out and "control.rate_hz" in out
