@@ -1,0 +1,253 @@
+"""Keypoint selection for TraceExtract: entities, per-entity quotas, farthest-point sampling,
+and the movement filter.
+
+Stages (after the μ_0 paper's TraceExtract, re-implemented for CPU):
+1. A `FeatureBackbone` turns each frame into a coarse feature grid. The CPU default
+   (`LocalFeatureBackbone`) uses local appearance (Lab colour, gradient), depth and motion
+   (per-pixel temporal change over the episode); a pretrained backbone (DINOv2 via
+   `TransformersBackbone`) plugs in where weights and a GPU exist.
+2. `cluster_entities` clusters the grid cells of several frames jointly (k-means), so entity ids
+   are consistent over time.
+3. `allocate_quota` splits the keypoint budget over entities in proportion to their coverage,
+   with a floor for small entities (a small object must not be starved by a large background).
+4. `farthest_point_sampling` spreads each entity's points over its area.
+5. `trace_diameter` / `movement_filter` flag points whose trace moves more than a threshold in
+   pixels (depth contributes with a weight), as in the paper (40 px, depth weight 0.1).
+
+Pure numpy / OpenCV; no ROS.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+# Movement filter of the paper: a point "moves" if its trace diameter exceeds 40 px, with depth
+# weighted 0.1. The paper works at 640 px width; we scale the pixel threshold with image width.
+MOVEMENT_THRESHOLD_PX_AT_640 = 40.0
+MOVEMENT_DEPTH_WEIGHT = 0.1
+
+
+class FeatureBackbone(ABC):
+    """Maps a batch of frames to per-cell feature vectors on a (gh, gw) grid."""
+
+    name: str = "backbone"
+
+    @abstractmethod
+    def features(self, colors: np.ndarray, depths: np.ndarray | None) -> np.ndarray:
+        """colors (T, H, W, 3) uint8, depths (T, H, W) float32 m or None -> (T, gh, gw, C) float32."""
+
+
+class LocalFeatureBackbone(FeatureBackbone):
+    """CPU features without learned weights: mean Lab colour, gradient energy, depth and motion
+    per grid cell. Motion is the cell's temporal standard deviation of intensity over the whole
+    clip, which separates the arm and manipulated objects from a static scene."""
+
+    name = "local-lab-depth-motion"
+
+    def __init__(self, cell_px: int = 8, color_weight: float = 1.0, depth_weight: float = 1.5,
+                 motion_weight: float = 1.5, position_weight: float = 0.5):
+        if cell_px < 1:
+            raise ValueError(f"cell_px must be >= 1, got {cell_px}")
+        self.cell_px = int(cell_px)
+        self.weights = (color_weight, depth_weight, motion_weight, position_weight)
+
+    def features(self, colors, depths=None):
+        colors = np.asarray(colors)
+        if colors.ndim != 4 or colors.shape[-1] != 3:
+            raise ValueError(f"colors must be (T, H, W, 3), got {colors.shape}")
+        T, H, W, _ = colors.shape
+        c = self.cell_px
+        gh, gw = H // c, W // c
+        if gh < 1 or gw < 1:
+            raise ValueError(f"image {W}x{H} smaller than one {c}px cell")
+        wc, wd, wm, wp = self.weights
+
+        def pool(x):  # (T, H, W, k) -> (T, gh, gw, k) cell means
+            x = x[:, :gh * c, :gw * c]
+            return x.reshape(T, gh, c, gw, c, -1).mean(axis=(2, 4))
+
+        lab = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2LAB) for f in colors]).astype(np.float32) / 255.0
+        gray = lab[..., 0]
+        gx = np.stack([cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3) for g in gray])
+        gy = np.stack([cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3) for g in gray])
+        grad = np.sqrt(gx * gx + gy * gy)[..., None]
+        motion = np.broadcast_to(gray.std(axis=0)[None, ..., None], gray.shape + (1,))
+        feats = [wc * pool(lab), 0.5 * wc * pool(grad), wm * 4.0 * pool(motion)]
+        if depths is not None:
+            d = np.asarray(depths, dtype=np.float32)
+            finite = np.isfinite(d)
+            med = float(np.median(d[finite])) if finite.any() else 1.0
+            d = np.where(finite, d, med) / max(med, 1e-3)
+            feats.append(wd * pool(d[..., None]))
+        yy, xx = np.meshgrid(np.linspace(0, 1, gh), np.linspace(0, 1, gw), indexing="ij")
+        pos = np.broadcast_to(np.stack([yy, xx], -1)[None], (T, gh, gw, 2)).astype(np.float32)
+        feats.append(wp * pos)
+        return np.concatenate(feats, axis=-1).astype(np.float32)
+
+
+class TransformersBackbone(FeatureBackbone):
+    """A pretrained ViT (e.g. DINOv2) from a local transformers checkpoint directory; patch tokens
+    become the grid. Meant for GPU machines with weights on disk (no hub access here)."""
+
+    def __init__(self, model_dir: str, device: str = "cpu", image_size: int = 224):
+        import torch
+        from transformers import AutoModel
+
+        self.model = AutoModel.from_pretrained(model_dir).to(device).eval()
+        self.device, self.image_size = device, int(image_size)
+        self.patch = int(getattr(self.model.config, "patch_size", 14))
+        self.name = f"transformers:{model_dir}"
+        self._torch = torch
+
+    def features(self, colors, depths=None):
+        torch = self._torch
+        x = torch.as_tensor(np.asarray(colors), dtype=torch.float32, device=self.device)
+        x = x.permute(0, 3, 1, 2) / 255.0
+        x = torch.nn.functional.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
+                                            align_corners=False)
+        mean = torch.tensor([0.485, 0.456, 0.406], device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor([0.229, 0.224, 0.225], device=self.device).view(1, 3, 1, 1)
+        with torch.no_grad():
+            out = self.model(pixel_values=(x - mean) / std).last_hidden_state
+        g = self.image_size // self.patch
+        tokens = out[:, -g * g:]  # drop CLS / register tokens
+        return tokens.reshape(len(colors), g, g, -1).float().cpu().numpy()
+
+
+def cluster_entities(features: np.ndarray, num_entities: int = 8, seed: int = 0,
+                     attempts: int = 2) -> np.ndarray:
+    """Jointly cluster (T, gh, gw, C) features into entity labels (T, gh, gw) int32.
+
+    Clustering all frames together keeps ids consistent over time; features are standardised so
+    no channel dominates by scale."""
+    f = np.asarray(features, dtype=np.float32)
+    if f.ndim != 4:
+        raise ValueError(f"features must be (T, gh, gw, C), got {f.shape}")
+    if num_entities < 1:
+        raise ValueError(f"num_entities must be >= 1, got {num_entities}")
+    flat = f.reshape(-1, f.shape[-1])
+    flat = (flat - flat.mean(0)) / (flat.std(0) + 1e-6)
+    k = int(min(num_entities, len(flat)))
+    cv2.setRNGSeed(seed)
+    crit = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 30, 1e-3)
+    _, labels, _ = cv2.kmeans(flat.astype(np.float32), k, None, crit, attempts, cv2.KMEANS_PP_CENTERS)
+    return labels.reshape(f.shape[:3]).astype(np.int32)
+
+
+def allocate_quota(coverage: dict[int, float], total: int, min_per_entity: int = 4) -> dict[int, int]:
+    """Split `total` keypoints over entities proportional to coverage (pixel count or fraction),
+    giving every entity at least `min_per_entity` (when the budget allows). Sums to `total`
+    exactly when total >= min_per_entity * len(coverage)."""
+    if total < 0:
+        raise ValueError(f"total must be >= 0, got {total}")
+    ids = [k for k, v in coverage.items() if v > 0]
+    if not ids or total == 0:
+        return {k: 0 for k in coverage}
+    floor = min(min_per_entity, total // len(ids))
+    quota = {k: floor for k in ids}
+    rest = total - floor * len(ids)
+    cov = np.array([coverage[k] for k in ids], dtype=float)
+    share = rest * cov / cov.sum()
+    extra = np.floor(share).astype(int)
+    # largest remainders get the leftover points, so the sum is exact
+    for i in np.argsort(-(share - extra))[: rest - int(extra.sum())]:
+        extra[i] += 1
+    for k, e in zip(ids, extra):
+        quota[k] += int(e)
+    return {k: quota.get(k, 0) for k in coverage}
+
+
+def farthest_point_sampling(points: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """Indices of k points (or all, if fewer) spread by greedy farthest-point sampling."""
+    pts = np.asarray(points, dtype=np.float64)
+    n = len(pts)
+    if k <= 0 or n == 0:
+        return np.zeros(0, dtype=np.int64)
+    if k >= n:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    chosen = [int(rng.integers(n))]
+    dist = np.linalg.norm(pts - pts[chosen[0]], axis=1)
+    for _ in range(k - 1):
+        i = int(np.argmax(dist))
+        chosen.append(i)
+        dist = np.minimum(dist, np.linalg.norm(pts - pts[i], axis=1))
+    return np.array(chosen, dtype=np.int64)
+
+
+@dataclass
+class Keypoints:
+    uv: np.ndarray          # (N, 2) float32 pixels in the seed frame
+    entity_id: np.ndarray   # (N,) int32
+    frame_index: int        # the frame the points were seeded in
+
+
+def select_keypoints(labels_frame: np.ndarray, image_hw: tuple[int, int], total: int,
+                     valid_mask: np.ndarray | None = None, min_per_entity: int = 4,
+                     exclude_mask: np.ndarray | None = None, frame_index: int = 0,
+                     seed: int = 0) -> Keypoints:
+    """Pick `total` keypoints in one frame from its entity label grid (gh, gw).
+
+    valid_mask (H, W): pixels allowed (e.g. finite depth, textured); exclude_mask (H, W): pixels
+    already covered by live tracks (re-seeding only fills uncovered regions)."""
+    H, W = image_hw
+    lab = cv2.resize(np.asarray(labels_frame, dtype=np.int32).astype(np.float32), (W, H),
+                     interpolation=cv2.INTER_NEAREST).astype(np.int32)
+    ok = np.ones((H, W), bool) if valid_mask is None else np.asarray(valid_mask, bool).copy()
+    if exclude_mask is not None:
+        ok &= ~np.asarray(exclude_mask, bool)
+    # keep away from the border: LK windows and bilinear depth lookups need margin
+    m = 4
+    ok[:m], ok[-m:], ok[:, :m], ok[:, -m:] = False, False, False, False
+    ids, counts = np.unique(lab[ok], return_counts=True)
+    quota = allocate_quota({int(i): float(c) for i, c in zip(ids, counts)}, total, min_per_entity)
+    uv, ent = [], []
+    for e, q in quota.items():
+        if q == 0:
+            continue
+        vs, us = np.nonzero(ok & (lab == e))
+        cand = np.stack([us, vs], 1).astype(np.float32)
+        if len(cand) > 4000:  # FPS cost is O(n k); a random subset keeps the spread
+            cand = cand[np.random.default_rng(seed + e).choice(len(cand), 4000, replace=False)]
+        idx = farthest_point_sampling(cand, q, seed=seed + e)
+        uv.append(cand[idx])
+        ent.append(np.full(len(idx), e, np.int32))
+    if not uv:
+        return Keypoints(np.zeros((0, 2), np.float32), np.zeros(0, np.int32), frame_index)
+    return Keypoints(np.concatenate(uv).astype(np.float32), np.concatenate(ent), frame_index)
+
+
+def movement_threshold_px(image_width: int) -> float:
+    """The paper's 40 px threshold (at 640 px width) scaled to this image width."""
+    return MOVEMENT_THRESHOLD_PX_AT_640 * image_width / 640.0
+
+
+def trace_diameter(uv_px: np.ndarray, depth_m: np.ndarray, valid: np.ndarray, fx: float,
+                   depth_weight: float = MOVEMENT_DEPTH_WEIGHT) -> np.ndarray:
+    """Diameter of each trace in pixel units: max pairwise distance of (u, v, w * fx * z).
+
+    uv_px (..., T, 2), depth_m (..., T), valid (..., T) -> (...,). Depth is turned into pixel
+    units with the focal length (a metre of depth change counts like fx pixels), then weighted,
+    so lateral image motion dominates as in the paper."""
+    uv = np.asarray(uv_px, dtype=np.float64)
+    z = np.nan_to_num(np.asarray(depth_m, dtype=np.float64))
+    v = np.asarray(valid, bool)
+    p = np.concatenate([uv, (depth_weight * fx * z)[..., None]], axis=-1)  # (..., T, 3)
+    p = np.where(v[..., None], p, np.nan)
+    # the diameter of a point set is bounded by the bounding-box diagonal and >= its longest side;
+    # the exact pairwise max is affordable for the short windows used here
+    diff = p[..., :, None, :] - p[..., None, :, :]
+    d = np.sqrt(np.nansum(diff * diff, axis=-1))
+    both = v[..., :, None] & v[..., None, :]
+    d = np.where(both, d, 0.0)
+    return d.max(axis=(-1, -2)) if d.size else np.zeros(uv.shape[:-2])
+
+
+def movement_filter(uv_px, depth_m, valid, fx, image_width, threshold_px: float | None = None,
+                    depth_weight: float = MOVEMENT_DEPTH_WEIGHT) -> np.ndarray:
+    """True where the trace diameter exceeds the threshold (default: paper's, scaled to width)."""
+    thr = movement_threshold_px(image_width) if threshold_px is None else float(threshold_px)
+    return trace_diameter(uv_px, depth_m, valid, fx, depth_weight) > thr

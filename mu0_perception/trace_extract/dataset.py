@@ -1,0 +1,291 @@
+"""TraceExtract dataset: training tuples from EpisodeTraces, staged per episode, packed into
+safetensors shards + index.json (docs/dataset.md; contract in docs/interfaces.md).
+
+Writing is crash-safe: every file is written to a temporary name in the same directory and
+renamed into place (atomic on POSIX), index.json last. A run is two phases:
+1. per episode: `build_samples` -> `stage_episode` writes `episodes/<id>.safetensors` + `.json`;
+2. `finalize`: fits the corpus TraceNormalizer, B-spline control points for every query, packs
+   the shards and writes index.json. It is deterministic and cheap, so it simply re-runs after
+   new episodes are staged.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from mu0_perception import keypoints as kp
+from mu0_perception.camera import arc_length_reparameterize, pixels_to_normalized
+from mu0_perception.trace_extract import lift
+from mu0_perception.trace_extract.pipeline import EpisodeTraces
+from mu0_policy.bspline import TraceNormalizer, enough_valid_steps
+
+FORMAT_VERSION = 1
+STAGE_DIR = "episodes"
+KEYS = ("color", "depth", "intrinsics", "query_mask", "query_uvz", "query_xyz", "entity_id", "moving",
+        "history_uvz", "history_valid", "future_uvz", "future_xyz", "future_valid", "ctrl_norm",
+        "ctrl_valid", "episode_index", "frame_index")
+
+
+@dataclass
+class SampleConfig:
+    max_queries: int = 64         # N: queries per sample (padded, query_mask)
+    horizon: int = 32             # H future steps (H + 1 samples incl. the query)
+    history: int = 8              # h past steps
+    stride: int = 4               # a sample every `stride` frames
+    moving_share: float = 0.75    # at most this share of the queries are moving points; rest static
+    min_future_valid: int = 10    # a query needs >= this many valid future samples (= D) to be kept
+    parameterization: str = "arc_length"   # "arc_length" (paper) or "time"
+    num_ctrl: int = 10
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.parameterization not in ("arc_length", "time"):
+            raise ValueError(f"parameterization must be 'arc_length' or 'time', got {self.parameterization!r}")
+        for name in ("max_queries", "horizon", "stride"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=1).encode())
+
+
+def atomic_save_safetensors(path: Path, arrays: dict, metadata: dict | None = None) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def _prefix_valid(v: np.ndarray) -> np.ndarray:
+    """Keep only the contiguous valid run from step 0 (a trace stops at its first gap)."""
+    return np.cumprod(v, axis=-1).astype(bool)
+
+
+def build_samples(tr: EpisodeTraces, color: np.ndarray, depth: np.ndarray, cfg: SampleConfig | None = None):
+    """Training tuples of one episode in each reference camera (arrays without ctrl_norm).
+
+    Returns (arrays dict with leading sample axis S, per-sample caption list of [task, segment])."""
+    cfg = cfg or SampleConfig()
+    intr = tr.intrinsics
+    T, Nall = tr.valid.shape
+    H, W = color.shape[1:3]
+    Hz, h, N = cfg.horizon, cfg.history, cfg.max_queries
+    rng = np.random.default_rng(cfg.seed + zlib.crc32(tr.episode_id.encode()))
+    out = {k: [] for k in KEYS if k not in ("ctrl_norm", "ctrl_valid")}
+    captions = []
+    for t in range(0, T - 1, cfg.stride):
+        cand = np.nonzero(tr.valid[t])[0]
+        if len(cand) == 0:
+            continue
+        steps = np.arange(t - h, t + Hz + 1)
+        inside = (steps >= 0) & (steps < T)
+        sc = np.clip(steps, 0, T - 1)
+        P = tr.xyz_world[sc][:, cand]                      # (h+H+1, n, 3) world
+        V = tr.valid[sc][:, cand] & inside[:, None]
+        pc = lift.world_to_camera(np.nan_to_num(P), tr.T_world_cam[t])   # reference camera t
+        uvp, z = lift.project(pc, intr)
+        V &= z > 1e-3
+        fut_v = _prefix_valid(V[h:].T)                     # (n, H+1)
+        keep = fut_v.sum(1) >= min(cfg.min_future_valid, Hz + 1)
+        if not keep.any():
+            continue
+        mov = kp.movement_filter(np.moveaxis(uvp[h:], 0, 1), z[h:].T, fut_v, intr.fx, W)
+        idx_m = np.nonzero(keep & mov)[0]
+        idx_s = np.nonzero(keep & ~mov)[0]
+        n_m = min(len(idx_m), int(round(cfg.moving_share * N)))
+        pick = np.concatenate([rng.permutation(idx_m)[:n_m],
+                               rng.permutation(idx_s)[:N - n_m]])
+        if len(pick) < N:  # too few static points: fill with remaining moving ones
+            pick = np.concatenate([pick, rng.permutation(idx_m)[n_m:n_m + N - len(pick)]])
+        n = len(pick)
+        uvn = pixels_to_normalized(uvp[:, pick], W, H)     # (h+H+1, n, 2)
+        uvz = np.concatenate([uvn, z[:, pick, None]], -1).transpose(1, 0, 2)   # (n, h+H+1, 3)
+        xyz = pc[:, pick].transpose(1, 0, 2)
+        fv = fut_v[pick]
+        fut_uvz, fut_xyz = uvz[:, h:].copy(), xyz[:, h:].copy()
+        if cfg.parameterization == "arc_length":
+            for i in range(n):  # resample the valid prefix along its path; validity pattern kept
+                L = int(fv[i].sum())
+                if L >= 2:
+                    fut_xyz[i, :L] = arc_length_reparameterize(fut_xyz[i, :L], None, L)
+                    u2, z2 = lift.project(fut_xyz[i, :L], intr)
+                    fut_uvz[i, :L] = np.concatenate([pixels_to_normalized(u2, W, H), z2[:, None]], -1)
+        hist_v = V[:h, pick].T
+        pad = N - n
+
+        def padded(a, fill=0):
+            return np.concatenate([a, np.full((pad,) + a.shape[1:], fill, a.dtype)]) if pad else a
+
+        out["color"].append(color[t])
+        out["depth"].append(depth[t].astype(np.float16))
+        out["intrinsics"].append(intr.as_array())
+        out["query_mask"].append(padded(np.ones(n, bool), False))
+        out["query_uvz"].append(padded(fut_uvz[:, 0].astype(np.float32)))
+        out["query_xyz"].append(padded(fut_xyz[:, 0].astype(np.float32)))
+        out["entity_id"].append(padded(tr.entity_id[cand[pick]].astype(np.int32)))
+        out["moving"].append(padded(mov[pick], False))
+        out["history_uvz"].append(padded(np.where(hist_v[..., None], uvz[:, :h], 0).astype(np.float32)))
+        out["history_valid"].append(padded(hist_v, False))
+        out["future_uvz"].append(padded(np.where(fv[..., None], fut_uvz, 0).astype(np.float32)))
+        out["future_xyz"].append(padded(np.where(fv[..., None], fut_xyz, 0).astype(np.float32)))
+        out["future_valid"].append(padded(fv, False))
+        out["episode_index"].append(np.int32(0))
+        out["frame_index"].append(np.int32(t))
+        seg = next((s for s in tr.segments if s.start <= t < s.end), None)
+        captions.append([tr.instruction or tr.task, seg.caption if seg else ""])
+    arrays = {k: np.stack(v) for k, v in out.items()} if captions else {}
+    return arrays, captions
+
+
+def _safe_id(episode_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", episode_id)
+
+
+def stage_episode(out_dir, tr: EpisodeTraces, arrays: dict, captions: list, extra: dict | None = None) -> dict:
+    """Write one episode's samples to episodes/<id>.safetensors (+ .json); returns its summary."""
+    d = Path(out_dir) / STAGE_DIR
+    d.mkdir(parents=True, exist_ok=True)
+    sid = _safe_id(tr.episode_id)
+    info = dict(episode_id=tr.episode_id, task=tr.task, instruction=tr.instruction,
+                num_samples=len(captions), captions=captions, coverage=tr.coverage,
+                pose_source=tr.pose_source, num_tracks=int(tr.valid.shape[1]),
+                num_moving=int(tr.moving.sum()), segments=[asdict(s) for s in tr.segments],
+                captioner=tr.captioner, timings=tr.timings, num_frames=int(tr.valid.shape[0]),
+                **(extra or {}))
+    if arrays:
+        atomic_save_safetensors(d / f"{sid}.safetensors", arrays)
+    atomic_write_json(d / f"{sid}.json", info)  # written last: its presence marks the stage done
+    return info
+
+
+def _split(episodes: list[dict], val_fraction: float, heldout_tasks: set) -> dict:
+    train, val = [], []
+    for e in episodes:
+        if e["task"] in heldout_tasks:
+            continue
+        # a stable hash so re-running finalize keeps the split
+        (val if (zlib.crc32(e["episode_id"].encode()) % 1000) < val_fraction * 1000 else train).append(e["episode_id"])
+    return dict(train_episodes=train, val_episodes=val, heldout_tasks=sorted(heldout_tasks))
+
+
+def finalize(out_dir, episode_ids: list[str] | None = None, shard_size: int = 256, val_fraction: float = 0.1,
+             heldout_tasks=(), step_period: float = 0.0125, sample_config: SampleConfig | None = None,
+             extract_config: dict | None = None) -> dict:
+    """Pack staged episodes into shards with fitted control points and write index.json."""
+    cfg = sample_config or SampleConfig()
+    out = Path(out_dir)
+    stage = out / STAGE_DIR
+    infos = []
+    for p in sorted(stage.glob("*.json")):
+        info = json.loads(p.read_text())
+        if episode_ids is not None and info["episode_id"] not in episode_ids:
+            continue
+        if info["num_samples"] > 0:
+            infos.append(info)
+    if not infos:
+        raise ValueError(f"finalize: no staged episode with samples in {stage}")
+    futs, vals = [], []
+    for info in infos:
+        with safe_open(str(stage / f"{_safe_id(info['episode_id'])}.safetensors"), "numpy") as f:
+            m = f.get_tensor("query_mask")
+            futs.append(f.get_tensor("future_uvz")[m])
+            vals.append(f.get_tensor("future_valid")[m])
+    normalizer = TraceNormalizer.from_corpus(np.concatenate(futs), np.concatenate(vals), num_ctrl=cfg.num_ctrl)
+    shards, samples, buf = [], [], {k: [] for k in KEYS}
+    n_buf = 0
+
+    def flush():
+        nonlocal buf, n_buf
+        if n_buf == 0:
+            return
+        name = f"shard-{len(shards):05d}.safetensors"
+        atomic_save_safetensors(out / name, {k: np.concatenate(v) for k, v in buf.items()},
+                                metadata={"format_version": str(FORMAT_VERSION)})
+        shards.append({"file": name, "num_samples": n_buf})
+        buf, n_buf = {k: [] for k in KEYS}, 0
+
+    for ei, info in enumerate(infos):
+        with safe_open(str(stage / f"{_safe_id(info['episode_id'])}.safetensors"), "numpy") as f:
+            arr = {k: f.get_tensor(k) for k in f.keys()}
+        fv = arr["future_valid"]
+        ctrl = normalizer.encode(arr["future_uvz"], fv)
+        arr["ctrl_valid"] = arr["query_mask"] & fv[..., 0] & enough_valid_steps(fv, cfg.num_ctrl)
+        arr["ctrl_norm"] = np.where(arr["ctrl_valid"][..., None, None], ctrl, 0).astype(np.float32)
+        arr["episode_index"] = np.full(len(arr["color"]), ei, np.int32)
+        S = len(arr["color"])
+        for s in range(S):
+            samples.append(dict(episode=info["episode_id"], task=info["task"], frame=int(arr["frame_index"][s]),
+                                caption=info["captions"][s][0], captions=info["captions"][s]))
+        start = 0
+        while start < S:
+            take = min(S - start, shard_size - n_buf)
+            for k in KEYS:
+                buf[k].append(arr[k][start:start + take])
+            n_buf += take
+            start += take
+            if n_buf >= shard_size:
+                flush()
+    flush()
+    h, w = infos[0].get("image_size", [None, None]) if "image_size" in infos[0] else (None, None)
+    first = stage / f"{_safe_id(infos[0]['episode_id'])}.safetensors"
+    with safe_open(str(first), "numpy") as f:
+        h, w = f.get_slice("color").get_shape()[1:3]
+    index = dict(format_version=FORMAT_VERSION, shards=shards, samples=samples,
+                 normalizer=normalizer.to_dict(), image_size=[int(h), int(w)], horizon=cfg.horizon,
+                 history=cfg.history, num_ctrl=cfg.num_ctrl, step_period=step_period,
+                 parameterization=cfg.parameterization, max_queries=cfg.max_queries,
+                 split=_split(infos, val_fraction, set(heldout_tasks)),
+                 episodes=[{k: i[k] for k in ("episode_id", "task", "instruction", "num_samples", "coverage",
+                                              "pose_source", "segments", "captioner")} for i in infos],
+                 sample_config=asdict(cfg), extract_config=extract_config or {})
+    atomic_write_json(out / "index.json", index)
+    for stale in out.glob("shard-*.safetensors"):  # shards of a previous, larger packing
+        if stale.name not in {s["file"] for s in shards}:
+            stale.unlink()
+    return index
+
+
+class TraceDataset:
+    """Minimal reader (viewer, tests): samples as dicts of numpy arrays."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+        p = self.root / "index.json"
+        if not p.is_file():
+            raise ValueError(f"dataset {self.root}: index.json missing")
+        self.index = json.loads(p.read_text())
+        self._starts = np.cumsum([0] + [s["num_samples"] for s in self.index["shards"]])
+        self.normalizer = TraceNormalizer.from_dict(self.index["normalizer"])
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        s = int(np.searchsorted(self._starts, i, side="right") - 1)
+        with safe_open(str(self.root / self.index["shards"][s]["file"]), "numpy") as f:
+            j = i - int(self._starts[s])
+            return {k: f.get_slice(k)[j:j + 1][0] for k in f.keys()}
+
+    def captions(self, i: int) -> list:
+        return self.index["samples"][i]["captions"]
