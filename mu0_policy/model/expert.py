@@ -136,9 +136,8 @@ class ExpertContext:
 
     def repeat(self, k: int) -> "ExpertContext":
         """The same context for k samples per batch element (batch becomes B * k)."""
-        if k == 1:
-            return self
-        rep = lambda x: x.repeat_interleave(k, dim=0)  # noqa: E731
+        def rep(x):  # (B, ...) -> (B * k, ...), each element k times in a row
+            return x.unsqueeze(1).expand(x.shape[0], k, *x.shape[1:]).reshape(-1, *x.shape[1:])
         return ExpertContext([(rep(a), rep(b)) for a, b in self.cross_kv], rep(self.ctx_mask),
                              rep(self.self_mask), rep(self.static))
 

@@ -134,7 +134,7 @@ class Mu0Predictor(TracePredictor):
         if self.session is not None:
             return tuple(self.session.run(None, {k: inputs[k] for k in ONNX_INPUTS}))
         dev = torch.device(self.device)
-        t = {k: torch.from_numpy(v).to(dev) for k, v in inputs.items()}
+        t = {k: torch.from_numpy(inputs[k]).to(dev) for k in ONNX_INPUTS}
         amp = (torch.autocast(dev.type, dtype=TORCH_DTYPES[self.dtype]) if self.dtype != "float32"
                else contextlib.nullcontext())
         with torch.inference_mode(), amp:

@@ -1,0 +1,202 @@
+"""Evaluate trace predictors on a TraceExtract dataset: the paper's metrics table + a plot.
+
+    python -m mu0_policy.evaluate --data DATA --checkpoint checkpoints/mu0_small \
+        [--raw-checkpoint RAW_CKPT] --out eval_out
+
+Methods: μ_0 (the checkpoint), the no-B-spline raw-waypoint variant (when given), zero motion
+and constant velocity from history. Splits: held-out episodes ("val") and held-out tasks. All
+methods run through the Inference API (`TracePredictor.predict`) on the same requests, so the
+evaluation exercises exactly what the node runs. Metrics (mu0_policy.metrics.full_results) on
+moving points: minADE / minFDE / minDTW / Fréchet, top-1 and top-K, T in {8, 16, 32}, in 2D (uv)
+and the paper's 3D (uvz). Writes metrics.json, metrics.md and metrics.png (+ example overlays).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from mu0_perception.camera import CameraIntrinsics
+from mu0_policy.inference import TracePredictor, TraceRequest
+
+METHOD_ORDER = ("mu0", "mu0_raw_waypoints", "constant_velocity", "zero_motion")
+
+
+def sample_to_request(item: dict) -> tuple[TraceRequest, np.ndarray]:
+    """A dataset sample -> (TraceRequest with its real queries, indices of those queries)."""
+    color = np.asarray(item["color"])
+    h, w = color.shape[:2]
+    fx, fy, cx, cy = (float(x) for x in item["intrinsics"])
+    intr = CameraIntrinsics(w, h, fx, fy, cx, cy)
+    keep = np.nonzero(item["query_mask"])[0]
+    uv = item["query_uvz"][keep, :2].astype(np.float64)
+    px = np.stack([(uv[:, 0] + 1) * w / 2 - 0.5, (uv[:, 1] + 1) * h / 2 - 0.5], -1)
+    hist = item["history_uvz"][keep].astype(np.float32).copy()
+    hist[~item["history_valid"][keep]] = np.nan
+    depth = np.asarray(item["depth"], np.float32)
+    return TraceRequest(color, depth, intr, item["caption"], px, hist), keep
+
+
+def collect(predictors: dict[str, TracePredictor], dataset, num_samples: int, seed: int, batch: int = 8,
+            max_samples: int | None = None, progress: bool = True):
+    """Run every predictor on the split; stack predictions and ground truth per query."""
+    n = len(dataset) if max_samples is None else min(len(dataset), max_samples)
+    preds = {name: [] for name in predictors}
+    gts, valids, moving, examples = [], [], [], []
+    it = range(0, n, batch)
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(it, desc=f"eval {dataset.split}", total=(n + batch - 1) // batch)
+    for start in it:
+        items = [dataset[i] for i in range(start, min(n, start + batch))]
+        reqs, keeps = zip(*(sample_to_request(x) for x in items))
+        for name, pred in predictors.items():
+            res = pred.predict(list(reqs), num_samples=num_samples, seed=seed + start)
+            preds[name].extend(r.samples_uvz for r in res)
+            if start == 0:
+                examples.append((name, res[0]))
+        for x, keep in zip(items, keeps):
+            gts.append(x["future_uvz"][keep])
+            valids.append(x["future_valid"][keep])
+            moving.append(x["moving"][keep])
+        if start == 0:
+            examples.insert(0, ("gt", items[0]))
+    pred = {k: np.concatenate(v, axis=1) for k, v in preds.items()}
+    return pred, np.concatenate(gts), np.concatenate(valids), np.concatenate(moving), examples
+
+
+def evaluate_split(predictors, dataset, num_samples, seed, batch=8, max_samples=None, progress=True) -> dict:
+    from mu0_policy.metrics import full_results
+
+    pred, gt, valid, moving, examples = collect(predictors, dataset, num_samples, seed, batch, max_samples, progress)
+    gt = np.where(valid[..., None], gt, 0.0)
+    topk = (1,) if num_samples == 1 else (1, num_samples)
+    out = {name: full_results(p, gt, valid, topk=topk, moving=moving) for name, p in pred.items()}
+    return {"tables": out, "num_queries": int(len(gt)), "num_moving": int(moving.sum()), "examples": examples}
+
+
+def markdown_table(tables: dict, space="uvz", k=5, horizons=(8, 16, 32)) -> str:
+    cols = [f"top{k}/{m}@{T}" for m in ("ADE", "FDE", "DTW") for T in horizons]
+    lines = ["| method | " + " | ".join(c.replace(f"top{k}/", "") for c in cols) + " |",
+             "|---|" + "---|" * len(cols)]
+    for name in METHOD_ORDER:
+        if name in tables:
+            t = tables[name][space]
+            lines.append(f"| {name} | " + " | ".join(f"{t[c]:.4f}" for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def plot(results: dict, out_png: Path, k: int = 5) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    splits = list(results)
+    fig, axes = plt.subplots(1, 2 * len(splits), figsize=(6 * 2 * len(splits), 4.2), squeeze=False)
+    for s_i, split in enumerate(splits):
+        tables = results[split]["tables"]
+        names = [n for n in METHOD_ORDER if n in tables]
+        ax = axes[0, 2 * s_i]
+        metrics = ("ADE", "FDE", "DTW")
+        width = 0.8 / max(1, len(names))
+        for i, name in enumerate(names):
+            vals = [tables[name]["uvz"][f"top{k}/{m}@32"] for m in metrics]
+            ax.bar(np.arange(3) + i * width, vals, width, label=name)
+        ax.set_xticks(np.arange(3) + width * (len(names) - 1) / 2, [f"min{m}@32" for m in metrics])
+        ax.set_title(f"{split}: 3D (uvz) top-{k}, {results[split]['num_moving']} moving points")
+        ax.legend(fontsize=8)
+        ax = axes[0, 2 * s_i + 1]
+        ex = results[split]["examples"]
+        item = ex[0][1]
+        img = np.asarray(item["color"])
+        h, w = img.shape[:2]
+        ax.imshow(img)
+        keep = np.nonzero(item["query_mask"] & item["moving"])[0]
+        if keep.size == 0:
+            keep = np.nonzero(item["query_mask"])[0]
+        all_q = np.nonzero(item["query_mask"])[0]
+        sel = np.searchsorted(all_q, keep[:12])
+        to_px = lambda uv: ((uv[..., 0] + 1) * w / 2 - 0.5, (uv[..., 1] + 1) * h / 2 - 0.5)  # noqa: E731
+        fv = item["future_valid"]
+        for j, q in zip(sel, keep[:12]):
+            gx, gy = to_px(item["future_uvz"][q][fv[q]])
+            ax.plot(gx, gy, "w-", lw=2)
+        colours = {"mu0": "lime", "mu0_raw_waypoints": "orange", "constant_velocity": "cyan", "zero_motion": "red"}
+        for name, res in ex[1:]:
+            if name not in ("mu0", "constant_velocity"):
+                continue
+            for j in sel:
+                px, py = to_px(res.samples_uvz[0, j])
+                ax.plot(px, py, "-", color=colours[name], lw=1)
+        ax.set_title(f"{split}: '{item['caption']}' (white = ground truth, green = μ0, cyan = const. vel.)",
+                     fontsize=8)
+        ax.set_xlim(-0.5, w - 0.5)
+        ax.set_ylim(h - 0.5, -0.5)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="mu0-evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, help="TraceExtract dataset directory")
+    p.add_argument("--checkpoint", required=True, help="μ_0 checkpoint directory")
+    p.add_argument("--raw-checkpoint", default=None, help="checkpoint of the raw-waypoint (no B-spline) variant")
+    p.add_argument("--backend", default="torch", choices=("torch", "onnxruntime"))
+    p.add_argument("--splits", default="val,heldout_tasks", help="comma-separated: val, heldout_tasks, train, all")
+    p.add_argument("--num-samples", type=int, default=5, help="K samples per query (top-K metrics)")
+    p.add_argument("--max-samples", type=int, default=None, help="evaluate at most this many dataset samples")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="eval_out", help="output directory for metrics.json/.md/.png")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+
+    from mu0_policy.baselines import ConstantVelocityPredictor, ZeroMotionPredictor
+    from mu0_policy.inference import load_predictor
+    from mu0_policy.model.data import TraceDataset
+
+    predictors: dict[str, TracePredictor] = {"mu0": load_predictor(args.checkpoint, backend=args.backend)}
+    if args.raw_checkpoint:
+        predictors["mu0_raw_waypoints"] = load_predictor(args.raw_checkpoint, backend=args.backend)
+    ref = predictors["mu0"]
+    predictors["constant_velocity"] = ConstantVelocityPredictor(ref.horizon, ref.num_ctrl, ref.step_period)
+    predictors["zero_motion"] = ZeroMotionPredictor(ref.horizon, ref.num_ctrl, ref.step_period)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results, report = {}, {}
+    md = []
+    for split in [s.strip() for s in args.splits.split(",") if s.strip()]:
+        ds = TraceDataset(args.data, split)
+        if len(ds) == 0:
+            print(f"split {split}: no samples, skipped", file=sys.stderr)
+            continue
+        r = evaluate_split(predictors, ds, args.num_samples, args.seed, args.batch, args.max_samples,
+                           progress=not args.no_progress)
+        results[split] = r
+        report[split] = {"tables": r["tables"], "num_queries": r["num_queries"], "num_moving": r["num_moving"],
+                         "num_dataset_samples": len(ds) if args.max_samples is None else min(len(ds), args.max_samples)}
+        md.append(f"### {split} ({r['num_moving']} moving of {r['num_queries']} queries), 3D uvz, top-{args.num_samples}\n")
+        md.append(markdown_table(r["tables"], "uvz", args.num_samples))
+        md.append("")
+        cv = r["tables"]["constant_velocity"]["uvz"][f"top{args.num_samples}/ADE@32"]
+        mu = r["tables"]["mu0"]["uvz"][f"top{args.num_samples}/ADE@32"]
+        md.append(f"μ0 / constant velocity, top-{args.num_samples} minADE@32: {mu / cv:.3f}\n")
+    if not results:
+        print("error: no split had samples", file=sys.stderr)
+        return 2
+    (out / "metrics.json").write_text(json.dumps(report, indent=1))
+    (out / "metrics.md").write_text("\n".join(md))
+    plot(results, out / "metrics.png", args.num_samples)
+    print("\n".join(md))
+    print(f"wrote {out / 'metrics.json'}, {out / 'metrics.md'}, {out / 'metrics.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
