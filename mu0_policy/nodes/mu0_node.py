@@ -29,6 +29,7 @@ import time
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.exceptions import ParameterUninitializedException
 from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
@@ -86,7 +87,11 @@ class Mu0Node(LifecycleNode):
         """Load + warm up the predictor, create endpoints. SUCCESS, or FAILURE with the reason logged."""
         g = lambda name: self.get_parameter(name).value  # noqa: E731
         try:
-            extrinsic = extrinsic_from_list(g("camera_to_base"), "parameter camera_to_base")
+            try:
+                extrinsic_values = g("camera_to_base")
+            except ParameterUninitializedException:   # not given: traces in the camera frame only
+                extrinsic_values = None
+            extrinsic = extrinsic_from_list(extrinsic_values, "parameter camera_to_base")
             config = PipelineConfig(queries=g("queries"), max_queries=int(g("max_queries")),
                                     grid_rows=int(g("grid_rows")), grid_cols=int(g("grid_cols")),
                                     num_entities=int(g("num_entities")), track_queries=bool(g("track_queries")),
