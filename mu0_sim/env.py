@@ -386,8 +386,15 @@ class SawyerSimEnv:
         a = np.clip(np.asarray(self._policy.get_action(self._mw_obs), float), -1.0, 1.0)
         if self.embodiment == "sawyer_ee":
             return a
-        self._ee_target = np.clip(self._ee_target + a[:3] * self.mw.action_scale,
-                                  self.mw.mocap_low, self.mw.mocap_high)
+        target = np.clip(self._ee_target + a[:3] * self.mw.action_scale,
+                         self.mw.mocap_low, self.mw.mocap_high)
+        # anti-windup: the target may lead the hand by a few cm (as the soft mocap weld lets it),
+        # but must not run away when the arm cannot follow (joint limits, contact)
+        hand = self.data.body("hand").xpos
+        lead = target - hand
+        dist = np.linalg.norm(lead)
+        max_lead = float(self.robot.ik.get("max_lead_m", 0.05))
+        self._ee_target = hand + lead * (max_lead / dist) if dist > max_lead else target
         q = self.solve_ik(self._ee_target, seed_q=self._ik_seed)
         self._ik_seed = q
         return np.concatenate([q, [a[3]]])
@@ -399,7 +406,8 @@ class SawyerSimEnv:
         ik = self.robot.ik
         lam = float(ik.get("damping", 0.05))
         iters = int(iterations or ik.get("iterations", 4))
-        k_null = float(ik.get("nullspace_gain", 0.1))
+        k_null = float(ik.get("nullspace_gain", 0.0))
+        lock_limits = bool(ik.get("lock_joints_at_limits", False))
         q = np.array(self.arm_positions() if seed_q is None else seed_q, float)
         d.qpos[:] = self.data.qpos
         target_R = np.empty(9)
@@ -407,6 +415,7 @@ class SawyerSimEnv:
         target_R = target_R.reshape(3, 3)
         jacp, jacr = np.zeros((3, m.nv)), np.zeros((3, m.nv))
         cols = self._arm_dadr
+        free = np.ones(len(q), bool)   # joints pinned at a limit leave the Jacobian
         for _ in range(iters):
             d.qpos[self._arm_qadr] = q
             mujoco.mj_kinematics(m, d)
@@ -419,14 +428,18 @@ class SawyerSimEnv:
             err_r = np.empty(3)
             mujoco.mju_quat2Vel(err_r, quat, 1.0)
             mujoco.mj_jacBody(m, d, jacp, jacr, self._hand_id)
-            J = np.vstack([jacp[:, cols], 0.5 * jacr[:, cols]])
+            J = np.vstack([jacp[:, cols], 0.5 * jacr[:, cols]]) * free
             e = np.concatenate([err_p, 0.5 * err_r])
             JJt = J @ J.T + (lam ** 2) * np.eye(6)
             dq = J.T @ np.linalg.solve(JJt, e)
             # redundancy: drift back toward the home posture inside the task null space
             N = np.eye(len(q)) - J.T @ np.linalg.solve(JJt, J)
-            dq += N @ (k_null * (self._q_home - q))
-            q = np.clip(q + dq, self._q_lower, self._q_upper)
+            dq += N @ (k_null * (self._q_home - q)) * free
+            q_new = q + dq
+            # a joint that would cross its limit is pinned there; the others take over its share
+            if lock_limits:
+                free &= (q_new > self._q_lower) & (q_new < self._q_upper)
+            q = np.clip(q_new, self._q_lower, self._q_upper)
         return q
 
     def close(self) -> None:
