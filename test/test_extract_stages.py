@@ -1,0 +1,78 @@
+"""Unit behaviour of the TraceExtract stages on constructed data (numpy / OpenCV, no sim)."""
+import numpy as np
+import pytest
+
+from mu0_perception import keypoints as kp
+from mu0_perception.tracking import LucasKanadeTracker, make_tracker
+from mu0_perception.trace_extract.lift import estimate_camera_poses
+from mu0_perception.trace_extract.segment import segment_events
+
+
+def test_quota_floor_for_small_entities_and_exact_sum():
+    q = kp.allocate_quota({0: 10000, 1: 50, 2: 3000}, 64, min_per_entity=4)
+    assert sum(q.values()) == 64 and q[1] >= 4 and q[0] > q[2] > q[1]
+    with pytest.raises(ValueError, match="total"):
+        kp.allocate_quota({0: 1}, -1)
+
+
+def test_farthest_point_sampling_spreads_points():
+    pts = np.concatenate([np.random.default_rng(0).normal(0, 0.01, (500, 2)), [[10, 10], [-10, 5]]])
+    idx = kp.farthest_point_sampling(pts, 3)
+    assert {500, 501} <= set(idx.tolist())
+
+
+def test_movement_filter_threshold_and_depth_weight():
+    t = np.linspace(0, 1, 33)
+    still = np.zeros((33, 2))
+    lateral = np.stack([30 * t, 0 * t], -1)            # 30 px at 320 wide > 20 px threshold
+    z_flat, z_ramp = np.ones(33), 1 + 0.5 * t         # 0.5 m toward/away, weight 0.1 * fx 250 = 12.5 px
+    v = np.ones(33, bool)
+    assert not kp.movement_filter(still, z_flat, v, 250.0, 320)
+    assert kp.movement_filter(lateral, z_flat, v, 250.0, 320)
+    assert not kp.movement_filter(still, z_ramp, v, 250.0, 320)   # depth alone is down-weighted
+    assert kp.movement_filter(still, 1 + 2.0 * t, v, 250.0, 320)  # 2 m of depth: 50 px
+
+
+def test_lk_tracks_a_shifting_texture_and_flags_points_that_leave():
+    rng = np.random.default_rng(1)
+    base = (rng.random((140, 180)) * 255).astype(np.uint8)
+    import cv2
+    base = cv2.GaussianBlur(base, (5, 5), 0)
+    frames = np.stack([np.repeat(np.roll(base, 2 * t, axis=1)[20:120, 20:160, None], 3, -1) for t in range(10)])
+    q = np.array([[40.0, 50.0], [70.0, 30.0], [136.0, 50.0]], np.float32)
+    tr = make_tracker("lk").track(frames, np.zeros(3, int), q)
+    assert tr.visible[:, :2].all()
+    assert np.allclose(tr.uv[9, :2], q[:2] + [18, 0], atol=0.3)
+    assert not tr.visible[9, 2]  # pushed out of the image
+    with pytest.raises(ValueError, match="query_frames"):
+        LucasKanadeTracker().track(frames, np.array([20]), q[:1])
+
+
+def test_camera_pose_estimation_ignores_moving_points():
+    rng = np.random.default_rng(0)
+    T, n_static, n_moving = 30, 80, 30
+    world = rng.uniform([-1, -1, 2], [1, 1, 4], (n_static, 3))
+    from scipy.spatial.transform import Rotation
+    poses = []
+    for t in range(T):
+        M = np.eye(4)
+        M[:3, :3] = Rotation.from_euler("y", 0.01 * t).as_matrix()
+        M[:3, 3] = [0.01 * t, 0.0, 0.0]
+        poses.append(M)
+    poses = np.stack(poses)
+    xyz = np.zeros((T, n_static + n_moving, 3))
+    for t in range(T):
+        inv = np.linalg.inv(poses[t])
+        xyz[t, :n_static] = world @ inv[:3, :3].T + inv[:3, 3]
+        xyz[t, n_static:] = rng.uniform([-1, -1, 2], [1, 1, 4], (n_moving, 3))  # independent motion
+    est, ok, static = estimate_camera_poses(xyz, np.ones((T, n_static + n_moving), bool))
+    assert ok.all()
+    assert np.abs(est[:, :3, 3] - poses[:, :3, 3]).max() < 1e-6
+    assert static[:n_static].all() and not static[n_static:].any()
+
+
+def test_segmentation_splits_two_motions():
+    speed = np.concatenate([np.zeros(10), np.ones(20), np.zeros(10), np.ones(20), np.zeros(10)]) * 0.01
+    segs = segment_events(speed)
+    assert len(segs) >= 2 and segs[0].start == 0 and segs[-1].end == len(speed)
+    assert all(a.end == b.start for a, b in zip(segs[:-1], segs[1:]))
