@@ -171,6 +171,24 @@ def test_dry_run_node_publishes_nothing(graph):
     assert got["jtc"] and got["dry"] == []                    # same inputs, same config, dry-run
 
 
+def test_dry_run_parameter_can_be_switched_off_at_run_time(graph):
+    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+
+    got, spin, node = graph["got"], graph["spin"], graph["node"]
+    assert got["dry"] == []
+    client = node.create_client(SetParameters, "/expert_dry/set_parameters")
+    assert client.wait_for_service(timeout_sec=10)
+    req = SetParameters.Request(parameters=[Parameter(
+        name="dry_run", value=ParameterValue(type=ParameterType.PARAMETER_BOOL, bool_value=False))])
+    future = client.call_async(req)
+    assert spin(10, until=future.done) and future.result().results[0].successful
+    assert spin(5, until=lambda: len(got["dry"]) > 0)
+    req.parameters[0].value = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value="no")
+    future = client.call_async(req)
+    assert spin(10, until=future.done) and not future.result().results[0].successful
+
+
 def diag_value(got, robot, key):
     """Latest value of a counter in the /diagnostics status of the node driving `robot`."""
     for m in reversed(got["diag"]):
