@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import rclpy
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
 from rosbags.rosbag2 import Reader
@@ -139,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv[:len(argv) - len(ros_args)])
     rclpy.init(args=["bag_player", *ros_args])
     player = None
+    executor = None
+    spinner = None
     try:
         try:
             player = BagPlayer(args.bag, rate=args.rate, loop=args.loop, topics=args.topics,
@@ -146,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             print(f"bag_player: {exc}", file=sys.stderr)
             return 2
-        spinner = threading.Thread(target=rclpy.spin, args=(player,), daemon=True)
+        executor = SingleThreadedExecutor()
+        executor.add_node(player)
+        spinner = threading.Thread(target=executor.spin, daemon=True)
         spinner.start()
         if args.wait_for and not player.wait_for_subscribers(args.wait_for, args.wait_timeout):
             player.get_logger().warning(f"no subscribers on {args.wait_for} after {args.wait_timeout} s; playing anyway")
@@ -158,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         if player is not None:
             player.stop()
     finally:
+        if executor is not None:
+            executor.shutdown(timeout_sec=2.0)   # stop spinning before the node goes away
+            spinner.join(timeout=2.0)
         if player is not None:
             player.destroy_node()
         rclpy.try_shutdown()

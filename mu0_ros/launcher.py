@@ -205,9 +205,27 @@ def run_graph(config_path, overrides=(), duration_s: float | None = None, driver
     return graph.wait(duration_s)
 
 
+def episode_overrides(bag, graph: GraphConfig) -> list[str]:
+    """The sim's camera extrinsic (episode.json T_base_cam) for mu0_node, unless the config sets one."""
+    import json
+
+    path = Path(bag) / "episode.json"
+    if graph.node_params("mu0_node").get("camera_to_base") or not path.is_file():
+        return []
+    tf = json.loads(path.read_text()).get("T_base_cam")
+    if not tf:
+        return []
+    values = [float(v) for v in list(tf["translation"]) + list(tf["quat_xyzw"])]
+    return [f"mu0_node.camera_to_base={values}"]
+
+
 def replay_live(bag, config="replay", overrides=(), rate: float = 1.0, loop: bool = False,
-                duration_s: float | None = None, log_dir=None, wait_for=("/camera/camera/color/image_raw",)) -> int:
-    """Play `bag` (with /clock) into the graph of `config`; returns when the bag has been played."""
+                duration_s: float | None = None, log_dir=None, wait_for=("/camera/camera/color/image_raw", "/mu0/rgbd", "/mu0/traces")) -> int:
+    """Play `bag` (with /clock) into the graph of `config`; returns when the bag has been played.
+
+    The player starts once every `wait_for` topic has a subscriber (the nodes are up and
+    configured: mu0_node subscribes only after its model is loaded), so no frame is lost to start-up.
+    """
     if not (Path(bag) / "metadata.yaml").is_file():
         print(f"mu0: {bag}: not a rosbag2 directory (no metadata.yaml)", file=sys.stderr)
         return 2
@@ -217,6 +235,7 @@ def replay_live(bag, config="replay", overrides=(), rate: float = 1.0, loop: boo
         print(f"mu0: {exc}", file=sys.stderr)
         return 2
     exclude = graph.node_params(GRAPH_KEY).get("exclude_topics", [])
+    overrides = list(overrides) + episode_overrides(bag, graph)
     args = [str(bag), "--rate", str(rate), "--wait-for", *wait_for, "--wait-timeout", "30", "--start-delay", "1.0",
             "--linger", "2.0", *(["--exclude", *exclude] if exclude else [])]
     if loop:
