@@ -362,3 +362,118 @@ def mu0_typestore():
         types.update(get_types_from_msg(path.read_text(), f"mu0_msgs/msg/{path.stem}"))
     store.register(types)
     return store
+
+
+# ----------------------------------------------------------------------------------------------
+# robot state and commands, small std messages
+# ----------------------------------------------------------------------------------------------
+def _f64_field(values, typestore):
+    arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    return arr if typestore is not None else arr.tolist()
+
+
+def _duration(seconds: float, typestore=None):
+    ns = int(round(float(seconds) * 1e9))
+    if ns < 0:
+        raise ValueError(f"time_from_start: negative duration {seconds} s")
+    return _msg_class("builtin_interfaces/msg/Duration", typestore)(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+
+
+def joint_state_to_arrays(msg):
+    """sensor_msgs/JointState -> (stamp_ns, names, positions (J,), velocities (J,) or None)."""
+    names = [str(n) for n in msg.name]
+    if len(set(names)) != len(names):
+        raise ValueError(f"joint_state.name: duplicates in {names}")
+    pos = np.asarray(msg.position, dtype=float).reshape(-1)
+    if pos.shape[0] != len(names):
+        raise ValueError(f"joint_state.position: {pos.shape[0]} values for {len(names)} names")
+    vel = np.asarray(msg.velocity, dtype=float).reshape(-1) if len(msg.velocity) else None
+    if vel is not None and vel.shape[0] != len(names):
+        raise ValueError(f"joint_state.velocity: {vel.shape[0]} values for {len(names)} names")
+    return stamp_to_ns(msg.header.stamp), names, pos, vel
+
+
+def joint_state_msg(stamp_ns: int, names, positions, velocities=None, typestore=None):
+    names = [str(n) for n in names]
+    pos = np.asarray(positions, float).reshape(-1)
+    if pos.shape[0] != len(names):
+        raise ValueError(f"positions: {pos.shape[0]} values for {len(names)} joint names")
+    vel = np.zeros(0) if velocities is None else np.asarray(velocities, float).reshape(-1)
+    if vel.size and vel.shape[0] != len(names):
+        raise ValueError(f"velocities: {vel.shape[0]} values for {len(names)} joint names")
+    return _msg_class("sensor_msgs/msg/JointState", typestore)(
+        header=make_header(stamp_ns, "", typestore), name=names, position=_f64_field(pos, typestore),
+        velocity=_f64_field(vel, typestore), effort=_f64_field(np.zeros(0), typestore))
+
+
+def joint_trajectory_msg(names, positions, times_from_start, stamp_ns: int = 0, typestore=None):
+    """(P, J) or (J,) positions with (P,) times from start in seconds -> JointTrajectory.
+
+    A header stamp of 0 tells joint_trajectory_controller to start the trajectory on receipt.
+    """
+    names = [str(n) for n in names]
+    rows = np.atleast_2d(np.asarray(positions, float))
+    times = np.atleast_1d(np.asarray(times_from_start, float))
+    if rows.shape[1] != len(names):
+        raise ValueError(f"positions: {rows.shape[1]} values per point for {len(names)} joint names")
+    if times.shape != (rows.shape[0],):
+        raise ValueError(f"times_from_start: {times.shape[0]} times for {rows.shape[0]} points")
+    if np.any(np.diff(times) <= 0):
+        raise ValueError("times_from_start: must be strictly increasing")
+    point_cls = _msg_class("trajectory_msgs/msg/JointTrajectoryPoint", typestore)
+    empty = _f64_field(np.zeros(0), typestore)
+    points = [point_cls(positions=_f64_field(r, typestore), velocities=empty, accelerations=empty,
+                        effort=empty, time_from_start=_duration(t, typestore)) for r, t in zip(rows, times)]
+    return _msg_class("trajectory_msgs/msg/JointTrajectory", typestore)(
+        header=make_header(stamp_ns, "", typestore), joint_names=names, points=points)
+
+
+def joint_trajectory_to_points(msg) -> tuple[list, np.ndarray, np.ndarray]:
+    """JointTrajectory -> (joint names, (P, J) positions, (P,) time_from_start seconds)."""
+    names = [str(n) for n in msg.joint_names]
+    if not names:
+        raise ValueError("joint_names: empty")
+    if len(set(names)) != len(names):
+        raise ValueError(f"joint_names: duplicates in {names}")
+    if not msg.points:
+        raise ValueError("points: empty trajectory")
+    pos = np.zeros((len(msg.points), len(names)))
+    times = np.zeros(len(msg.points))
+    for i, p in enumerate(msg.points):
+        q = np.asarray(p.positions, float).reshape(-1)
+        if q.shape[0] != len(names):
+            raise ValueError(f"points[{i}].positions: {q.shape[0]} values for {len(names)} joints")
+        if not np.all(np.isfinite(q)):
+            raise ValueError(f"points[{i}].positions: non-finite values")
+        pos[i] = q
+        times[i] = p.time_from_start.sec + p.time_from_start.nanosec * 1e-9
+    return names, pos, times
+
+
+def float64_array_msg(values, typestore=None):
+    layout = _msg_class("std_msgs/msg/MultiArrayLayout", typestore)(dim=[], data_offset=0)
+    return _msg_class("std_msgs/msg/Float64MultiArray", typestore)(layout=layout, data=_f64_field(values, typestore))
+
+
+def float64_array_to_numpy(msg) -> np.ndarray:
+    data = np.asarray(msg.data, dtype=float).reshape(-1)
+    if not np.all(np.isfinite(data)):
+        raise ValueError("data: non-finite values")
+    return data
+
+
+def string_msg(text: str, typestore=None):
+    return _msg_class("std_msgs/msg/String", typestore)(data=str(text))
+
+
+def bool_msg(value: bool, typestore=None):
+    return _msg_class("std_msgs/msg/Bool", typestore)(data=bool(value))
+
+
+def clock_msg(stamp_ns: int, typestore=None):
+    return _msg_class("rosgraph_msgs/msg/Clock", typestore)(clock=ns_to_stamp(stamp_ns, typestore))
+
+
+def pose_stamped_msg(stamp_ns: int, frame_id: str, tf: RigidTransform, typestore=None):
+    return _msg_class("geometry_msgs/msg/PoseStamped", typestore)(
+        header=make_header(stamp_ns, frame_id, typestore), pose=rigid_to_pose(tf, typestore))

@@ -96,7 +96,7 @@ def record_episode_result(task, seed, out_dir, embodiment="sawyer_ee", camera=DE
 
     from mu0_ros.convert import (camera_info_from_intrinsics, depth_to_image, dict_to_named_points,
                                  make_header, mu0_typestore, numpy_to_image)
-    from mu0_sim import msgs
+    from mu0_ros import convert
 
     task = canonical_task(task)
     if int(max_steps) <= 0:
@@ -141,7 +141,7 @@ def record_episode_result(task, seed, out_dir, embodiment="sawyer_ee", camera=DE
         def put(key, msg, stamp):
             writer.write(conns[key], stamp, store.serialize_cdr(msg, MSG_TYPES[key]))
 
-        put("instruction", msgs.string_msg(env.instruction, store), obs.stamp_ns)
+        put("instruction", convert.string_msg(env.instruction, store), obs.stamp_ns)
         color_info = depth_info = None
         while True:
             t = obs.stamp_ns
@@ -155,21 +155,21 @@ def record_episode_result(task, seed, out_dir, embodiment="sawyer_ee", camera=DE
             put("depth", depth_to_image(obs.depth, "16UC1", hdr, store), t)
             put("color_info", color_info, t)
             put("depth_info", depth_info, t)
-            put("joint_states", msgs.joint_state_msg(t, obs.joint_names, obs.joint_positions,
+            put("joint_states", convert.joint_state_msg(t, obs.joint_names, obs.joint_positions,
                                                      obs.joint_velocities, store), t)
-            put("camera_pose", msgs.pose_stamped_msg(t, BASE_FRAME, obs.T_base_cam, store), t)
+            put("camera_pose", convert.pose_stamped_msg(t, BASE_FRAME, obs.T_base_cam, store), t)
             put("ground_truth", dict_to_named_points(dict(zip(obs.point_names, obs.points)), t,
                                                      BASE_FRAME, store), t)
-            put("success", msgs.bool_msg(obs.success, store), t)
+            put("success", convert.bool_msg(obs.success, store), t)
             success_steps = success_steps + 1 if env.ever_succeeded else 0
             if steps >= max_steps or success_steps > post_success_steps:
                 break
             action = env.expert_action()
             if embodiment == "sawyer_ee":
-                put(cmd_key, msgs.float64_array_msg(action, store), t)
+                put(cmd_key, convert.float64_array_msg(action, store), t)
             else:
-                put(cmd_key, msgs.joint_trajectory_msg(t, env.robot.command_joints, action,
-                                                       STEP_PERIOD_NS, store), t)
+                put(cmd_key, convert.joint_trajectory_msg(env.robot.command_joints, action,
+                                                          STEP_PERIOD_NS * 1e-9, t, store), t)
             obs = env.step(action)
             steps += 1
     wall = time.perf_counter() - t_start

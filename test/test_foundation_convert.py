@@ -172,3 +172,25 @@ def test_trace_array_inconsistent_raises():
     with pytest.raises(ValueError, match="samples"):
         ts = make_trace_set()
         TraceSet(**{**ts.__dict__, "samples": ts.samples[:, :5]})
+
+
+@pytest.mark.parametrize("use_store", [False, True])
+def test_robot_messages_round_trip(use_store, store):
+    ts = store if use_store else None
+    names = [f"j{i}" for i in range(3)]
+    stamp, n, pos, vel = convert.joint_state_to_arrays(convert.joint_state_msg(5, names, [1, 2, 3], [0.1, 0.2, 0.3], ts))
+    assert (stamp, n) == (5, names) and pos.tolist() == [1, 2, 3] and vel.tolist() == [0.1, 0.2, 0.3]
+    rows = np.arange(6.0).reshape(2, 3)
+    n, p, t = convert.joint_trajectory_to_points(convert.joint_trajectory_msg(names, rows, [0.05, 0.1], typestore=ts))
+    assert n == names and np.array_equal(p, rows) and np.allclose(t, [0.05, 0.1])
+    assert convert.float64_array_to_numpy(convert.float64_array_msg([1.5, -2], ts)).tolist() == [1.5, -2.0]
+
+
+def test_robot_messages_bad_input():
+    names = ["a", "b"]
+    with pytest.raises(ValueError, match="position"):
+        convert.joint_state_to_arrays(convert.joint_state_msg(0, names, [1, 2]).__class__(name=names, position=[1.0]))
+    with pytest.raises(ValueError, match="times_from_start"):
+        convert.joint_trajectory_msg(names, np.zeros((2, 2)), [0.1, 0.1])
+    with pytest.raises(ValueError, match="non-finite"):
+        convert.float64_array_to_numpy(convert.float64_array_msg([np.nan]))

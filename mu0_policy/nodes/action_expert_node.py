@@ -41,39 +41,6 @@ from mu0_ros.qos import QosEventMonitor
 WARN_COUNTERS = ("malformed_traces", "malformed_joint_states", "expert_errors")
 
 
-# --- message <-> numpy for the messages convert.py does not cover yet (move requested) ----------
-def joint_state_arrays(msg):
-    """sensor_msgs/JointState -> (stamp_ns, names, positions, velocities or None)."""
-    names = [str(n) for n in msg.name]
-    if len(set(names)) != len(names):
-        raise ValueError(f"joint_state.name: duplicates in {names}")
-    pos = np.asarray(msg.position, dtype=float)
-    vel = np.asarray(msg.velocity, dtype=float) if len(msg.velocity) else None
-    return convert.stamp_to_ns(msg.header.stamp), names, pos, vel
-
-
-def joint_trajectory_from_rows(names, rows: np.ndarray, dt: float) -> JointTrajectory:
-    """(P, J) positions -> JointTrajectory, point k at (k + 1) * dt; header stamp 0 = start now."""
-    msg = JointTrajectory()
-    msg.joint_names = list(names)
-    pts = []
-    from trajectory_msgs.msg import JointTrajectoryPoint
-
-    for k, row in enumerate(rows):
-        p = JointTrajectoryPoint()
-        p.positions = [float(v) for v in row]
-        ns = int(round((k + 1) * dt * 1e9))
-        p.time_from_start.sec, p.time_from_start.nanosec = ns // 1_000_000_000, ns % 1_000_000_000
-        pts.append(p)
-    msg.points = pts
-    return msg
-
-
-def float64_array(values) -> Float64MultiArray:
-    msg = Float64MultiArray()
-    msg.data = [float(v) for v in np.asarray(values).reshape(-1)]
-    return msg
-# -----------------------------------------------------------------------------------------------
 
 
 class ActionExpertNode(Node):
@@ -145,7 +112,7 @@ class ActionExpertNode(Node):
 
     def _on_joint_state(self, msg):
         try:
-            stamp, names, pos, vel = joint_state_arrays(msg)
+            stamp, names, pos, vel = convert.joint_state_to_arrays(msg)
             if stamp == 0:   # some drivers leave the stamp empty: take the arrival time
                 stamp = self.get_clock().now().nanoseconds
             with self._lock:
@@ -187,9 +154,10 @@ class ActionExpertNode(Node):
         if cmd.hold:
             self.get_logger().warning(f"holding: {', '.join(cmd.reasons)}", throttle_duration_sec=2.0)
         if cmd.interface == "joint_trajectory":
-            msg = joint_trajectory_from_rows(cmd.names, cmd.values, cmd.dt)
+            msg = convert.joint_trajectory_msg(
+                cmd.names, cmd.values, cmd.dt * np.arange(1, len(cmd.values) + 1))
         else:
-            msg = float64_array(cmd.values[0])
+            msg = convert.float64_array_msg(cmd.values[0])
         self.command_pub.publish(msg)
         self.counts["published"] += 1
 

@@ -36,7 +36,7 @@ from trajectory_msgs.msg import JointTrajectory
 from mu0_msgs.msg import NamedPoints
 from mu0_ros.convert import (camera_info_from_intrinsics, depth_to_image, dict_to_named_points,
                              make_header, numpy_to_image)
-from mu0_sim import msgs
+from mu0_ros import convert
 from mu0_sim.control import CommandState
 from mu0_sim.env import DEFAULT_CAMERA, STEP_PERIOD_NS, SawyerSimEnv
 from mu0_sim.record import BASE_FRAME, COLOR_FRAME, TOPICS
@@ -104,7 +104,7 @@ class SimArmNode(Node):
         self.create_service(Trigger, "~/reset", self._on_reset)
         self._obs = self.env.observe(render=False)
         self._publish(self._obs, camera=True, joints=True)
-        self.pub_instruction.publish(msgs.string_msg(self.env.instruction))
+        self.pub_instruction.publish(convert.string_msg(self.env.instruction))
         if self.mode == "realtime":
             self.create_timer(step_s / rtf, self._tick)
         self.get_logger().info(
@@ -120,7 +120,7 @@ class SimArmNode(Node):
 
     def _on_trajectory(self, msg) -> None:
         try:
-            names, pos, times = msgs.joint_trajectory_to_points(msg)
+            names, pos, times = convert.joint_trajectory_to_points(msg)
             self.commands.set_joint_trajectory(names, pos, times, self._obs.stamp_ns)
         except ValueError as e:
             return self._drop("JointTrajectory", e)
@@ -128,14 +128,14 @@ class SimArmNode(Node):
 
     def _on_forward(self, msg) -> None:
         try:
-            self.commands.set_forward_positions(msgs.float64_array_to_numpy(msg))
+            self.commands.set_forward_positions(convert.float64_array_to_numpy(msg))
         except ValueError as e:
             return self._drop("forward position command", e)
         self._after_command()
 
     def _on_ee_delta(self, msg) -> None:
         try:
-            self.commands.set_ee_delta(msgs.float64_array_to_numpy(msg))
+            self.commands.set_ee_delta(convert.float64_array_to_numpy(msg))
         except ValueError as e:
             return self._drop("EE delta", e)
         self._after_command()
@@ -166,11 +166,11 @@ class SimArmNode(Node):
 
     def _publish(self, obs, camera: bool, joints: bool) -> None:
         t = obs.stamp_ns
-        self.pub_clock.publish(msgs.clock_msg(t))
+        self.pub_clock.publish(convert.clock_msg(t))
         if joints:
-            self.pub_joints.publish(msgs.joint_state_msg(t, obs.joint_names, obs.joint_positions,
+            self.pub_joints.publish(convert.joint_state_msg(t, obs.joint_names, obs.joint_positions,
                                                          obs.joint_velocities))
-            self.pub_success.publish(msgs.bool_msg(obs.success))
+            self.pub_success.publish(convert.bool_msg(obs.success))
         if camera:
             color, depth = self.env.renderer.render(self.env.data)
             header = make_header(t, COLOR_FRAME)
@@ -179,7 +179,7 @@ class SimArmNode(Node):
             self.pub_depth.publish(depth_to_image(depth, "16UC1", header))
             self.pub_color_info.publish(info)
             self.pub_depth_info.publish(camera_info_from_intrinsics(self.env.intrinsics, header))
-            self.pub_pose.publish(msgs.pose_stamped_msg(t, BASE_FRAME, self.env.camera_pose()))
+            self.pub_pose.publish(convert.pose_stamped_msg(t, BASE_FRAME, self.env.camera_pose()))
             self.pub_truth.publish(dict_to_named_points(dict(zip(obs.point_names, obs.points)), t, BASE_FRAME))
 
     def destroy_node(self):
