@@ -35,6 +35,9 @@ class Mu0Model(nn.Module):
         self.register_buffer("point_scale", torch.tensor(scale, dtype=torch.float32), persistent=False)
         basis = basis_matrix(cfg.num_ctrl, cfg.horizon, cfg.degree)
         self.register_buffer("basis", torch.tensor(basis, dtype=torch.float32), persistent=False)
+        anchor_free = torch.ones(cfg.num_points, 1)
+        anchor_free[0] = 0.0 if cfg.use_bspline else 1.0
+        self.register_buffer("anchor_free", anchor_free, persistent=False)
 
     # --- inputs --------------------------------------------------------------------------
     def relative_history(self, history_uvz, query_uvz):
@@ -124,6 +127,9 @@ class Mu0Model(nn.Module):
             tau = torch.full((b * k,), 1.0 - i * dt, dtype=x.dtype, device=x.device)
             v, logits = self.expert(ctx, x, tau)
             x = x - dt * v
+        if self.cfg.use_bspline:
+            # control point 0 IS the anchor (targets pin it to 0): make the trace start at the query
+            x = x * self.anchor_free
         return x.reshape(b, k, n, p, c), logits.reshape(b, k, n, -1)
 
     def points_to_samples(self, points, query_uvz):
