@@ -121,7 +121,10 @@ class Mu0Predictor(TracePredictor):
                 hist[i, :n] = np.where(ok[..., None], h, 0.0)
                 hist_valid[i, :n] = ok
             meta.append((anchor, known, n))
-        text = self._text_embeddings([r.instruction for r in requests]).astype(np.float32)
+        if cfg.backbone == "compact":
+            text = self._text_embeddings([r.instruction for r in requests]).astype(np.float32)
+        else:  # the VLM reads the instruction tokens itself
+            text = np.zeros((b, cfg.text_dim), np.float32)
         return dict(image=image, depth=depth, text_emb=text, query_uvz=query_uvz, query_mask=query_mask,
                     history_uvz=hist, history_valid=hist_valid), meta
 
