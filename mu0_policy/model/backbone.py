@@ -111,17 +111,23 @@ class VLMBackbone(Backbone):
 
     needs_input_ids = True
 
-    def __init__(self, cfg: Mu0Config, model_dir: str | Path | None = None):
+    def __init__(self, cfg: Mu0Config, model_dir: str | Path | None = None, hf_model=None):
         super().__init__()
         from transformers import AutoConfig, Idefics3Model
 
         path = Path(model_dir or cfg.vlm_path)
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"VLM directory {path}: config.json missing (Mu0Config.vlm_path)")
-        hf_cfg = AutoConfig.from_pretrained(str(path), local_files_only=True)
-        keep = min(cfg.vlm_num_layers, hf_cfg.text_config.num_hidden_layers)
-        hf_cfg.text_config.num_hidden_layers = keep     # layers beyond K are never built nor loaded
-        self.vlm = Idefics3Model.from_pretrained(str(path), config=hf_cfg, local_files_only=True)
+        if hf_model is not None:  # an in-memory model (benchmarks build a full-size one from a config)
+            hf_cfg = hf_model.config
+            del hf_model.text_model.layers[cfg.vlm_num_layers:]
+            hf_cfg.text_config.num_hidden_layers = len(hf_model.text_model.layers)
+            self.vlm = hf_model
+        else:
+            if not (path / "config.json").is_file():
+                raise FileNotFoundError(f"VLM directory {path}: config.json missing (Mu0Config.vlm_path)")
+            hf_cfg = AutoConfig.from_pretrained(str(path), local_files_only=True)
+            keep = min(cfg.vlm_num_layers, hf_cfg.text_config.num_hidden_layers)
+            hf_cfg.text_config.num_hidden_layers = keep     # layers beyond K are never built nor loaded
+            self.vlm = Idefics3Model.from_pretrained(str(path), config=hf_cfg, local_files_only=True)
         self.vlm.requires_grad_(False).eval()
         self.out_dim = hf_cfg.text_config.hidden_size
         self.image_token_id = hf_cfg.image_token_id

@@ -26,10 +26,10 @@ HISTORY_CLIP = 5.0
 
 
 class Mu0Model(nn.Module):
-    def __init__(self, cfg: Mu0Config):
+    def __init__(self, cfg: Mu0Config, backbone=None):
         super().__init__()
         self.cfg = cfg
-        self.backbone = build_backbone(cfg)
+        self.backbone = backbone if backbone is not None else build_backbone(cfg)
         self.expert = TraceExpert(cfg, self.backbone.out_dim)
         scale = TraceNormalizer.from_dict(cfg.normalizer).scale if cfg.normalizer else [1.0, 1.0, 1.0]
         self.register_buffer("point_scale", torch.tensor(scale, dtype=torch.float32), persistent=False)
