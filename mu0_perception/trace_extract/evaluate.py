@@ -49,6 +49,7 @@ def evaluate_against_ground_truth(xyz_world: np.ndarray, valid: np.ndarray, seed
         covered = valid[:, sel].any(axis=1) if len(sel) else np.zeros(T, bool)
         per_body[str(gt_names[k])] = dict(points=int(len(sel)), travel_cm=100 * travel,
                                           median_cm=float(100 * np.median(e)) if e.size else float("nan"),
+                                          p90_cm=float(100 * np.percentile(e, 90)) if e.size else float("nan"),
                                           coverage=float(covered.mean()))
         if travel > min_travel_m:
             cover_hits += int(covered.sum())

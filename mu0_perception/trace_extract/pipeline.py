@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from mu0_perception import keypoints as kp
+from mu0_perception.camera import deproject
 from mu0_perception.tracking import PointTracker, make_tracker
 from mu0_perception.trace_extract import lift
 from mu0_perception.trace_extract.episode import Episode
@@ -44,6 +45,14 @@ class ExtractConfig:
     movement_depth_weight: float = kp.MOVEMENT_DEPTH_WEIGHT
     min_coverage: float = 0.6             # paper: episodes with coverage < 0.6 are skipped
     min_points_per_frame: int = 8         # a frame counts as covered with this many 3D points
+    # small entities: regions above the dominant (table) plane that are small in the image (the
+    # object, the fingers) each keep this many live points, tracked with a small LK window
+    small_entity_points: int = 8          # 0 disables
+    small_entity_max_area: float = 0.005  # fraction of the image area
+    small_entity_min_height_m: float = 0.008
+    small_entity_max_height_m: float = 0.25
+    small_entity_win_size: int = 7        # LK window for small-entity points (a 15 px window on an
+                                          # 8 px puck follows the table around it)
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -92,6 +101,60 @@ def _change_mask(colors: np.ndarray, c: int, span: int, threshold: float) -> np.
     return diff > threshold
 
 
+def _small_entity_seeds(depth: np.ndarray, intr, cfg: "ExtractConfig", live_uv: np.ndarray,
+                        live_ent: np.ndarray, next_id: int, seed: int):
+    """Seeds topping every small above-table region up to cfg.small_entity_points live points.
+
+    Returns (uv (M, 2) float32, entity ids (M,), next free id). A region that already holds live
+    points of a small entity keeps that entity's id (ids stay consistent over chunks); otherwise
+    it gets a new id >= cfg.num_entities, apart from the k-means clusters."""
+    H, W = depth.shape
+    vv, uu = np.mgrid[0:H:4, 0:W:4]
+    d = depth[::4, ::4]
+    ok = np.isfinite(d)
+    if ok.sum() < 50:
+        return np.zeros((0, 2), np.float32), np.zeros(0, np.int32), next_id
+    pts = deproject(np.stack([uu[ok], vv[ok]], -1).astype(np.float64), d[ok], intr)
+    normal, offset, frac = kp.fit_dominant_plane(pts, seed=seed)
+    if frac < 0.1:  # no dominant support plane in view: nothing to stand on it
+        return np.zeros((0, 2), np.float32), np.zeros(0, np.int32), next_id
+    max_area = max(4, int(cfg.small_entity_max_area * H * W))
+    labels = kp.small_entity_labels(depth, intr, (normal, offset), cfg.small_entity_min_height_m,
+                                    cfg.small_entity_max_height_m, max_area_px=max_area)
+    m = 3  # border margin for the LK window
+    labels[:m], labels[-m:], labels[:, :m], labels[:, -m:] = 0, 0, 0, 0
+    li = np.rint(live_uv).astype(int) if len(live_uv) else np.zeros((0, 2), int)
+    inside = (li[:, 0] >= 0) & (li[:, 0] < W) & (li[:, 1] >= 0) & (li[:, 1] < H)
+    live_lab = np.zeros(len(li), np.int32)
+    live_lab[inside] = labels[li[inside, 1], li[inside, 0]]
+    uv, ent = [], []
+    for j in range(1, int(labels.max()) + 1):
+        in_j = live_lab == j
+        want = cfg.small_entity_points - int(in_j.sum())
+        if want <= 0:
+            continue
+        vs, us = np.nonzero(labels == j)
+        if len(vs) == 0:
+            continue
+        cand = np.stack([us, vs], 1).astype(np.float32)
+        if in_j.any():  # keep new points off the pixels live points already sit on
+            far = np.min(np.linalg.norm(cand[:, None] - live_uv[in_j][None], axis=-1), axis=1) >= 1.0
+            cand = cand[far]
+        idx = kp.farthest_point_sampling(cand, want, seed=seed + j)
+        if len(idx) == 0:
+            continue
+        small_ids = live_ent[in_j][live_ent[in_j] >= cfg.num_entities]
+        if len(small_ids):
+            e = int(np.bincount(small_ids).argmax())
+        else:
+            e, next_id = next_id, next_id + 1
+        uv.append(cand[idx])
+        ent.append(np.full(len(idx), e, np.int32))
+    if not uv:
+        return np.zeros((0, 2), np.float32), np.zeros(0, np.int32), next_id
+    return np.concatenate(uv), np.concatenate(ent), next_id
+
+
 def _cut_after_slips(xyz: np.ndarray, valid: np.ndarray, seed_frame: np.ndarray, max_step: float):
     T, N = valid.shape
     step = np.linalg.norm(np.diff(xyz, axis=0), axis=-1)           # (T-1, N), NaN if either invalid
@@ -129,7 +192,12 @@ def extract_episode(episode: Episode, config: ExtractConfig | None = None,
     ep = episode.resized(W, H)
     T = ep.num_frames
     backbone = backbone or kp.LocalFeatureBackbone(cell_px=cfg.cell_px)
-    tracker = tracker or make_tracker(cfg.tracker, fb_threshold_px=cfg.fb_threshold_px)
+    if tracker is None:
+        tracker = make_tracker(cfg.tracker, fb_threshold_px=cfg.fb_threshold_px)
+        small_tracker = (make_tracker("lk", fb_threshold_px=cfg.fb_threshold_px,
+                                      win_size=cfg.small_entity_win_size) if cfg.tracker == "lk" else tracker)
+    else:  # a plugged-in (learned) tracker handles small points itself
+        small_tracker = tracker
     captioner = captioner or RuleBasedCaptioner()
 
     # --- keypoints: entities over chunk-start frames, clustered jointly so ids agree over time
@@ -145,6 +213,7 @@ def extract_episode(episode: Episode, config: ExtractConfig | None = None,
     all_uv = np.zeros((T, 0, 2), np.float32)
     all_vis = np.zeros((T, 0), bool)
     ents, seeds = [], []
+    next_small_id = cfg.num_entities
     spacing = max(3, int(round(0.5 * np.sqrt(H * W / cfg.points_per_chunk))))
     for ci, c in enumerate(chunk_starts):
         t0 = time.perf_counter()
@@ -166,16 +235,23 @@ def extract_episode(episode: Episode, config: ExtractConfig | None = None,
                                     seed=cfg.seed + c + 7919)
         new = kp.Keypoints(np.concatenate([new_m.uv, new_r.uv]),
                            np.concatenate([new_m.entity_id, new_r.entity_id]), c)
+        small_uv, small_ent = np.zeros((0, 2), np.float32), np.zeros(0, np.int32)
+        if cfg.small_entity_points > 0:
+            prev_ent = np.concatenate(ents) if ents else np.zeros(0, np.int32)
+            small_uv, small_ent, next_small_id = _small_entity_seeds(
+                ep.depth[c], ep.intrinsics, cfg, all_uv[c][all_vis[c]], prev_ent[all_vis[c]],
+                next_small_id, cfg.seed + c)
         t_seed += time.perf_counter() - t0
-        if len(new.uv) == 0:
-            continue
-        t0 = time.perf_counter()
-        tr = tracker.track(ep.color, np.full(len(new.uv), c), new.uv)
-        t_track += time.perf_counter() - t0
-        all_uv = np.concatenate([all_uv, tr.uv], axis=1)
-        all_vis = np.concatenate([all_vis, tr.visible], axis=1)
-        ents.append(new.entity_id)
-        seeds.append(np.full(len(new.uv), c, np.int32))
+        for pts, ids, trk in ((new.uv, new.entity_id, tracker), (small_uv, small_ent, small_tracker)):
+            if len(pts) == 0:
+                continue
+            t0 = time.perf_counter()
+            tr = trk.track(ep.color, np.full(len(pts), c), pts)
+            t_track += time.perf_counter() - t0
+            all_uv = np.concatenate([all_uv, tr.uv], axis=1)
+            all_vis = np.concatenate([all_vis, tr.visible], axis=1)
+            ents.append(ids)
+            seeds.append(np.full(len(pts), c, np.int32))
     timings["keypoints"] += t_seed
     timings["tracking"] = t_track
     entity_id = np.concatenate(ents) if ents else np.zeros(0, np.int32)
