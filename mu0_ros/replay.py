@@ -72,12 +72,14 @@ def _graph_params(config, overrides=()) -> dict:
 
 
 def replay_offline(bag_in, bag_out, config=None, overrides=(), overlay_path=None, progress: bool = True,
-                   ) -> ReplaySummary:
+                   only_stamps=None) -> ReplaySummary:
     """Run the graph's core in-process over `bag_in`, write `bag_out` (see module docstring).
 
     config: a graph YAML path or {node: params}. With an `action_expert` entry (robot_config), its
     commands are added on the robot's command topic; command topics already in the input bag
     (`mu0_graph.exclude_topics`, e.g. the recorder's commands) are kept under /recorded<topic>.
+    only_stamps: process only frames with these colour stamps (the others count as skipped), e.g.
+    to reproduce exactly the frames a live run processed.
     """
     from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 
@@ -139,6 +141,9 @@ def replay_offline(bag_in, bag_out, config=None, overrides=(), overlay_path=None
                 continue
             for frame in assembler.add(stream, store.deserialize_cdr(raw, conn.msgtype)):
                 summary.frames += 1
+                if only_stamps is not None and frame.stamp_ns not in only_stamps:
+                    summary.faults["skipped"] = summary.faults.get("skipped", 0) + 1
+                    continue
                 out = pipeline.process(frame)
                 if out is None:
                     continue
@@ -156,7 +161,7 @@ def replay_offline(bag_in, bag_out, config=None, overrides=(), overlay_path=None
                     expert.on_traces(out.published)
                 if overlay_path is not None:
                     overlay_frames.append(draw_traces(frame.color, out.camera_traces, frame.intrinsics))
-    summary.faults = {**assembler.faults, "unmatched": sum(assembler.matcher.stats.dropped_unmatched.values())}
+    summary.faults = {**summary.faults, **assembler.faults, "unmatched": sum(assembler.matcher.stats.dropped_unmatched.values())}
     if episode is not None:
         (bag_out / "episode.json").write_text(json.dumps(episode, indent=2))
     if overlay_path is not None and overlay_frames:

@@ -91,22 +91,17 @@ def test_live_replay_over_dds_matches_offline(sim_bag, tmp_path):
         probe.destroy_node()
         rclpy.try_shutdown()
     assert got["traces"] and got["markers"] and got["commands"]
-    offline = replay_offline(sim_bag, tmp_path / "off", CONFIG, MODEL, progress=False)
-    assert offline.trace_sets > 0
-    off = {convert.stamp_to_ns(m.header.stamp): convert.trace_msg_to_set(m)
-           for _, m in read_topic(tmp_path / "off", "/mu0/traces")}
     live = [convert.trace_msg_to_set(m) for m in got["traces"]]
-    assert all(t.stamp_ns in off for t in live)          # stamped with the source frames
-    assert len(live) >= 0.8 * len(off)
-    # until the first frame the live graph skipped (if any), live and offline saw the same frames in
-    # the same order, so the same core gives the same traces
-    order = sorted(off)
-    prefix = 0
-    for t, stamp in zip(live, order):
-        if t.stamp_ns != stamp:
-            break
-        ref = off[stamp]
+    all_frames = {convert.stamp_to_ns(m.header.stamp) for _, m in read_topic(sim_bag, "/camera/camera/color/image_raw")}
+    assert {t.stamp_ns for t in live} <= all_frames         # stamped with the source frames
+    assert len(live) >= 0.6 * len(all_frames)
+    # offline over exactly the frames the live graph processed (a loaded machine may drop some
+    # best-effort frames live) gives the same traces: same core, same state, same inputs
+    offline = replay_offline(sim_bag, tmp_path / "off", CONFIG, MODEL, progress=False,
+                             only_stamps={t.stamp_ns for t in live})
+    assert offline.trace_sets == len(live)
+    off = [convert.trace_msg_to_set(m) for _, m in read_topic(tmp_path / "off", "/mu0/traces")]
+    for t, ref in zip(live, off):
+        assert t.stamp_ns == ref.stamp_ns and t.frame_id == ref.frame_id == "base_link"
         assert np.array_equal(t.query_ids, ref.query_ids)
         assert np.allclose(t.samples, ref.samples, atol=1e-5)
-        prefix += 1
-    assert prefix >= 0.5 * len(order), ([t.stamp_ns for t in live][:5], order[:5])
