@@ -10,9 +10,9 @@ frame. Moving points are the fit's outliers.
 """
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
+from mu0_perception import camera
 from mu0_perception.camera import CameraIntrinsics
 
 
@@ -46,33 +46,28 @@ def sample_depth(depth: np.ndarray, uv: np.ndarray, window: int = 1) -> np.ndarr
 
 
 def deproject(uv: np.ndarray, z: np.ndarray, intr: CameraIntrinsics) -> np.ndarray:
-    """Pixels (..., 2) + depth (...) -> camera xyz (..., 3); undistorts when needed."""
+    """Pixels (..., 2) + depth (...) -> camera xyz (..., 3) via `mu0_perception.camera.deproject`
+    (the one place for that math); rows with a non-finite pixel give NaN instead of raising,
+    because tracks carry NaN where a point is not visible."""
     uv = np.asarray(uv, dtype=np.float64)
-    if intr.has_distortion:
-        if intr.distortion_model not in ("plumb_bob", "rational_polynomial"):
-            raise ValueError(f"intrinsics.distortion_model {intr.distortion_model!r} is not supported")
-        flat = uv.reshape(-1, 1, 2)
-        good = np.isfinite(flat).all(-1).reshape(-1)
-        xy = np.full((len(flat), 2), np.nan)
-        if good.any():
-            xy[good] = cv2.undistortPoints(flat[good], intr.K, np.asarray(intr.distortion)).reshape(-1, 2)
-        xy = xy.reshape(uv.shape)
-        x, y = xy[..., 0], xy[..., 1]
-    else:
-        x = (uv[..., 0] - intr.cx) / intr.fx
-        y = (uv[..., 1] - intr.cy) / intr.fy
     z = np.asarray(z, dtype=np.float64)
-    return np.stack([x * z, y * z, z], axis=-1)
+    out = np.full(uv.shape[:-1] + (3,), np.nan)
+    good = np.isfinite(uv).all(-1)
+    if good.any():
+        out[good] = camera.deproject(uv[good], z[good], intr)
+    return out
 
 
 def project(xyz: np.ndarray, intr: CameraIntrinsics) -> tuple[np.ndarray, np.ndarray]:
-    """Camera xyz (..., 3) -> (pixels (..., 2), depth (...)) for an undistorted pinhole."""
+    """Camera xyz (..., 3) -> (pixels (..., 2), depth (...)) via `mu0_perception.camera.project`;
+    non-finite rows give NaN pixels and NaN depth, points behind the camera NaN pixels."""
     p = np.asarray(xyz, dtype=np.float64)
-    z = p[..., 2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        u = intr.fx * p[..., 0] / z + intr.cx
-        v = intr.fy * p[..., 1] / z + intr.cy
-    return np.stack([u, v], -1), z
+    uv = np.full(p.shape[:-1] + (2,), np.nan)
+    z = np.full(p.shape[:-1], np.nan)
+    good = np.isfinite(p).all(-1)
+    if good.any():
+        uv[good], z[good] = camera.project(p[good], intr)
+    return uv, z
 
 
 def lift_tracks(uv: np.ndarray, visible: np.ndarray, depths: np.ndarray, intr: CameraIntrinsics,
