@@ -477,3 +477,63 @@ def clock_msg(stamp_ns: int, typestore=None):
 def pose_stamped_msg(stamp_ns: int, frame_id: str, tf: RigidTransform, typestore=None):
     return _msg_class("geometry_msgs/msg/PoseStamped", typestore)(
         header=make_header(stamp_ns, frame_id, typestore), pose=rigid_to_pose(tf, typestore))
+
+
+# ----------------------------------------------------------------------------------------------
+# RViz markers and query points
+# ----------------------------------------------------------------------------------------------
+# Plain line-strip data (mu0_policy.trace_postprocess.LineStrip) -> visualization_msgs/MarkerArray;
+# the live node and offline replay both call this, so they publish identical markers.
+LINE_STRIP, ADD, DELETEALL = 4, 0, 3  # visualization_msgs/Marker constants
+
+
+def _empty_marker(typestore, stamp_ns, frame_id, ns, marker_id, marker_type, action, lifetime_s):
+    c = lambda name: _msg_class(name, typestore)  # noqa: E731
+    return c("visualization_msgs/msg/Marker")(
+        header=make_header(stamp_ns, frame_id, typestore), ns=ns, id=int(marker_id), type=marker_type,
+        action=action,
+        pose=c("geometry_msgs/msg/Pose")(position=c("geometry_msgs/msg/Point")(x=0.0, y=0.0, z=0.0),
+                                         orientation=c("geometry_msgs/msg/Quaternion")(x=0.0, y=0.0, z=0.0, w=1.0)),
+        scale=c("geometry_msgs/msg/Vector3")(x=0.0, y=0.0, z=0.0),
+        color=c("std_msgs/msg/ColorRGBA")(r=1.0, g=1.0, b=1.0, a=1.0),
+        lifetime=_duration(lifetime_s, typestore), frame_locked=False, points=[], colors=[],
+        texture_resource="", texture=c("sensor_msgs/msg/CompressedImage")(
+            header=make_header(0, "", typestore), format="", data=_np_bytes(typestore)),
+        uv_coordinates=[], text="", mesh_resource="",
+        mesh_file=c("visualization_msgs/msg/MeshFile")(filename="", data=_np_bytes(typestore)),
+        mesh_use_embedded_materials=False)
+
+
+def _np_bytes(typestore):
+    return np.zeros(0, np.uint8) if typestore is not None else []
+
+
+def marker_array_msg(strips, lifetime_s: float, deleted_namespaces=(), stamp_ns: int = 0, frame_id: str = "",
+                     typestore=None):
+    """One LINE_STRIP per strip (per-point colours), after a DELETEALL per vanished namespace."""
+    c = lambda name: _msg_class(name, typestore)  # noqa: E731
+    markers = [_empty_marker(typestore, stamp_ns, frame_id, ns, 0, LINE_STRIP, DELETEALL, 0.0)
+               for ns in sorted(deleted_namespaces)]
+    for s in strips:
+        m = _empty_marker(typestore, s.stamp_ns, s.frame_id, s.namespace, s.marker_id, LINE_STRIP, ADD, lifetime_s)
+        m.scale = c("geometry_msgs/msg/Vector3")(x=float(s.width), y=0.0, z=0.0)
+        m.points = [c("geometry_msgs/msg/Point")(x=float(p[0]), y=float(p[1]), z=float(p[2])) for p in s.points]
+        m.colors = [c("std_msgs/msg/ColorRGBA")(r=float(q[0]), g=float(q[1]), b=float(q[2]), a=float(q[3]))
+                    for q in s.colors]
+        markers.append(m)
+    return c("visualization_msgs/msg/MarkerArray")(markers=markers)
+
+
+def query_points_to_arrays(msg):
+    """mu0_msgs/QueryPoints -> (pixels (N, 2) float32, query ids (list, may be empty), entities (list))."""
+    n = len(msg.pixel_u)
+    if len(msg.pixel_v) != n:
+        raise ValueError(f"pixel_v: {len(msg.pixel_v)} entries, pixel_u has {n}")
+    if len(msg.query_ids) not in (0, n):
+        raise ValueError(f"query_ids: {len(msg.query_ids)} entries, expected 0 or {n}")
+    if len(msg.entities) not in (0, n):
+        raise ValueError(f"entities: {len(msg.entities)} entries, expected 0 or {n}")
+    pixels = np.stack([np.asarray(msg.pixel_u, np.float32), np.asarray(msg.pixel_v, np.float32)], axis=1).reshape(n, 2)
+    if not np.all(np.isfinite(pixels)):
+        raise ValueError("pixel_u/pixel_v: non-finite values")
+    return pixels, [int(i) for i in msg.query_ids], [str(e) for e in msg.entities]

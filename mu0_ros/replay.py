@@ -17,12 +17,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from mu0_perception.camera import RigidTransform, project
+from mu0_perception.camera import project
 from mu0_perception.sync import RGBDAssembler
 from mu0_policy.trace_pipeline import PipelineConfig, TracePipeline, extrinsic_from_list, make_predictor
 from mu0_policy.trace_postprocess import time_colors, valid_length
 from mu0_ros import convert
-from mu0_ros.markers import marker_array_msg
 
 RGBD_PARAMS = {"color_topic": "/camera/camera/color/image_raw",
                "depth_topic": "/camera/camera/aligned_depth_to_color/image_raw",
@@ -154,7 +153,7 @@ def replay_offline(bag_in, bag_out, config=None, overrides=(), overlay_path=None
                       convert.trace_set_to_msg(out.camera_traces, store))
                 current = {s.namespace for s in out.markers}
                 write("/mu0/trace_markers", "visualization_msgs/msg/MarkerArray", log_time,
-                      marker_array_msg(out.markers, 2.0 * period, set(entities) - current, frame.stamp_ns,
+                      convert.marker_array_msg(out.markers, 2.0 * period, set(entities) - current, frame.stamp_ns,
                                        out.published.frame_id, typestore=store))
                 entities = sorted(current)
                 if expert is not None:
@@ -224,22 +223,11 @@ class ExpertStage:
 
 def command_msg(cmd, typestore=None):
     """A TickCommand -> JointTrajectory (joint_trajectory) or Float64MultiArray (first row)."""
-    c = lambda name: convert._msg_class(name, typestore)  # noqa: E731
     if cmd.interface == "joint_trajectory":
-        points = []
-        for k, row in enumerate(np.asarray(cmd.values, float)):
-            ns = int(round((k + 1) * cmd.dt * 1e9))
-            points.append(c("trajectory_msgs/msg/JointTrajectoryPoint")(
-                positions=np.asarray(row, np.float64) if typestore is not None else [float(v) for v in row],
-                velocities=np.zeros(0) if typestore is not None else [],
-                accelerations=np.zeros(0) if typestore is not None else [],
-                effort=np.zeros(0) if typestore is not None else [],
-                time_from_start=c("builtin_interfaces/msg/Duration")(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)))
-        return c("trajectory_msgs/msg/JointTrajectory")(header=convert.make_header(0, "", typestore),
-                                                        joint_names=list(cmd.names), points=points)
-    values = np.asarray(cmd.values, np.float64)[0]
-    layout = c("std_msgs/msg/MultiArrayLayout")(dim=[], data_offset=0)
-    return c("std_msgs/msg/Float64MultiArray")(layout=layout, data=values if typestore is not None else values.tolist())
+        values = np.asarray(cmd.values, float)
+        return convert.joint_trajectory_msg(cmd.names, values, cmd.dt * np.arange(1, len(values) + 1),
+                                            typestore=typestore)
+    return convert.float64_array_msg(np.asarray(cmd.values, np.float64)[0], typestore)
 
 
 def make_expert_stage(expert_params: dict):

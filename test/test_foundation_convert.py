@@ -194,3 +194,19 @@ def test_robot_messages_bad_input():
         convert.joint_trajectory_msg(names, np.zeros((2, 2)), [0.1, 0.1])
     with pytest.raises(ValueError, match="non-finite"):
         convert.float64_array_to_numpy(convert.float64_array_msg([np.nan]))
+
+
+def test_query_points_and_markers():
+    from mu0_msgs.msg import QueryPoints
+    px, ids, ents = convert.query_points_to_arrays(QueryPoints(pixel_u=[1.0, 2.0], pixel_v=[3.0, 4.0], query_ids=[7, 8]))
+    assert px.tolist() == [[1, 3], [2, 4]] and ids == [7, 8] and ents == []
+    with pytest.raises(ValueError, match="pixel_v"):
+        convert.query_points_to_arrays(QueryPoints(pixel_u=[1.0], pixel_v=[]))
+    with pytest.raises(ValueError, match="entities"):
+        convert.query_points_to_arrays(QueryPoints(pixel_u=[1.0], pixel_v=[2.0], entities=["a", "b"]))
+    from types import SimpleNamespace
+    strip = SimpleNamespace(stamp_ns=5, frame_id="cam", namespace="gripper", marker_id=3, width=0.01,
+                            points=np.zeros((4, 3)), colors=np.ones((4, 4)))
+    msg = convert.marker_array_msg([strip], lifetime_s=0.2, deleted_namespaces=["object"])
+    assert [m.action for m in msg.markers] == [convert.DELETEALL, convert.ADD]
+    assert msg.markers[1].ns == "gripper" and len(msg.markers[1].points) == 4 and msg.markers[1].lifetime.nanosec == 200_000_000

@@ -26,7 +26,6 @@ import sys
 import threading
 import time
 
-import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.exceptions import ParameterUninitializedException
@@ -40,7 +39,6 @@ from mu0_msgs.msg import RGBD, QueryPoints, TraceArray
 from mu0_msgs.srv import SetInstruction
 from mu0_policy.trace_pipeline import PipelineConfig, TracePipeline, extrinsic_from_list, make_predictor
 from mu0_ros import convert
-from mu0_ros.markers import marker_array_msg
 from mu0_ros.diagnostics import RuntimeMonitor, diagnostic_array_msg
 from mu0_ros.qos import QosEventMonitor, latched_qos, latest_only_qos, reliable_qos
 
@@ -209,10 +207,8 @@ class Mu0Node(LifecycleNode):
 
     def _on_queries(self, msg: QueryPoints) -> None:
         try:
-            if len(msg.pixel_u) != len(msg.pixel_v):
-                raise ValueError(f"pixel_u has {len(msg.pixel_u)} entries, pixel_v {len(msg.pixel_v)}")
-            pixels = np.stack([np.asarray(msg.pixel_u, np.float32), np.asarray(msg.pixel_v, np.float32)], axis=1)
-            self.pipeline.set_given_queries(pixels, list(msg.query_ids), list(msg.entities))
+            pixels, query_ids, entities = convert.query_points_to_arrays(msg)
+            self.pipeline.set_given_queries(pixels, query_ids, entities)
         except (ValueError, AttributeError) as exc:
             self.monitor.count("bad_queries")
             self.get_logger().warning(f"ignored QueryPoints: {exc}", throttle_duration_sec=5.0)
@@ -264,7 +260,7 @@ class Mu0Node(LifecycleNode):
             self.camera_traces_pub.publish(convert.trace_set_to_msg(out.camera_traces))
             # entities that disappeared since the last frame: delete their namespaces explicitly
             current = {s.namespace for s in out.markers}
-            self.markers_pub.publish(marker_array_msg(out.markers, 2.0 * self.period, set(self._entities) - current,
+            self.markers_pub.publish(convert.marker_array_msg(out.markers, 2.0 * self.period, set(self._entities) - current,
                                                       frame.stamp_ns, out.published.frame_id))
             self._entities = sorted(current)
             self.monitor.count("published_frames")
