@@ -76,3 +76,25 @@ def test_segmentation_splits_two_motions():
     segs = segment_events(speed)
     assert len(segs) >= 2 and segs[0].start == 0 and segs[-1].end == len(speed)
     assert all(a.end == b.start for a, b in zip(segs[:-1], segs[1:]))
+
+
+def test_small_entity_above_table_plane_gets_its_own_label():
+    from mu0_perception.camera import CameraIntrinsics, deproject
+    from mu0_perception.keypoints import fit_dominant_plane, small_entity_labels
+
+    intr = CameraIntrinsics(160, 120, 140.0, 140.0, 79.5, 59.5)
+    H, W = 120, 160
+    vv, uu = np.mgrid[0:H, 0:W].astype(float)
+    # a table plane 0.5 y + z = 1.2 (camera looks down on it): depth grows towards the image top
+    depth = (1.2 / (1.0 + 0.5 * (vv - 59.5) / 140.0)).astype(np.float32)
+    depth[60:66, 70:76] -= 0.03                     # a 6x6 px puck 3 cm nearer (above the table)
+    depth[:, :20] -= 0.4                            # a big box: above the table but not small
+    depth[5, 5] = np.nan
+    pts = deproject(np.stack([uu, vv], -1)[::3, ::3].reshape(-1, 2), np.nan_to_num(depth[::3, ::3]).reshape(-1), intr)
+    normal, offset, frac = fit_dominant_plane(pts, seed=1)
+    assert frac > 0.7 and offset > 0  # the camera is on the positive side
+    lab = small_entity_labels(depth, intr, (normal, offset), max_area_px=100, depth_edge_m=0.05)
+    assert lab.max() == 1
+    assert (lab[61:65, 71:75] == 1).all() and (lab[:, :20] == 0).all() and (lab[:50] == 0).all()
+    with pytest.raises(ValueError, match="xyz"):
+        fit_dominant_plane(np.zeros((2, 3)))
