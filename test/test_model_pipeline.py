@@ -158,3 +158,20 @@ def test_evaluate_cli_writes_table_and_plot(checkpoint, dataset, tmp_path):
     # zero motion's error is the ground-truth displacement itself: positive on moving points
     assert tables["zero_motion"]["uvz"]["top1/FDE@32"] > 0
     assert (out / "metrics.png").stat().st_size > 10_000
+
+
+def test_training_runs_unchanged_under_torchrun_ddp(dataset, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "mu0_policy.train", "--data", str(dataset), "--out", str(out), "--preset", "tiny",
+                           "--steps", "3", "--batch-size", "2", "--eval-every", "3", "--save-every", "3", "--quiet"],
+                          env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["training"]["steps"] == 3 and cfg["training"]["batch_size"] == 4   # 2 ranks x 2
+    assert load_predictor(out).predict(_requests((4,)), seed=0)[0].samples_uvz.shape == (1, 4, 33, 3)
