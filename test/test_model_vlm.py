@@ -66,6 +66,9 @@ def test_vlm_backbone_keeps_first_k_layers_frozen_and_matches_the_full_model(vlm
         want = full.text_model.norm(ref.hidden_states[2])
     assert torch.allclose(out.tokens[mask], want[mask], atol=1e-4)
     assert not torch.allclose(out.tokens[mask], ref.last_hidden_state[mask], atol=1e-3)
+    # per-layer tokens for the expert's cross blocks: layer 1's output, then the final (normed) one
+    assert len(out.layer_tokens) == 2 and torch.equal(out.layer_tokens[-1], out.tokens)
+    assert torch.allclose(out.layer_tokens[0][mask], ref.hidden_states[1][mask], atol=1e-4)
 
 
 def test_mu0_with_vlm_backbone_trains_only_the_expert_and_round_trips(vlm_dir, tmp_path):

@@ -34,6 +34,8 @@ class BackboneOutput:
     tokens: torch.Tensor        # (B, L, C)
     token_mask: torch.Tensor    # (B, L) bool
     feature_map: torch.Tensor   # (B, C, h, w)
+    layer_tokens: list | None = None  # per backbone layer (B, L, C); the expert's cross blocks read
+                                      # the layer matching their depth (the VLM variant)
 
 
 class Backbone(nn.Module):
@@ -163,13 +165,15 @@ class VLMBackbone(Backbone):
         pix = F.interpolate(image, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
         pix = ((pix - 0.5) / 0.5).to(dtype)[:, None]                       # (B, 1 image, 3, S, S)
         out = self.vlm(input_ids=input_ids, attention_mask=attention_mask.long(), pixel_values=pix,
-                       use_cache=False)
+                       use_cache=False, output_hidden_states=True)
         hidden = out.last_hidden_state.float()                             # after K layers (+ norm)
         b, _, c = hidden.shape
         is_img = input_ids == self.image_token_id
         img_tokens = hidden[is_img].reshape(b, self.num_image_tokens, c)
         fmap = img_tokens.transpose(1, 2).reshape(b, c, self.grid, self.grid)
-        return BackboneOutput(hidden, attention_mask.bool(), fmap)
+        # hidden_states[i + 1] = output of text layer i (the last one carries the final norm)
+        layers = [h.float() for h in out.hidden_states[1:-1]] + [hidden]
+        return BackboneOutput(hidden, attention_mask.bool(), fmap, layers)
 
 
 def build_backbone(cfg: Mu0Config) -> Backbone:

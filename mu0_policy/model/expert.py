@@ -161,7 +161,15 @@ class TraceExpert(nn.Module):
         self.validity_out = nn.Linear(e, cfg.horizon + 1)
 
     def build_context(self, backbone_out, query_uvz, query_mask, history_rel, history_valid) -> ExpertContext:
-        cross_kv = [blk.context_kv(backbone_out.tokens) for blk in self.blocks if blk.cross]
+        layers = backbone_out.layer_tokens
+        if layers:
+            # like the authors' SmolVLA-style expert: expert block i reads the backbone layer at
+            # the same relative depth (the expert has as many or fewer layers than the VLM)
+            n_exp, n_bb = len(self.blocks), len(layers)
+            cross_kv = [blk.context_kv(layers[min(n_bb - 1, (i * n_bb) // n_exp)])
+                        for i, blk in enumerate(self.blocks) if blk.cross]
+        else:
+            cross_kv = [blk.context_kv(backbone_out.tokens) for blk in self.blocks if blk.cross]
         ctx_mask = backbone_out.token_mask[:, None, None, :]
         g = self.cfg.tokens_per_query
         self_mask = query_mask.repeat_interleave(g, dim=1)[:, None, None, :]
