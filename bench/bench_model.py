@@ -63,7 +63,7 @@ def bench_checkpoint(ckpt: Path, queries: int, samples: int, reps: int):
         del pred
 
 
-def bench_full(device: str, queries: int, samples: int, reps: int, batch: int):
+def bench_full(device: str, queries: int, samples: int, reps: int, batch: int, smoke: bool = False):
     import torch
     from transformers import Idefics3Config, Idefics3Model
 
@@ -78,7 +78,16 @@ def bench_full(device: str, queries: int, samples: int, reps: int, batch: int):
                         text_config=dict(model_type="llama", hidden_size=2048, intermediate_size=8192,
                                          num_hidden_layers=24, num_attention_heads=32, num_key_value_heads=32,
                                          vocab_size=49280))
-    cfg = preset("full", vlm_path="<in-memory>", normalizer={"scale": [0.05, 0.05, 0.05]})
+    overrides = {}
+    if smoke:  # same code path at toy size, to check the benchmark itself on a CPU
+        hf = Idefics3Config(scale_factor=2, image_token_id=60,
+                            vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                               num_attention_heads=2, image_size=384, patch_size=48),
+                            text_config=dict(model_type="llama", hidden_size=64, intermediate_size=128,
+                                             num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=2,
+                                             vocab_size=1000))
+        overrides = dict(vlm_num_layers=4, expert_dim=32, expert_layers=4, expert_heads=2)
+    cfg = preset("full", vlm_path="<in-memory>", normalizer={"scale": [0.05, 0.05, 0.05]}, **overrides)
     with torch.device(device):
         vlm = Idefics3Model(hf).to(torch.bfloat16)
         model = Mu0Model(cfg, backbone=VLMBackbone(cfg, hf_model=vlm)).to(device).eval()
@@ -88,7 +97,7 @@ def bench_full(device: str, queries: int, samples: int, reps: int, batch: int):
           f"expert {n_exp:.0f}M params, {cfg.expert_layers} layers")
     g = model.backbone.grid
     n_img = model.backbone.num_image_tokens
-    ids = torch.cat([torch.full((batch, n_img), hf.image_token_id), torch.randint(0, 1000, (batch, 24))], 1).to(device)
+    ids = torch.cat([torch.full((batch, n_img), hf.image_token_id), torch.randint(0, 50, (batch, 24))], 1).to(device)
     mask = torch.ones_like(ids, dtype=torch.bool)
     img = torch.rand(batch, 3, 384, 384, device=device)
     dep = torch.ones(batch, 1, 384, 384, device=device)
@@ -136,9 +145,10 @@ def main(argv=None) -> int:
     p.add_argument("--full", action="store_true", help="full configuration latency (GPU machines)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--smoke", action="store_true", help="with --full: toy sizes (checks the benchmark on a CPU)")
     args = p.parse_args(argv)
     if args.full:
-        bench_full(args.device, args.queries, args.samples, args.reps, args.batch)
+        bench_full(args.device, args.queries, args.samples, args.reps, args.batch, args.smoke)
     else:
         bench_checkpoint(Path(args.checkpoint), args.queries, args.samples, args.reps)
     if args.metrics:
