@@ -57,10 +57,9 @@ def bench_checkpoint(ckpt: Path, queries: int, samples: int, reps: int):
         rows.append(("onnxruntime", "float32"))
     for backend, dtype in rows:
         pred = load_predictor(ckpt, backend=backend, dtype=dtype)
-        med, best = time_it(lambda: pred.predict(req, num_samples=samples, seed=0), reps=reps)
+        med, best = time_it(lambda p=pred: p.predict(req, num_samples=samples, seed=0), reps=reps)
         print(f"  {backend:12s} {dtype:9s} 1 frame, {queries} queries, {pred.cfg.num_flow_steps} flow steps, "
               f"{samples} sample(s): median {med:6.1f} ms  (best {best:6.1f} ms)  target < 50 ms")
-        del pred
 
 
 def bench_full(device: str, queries: int, samples: int, reps: int, batch: int, smoke: bool = False):
