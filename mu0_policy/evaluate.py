@@ -147,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", required=True, help="μ_0 checkpoint directory")
     p.add_argument("--raw-checkpoint", default=None, help="checkpoint of the raw-waypoint (no B-spline) variant")
     p.add_argument("--backend", default="torch", choices=("torch", "onnxruntime"))
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1) / onnxruntime provider choice")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--splits", default="val,heldout_tasks", help="comma-separated: val, heldout_tasks, train, all")
     p.add_argument("--num-samples", type=int, default=5, help="K samples per query (top-K metrics)")
     p.add_argument("--max-samples", type=int, default=None, help="evaluate at most this many dataset samples")
@@ -160,9 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     from mu0_policy.inference import load_predictor
     from mu0_policy.model.data import TraceDataset
 
-    predictors: dict[str, TracePredictor] = {"mu0": load_predictor(args.checkpoint, backend=args.backend)}
+    kw = dict(backend=args.backend, device=args.device, dtype=args.dtype)
+    predictors: dict[str, TracePredictor] = {"mu0": load_predictor(args.checkpoint, **kw)}
     if args.raw_checkpoint:
-        predictors["mu0_raw_waypoints"] = load_predictor(args.raw_checkpoint, backend=args.backend)
+        predictors["mu0_raw_waypoints"] = load_predictor(args.raw_checkpoint, **kw)
     ref = predictors["mu0"]
     predictors["constant_velocity"] = ConstantVelocityPredictor(ref.horizon, ref.num_ctrl, ref.step_period)
     predictors["zero_motion"] = ZeroMotionPredictor(ref.horizon, ref.num_ctrl, ref.step_period)

@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast for forward/loss (GPU training)")
     p.add_argument("--resume", action="store_true", help="continue from --out's trainer_state.safetensors")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -273,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
             for g in optimizer.param_groups:
                 g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
             batch = to_device(batch, device)
-            loss, info = net(batch)   # Mu0Model.forward is the loss, so DDP's gradient hooks fire
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+                loss, info = net(batch)   # Mu0Model.forward is the loss, so DDP's gradient hooks fire
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
