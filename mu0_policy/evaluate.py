@@ -162,10 +162,18 @@ def main(argv: list[str] | None = None) -> int:
     from mu0_policy.inference import load_predictor
     from mu0_policy.model.data import TraceDataset
 
+    from mu0_policy.inference import CheckpointError
+    from mu0_policy.model.data import DatasetError
+
     kw = dict(backend=args.backend, device=args.device, dtype=args.dtype)
-    predictors: dict[str, TracePredictor] = {"mu0": load_predictor(args.checkpoint, **kw)}
-    if args.raw_checkpoint:
-        predictors["mu0_raw_waypoints"] = load_predictor(args.raw_checkpoint, **kw)
+    try:
+        TraceDataset(args.data, "all")
+        predictors: dict[str, TracePredictor] = {"mu0": load_predictor(args.checkpoint, **kw)}
+        if args.raw_checkpoint:
+            predictors["mu0_raw_waypoints"] = load_predictor(args.raw_checkpoint, **kw)
+    except (DatasetError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     ref = predictors["mu0"]
     predictors["constant_velocity"] = ConstantVelocityPredictor(ref.horizon, ref.num_ctrl, ref.step_period)
     predictors["zero_motion"] = ZeroMotionPredictor(ref.horizon, ref.num_ctrl, ref.step_period)

@@ -23,7 +23,8 @@ import torch
 
 from mu0_policy.model.checkpoint import read_config, save_checkpoint
 from mu0_policy.model.config import PRESETS, Mu0Config, preset
-from mu0_policy.model.data import TraceDataset, collate
+from mu0_policy.inference import CheckpointError
+from mu0_policy.model.data import DatasetError, TraceDataset, collate
 
 STATE_FILE = "trainer_state.safetensors"
 
@@ -194,8 +195,14 @@ def main(argv: list[str] | None = None) -> int:
     seed_everything(args.seed + rank)
     out = Path(args.out)
 
-    train_set = TraceDataset(args.data, "train")
-    val_set = TraceDataset(args.data, "val")
+    try:
+        train_set = TraceDataset(args.data, "train")
+        val_set = TraceDataset(args.data, "val")
+        if args.resume:
+            read_config(out)
+    except (DatasetError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if len(train_set) == 0:
         print(f"error: {args.data}: the train split is empty", file=sys.stderr)
         return 2

@@ -175,3 +175,14 @@ def test_training_runs_unchanged_under_torchrun_ddp(dataset, tmp_path):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["training"]["steps"] == 3 and cfg["training"]["batch_size"] == 4   # 2 ranks x 2
     assert load_predictor(out).predict(_requests((4,)), seed=0)[0].samples_uvz.shape == (1, 4, 33, 3)
+
+
+def test_clis_fail_at_start_naming_the_bad_file(tmp_path, dataset, capsys):
+    from mu0_policy import evaluate, train
+
+    assert train.main(["--data", str(tmp_path), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert "index.json" in capsys.readouterr().err
+    assert train.main(["--data", str(dataset), "--out", str(tmp_path / "none"), "--resume", "--quiet"]) == 2
+    assert "config.json" in capsys.readouterr().err
+    assert evaluate.main(["--data", str(dataset), "--checkpoint", str(tmp_path), "--out", str(tmp_path / "e")]) == 2
+    assert "config.json" in capsys.readouterr().err
