@@ -142,7 +142,7 @@ def plot(results: dict, out_png: Path, k: int = 5) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="mu0-evaluate", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="mu0 eval", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="TraceExtract dataset directory")
     p.add_argument("--checkpoint", required=True, help="μ_0 checkpoint directory")
     p.add_argument("--raw-checkpoint", default=None, help="checkpoint of the raw-waypoint (no B-spline) variant")

@@ -84,7 +84,7 @@ def parity(model, cfg, onnx_path: Path, num_queries=7, num_samples=4, batch=3, s
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="mu0-export", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="mu0 export", description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint", help="checkpoint directory (model.safetensors + config.json)")
     p.add_argument("--out", default=None, help="ONNX path (default: <checkpoint>/model.onnx)")
     p.add_argument("--opset", type=int, default=18)

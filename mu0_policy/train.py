@@ -43,7 +43,7 @@ def parse_overrides(items: list[str]) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mu0-train", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="mu0 train", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="TraceExtract dataset directory (index.json + shards)")
     p.add_argument("--out", required=True, help="checkpoint directory to write")
     p.add_argument("--preset", default="small", choices=sorted(PRESETS))

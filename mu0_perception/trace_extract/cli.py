@@ -109,7 +109,7 @@ def run(inputs: list[Path], out_dir: Path, ecfg: dict, scfg: dict, workers: int 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="mu0 trace-extract", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="mu0 extract", description=__doc__.split("\n\n")[0])
     ap.add_argument("inputs", help="a folder of rosbag2 directories / frame folders (searched recursively)")
     ap.add_argument("out", help="dataset directory (created; resumable)")
     ap.add_argument("--workers", type=int, default=1, help="parallel episode workers (processes)")

@@ -93,7 +93,7 @@ def dataset_sample_images(dataset_dir, samples=None, scale: int = 2) -> list:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Draw a TraceExtract dataset's traces over its images.")
+    ap = argparse.ArgumentParser(prog="mu0 view-dataset", description="Draw a TraceExtract dataset's traces over its images.")
     ap.add_argument("dataset", help="dataset directory (index.json + shards)")
     ap.add_argument("--out", required=True, help="output .mp4 (all chosen samples) or .png (first)")
     ap.add_argument("--samples", default=None, help="range a:b of sample indices")
