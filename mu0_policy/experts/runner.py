@@ -30,6 +30,7 @@ class TickCommand:
     hold: bool
     reasons: tuple
     send: bool                     # False in dry-run: log, do not publish
+    trace_stamp_ns: int | None = None   # camera stamp of the traces this command was planned from
 
 
 @dataclass
@@ -52,6 +53,7 @@ class ExpertRunner:
         self._traces: _Traces | None = None
         self._joints: dict = {}    # name -> (stamp_ns, position, velocity)
         self._plan = None          # guarded rows being executed (forward / ee_delta)
+        self._plan_stamp_ns = None  # camera stamp of the traces the plan came from
         self._plan_tick = 0
         self._ticks_since_plan = 0
         self.counts = Counter()
@@ -118,9 +120,9 @@ class ExpertRunner:
             return ["dx", "dy", "dz", "gripper"]
         return list(self.robot.joints.names)
 
-    def _emit(self, out, values):
+    def _emit(self, out, values, trace_stamp_ns=None):
         return TickCommand(self.robot.command_interface, self._names(), values, out.dt, out.hold,
-                           out.reasons, out.send)
+                           out.reasons, out.send, None if out.hold else trace_stamp_ns)
 
     def _guard(self, now_ns, chunk, q, js_stamp, tr_stamp):
         if self.robot.command_interface == "ee_delta":
@@ -147,7 +149,7 @@ class ExpertRunner:
                 return None                         # the controller is executing the chunk
             self._plan_tick += 1
             out = self._plan
-            return self._emit(out, out.values[min(self._plan_tick, len(out.values) - 1)][None])
+            return self._emit(out, out.values[min(self._plan_tick, len(out.values) - 1)][None], self._plan_stamp_ns)
         t = self._traces
         obs = ExpertObservation(
             stamp_ns=now_ns, joint_names=list(self.robot.joints.names), joint_positions=q, joint_velocities=qd,
@@ -173,7 +175,8 @@ class ExpertRunner:
             self._plan = None
             return self._emit(out, out.values)
         self._plan, self._plan_tick, self._ticks_since_plan = out, 0, 1
+        self._plan_stamp_ns = t.stamp_ns
         self.counts["plans"] += 1
         if iface == "joint_trajectory":
-            return self._emit(out, out.values)
-        return self._emit(out, out.values[:1])
+            return self._emit(out, out.values, t.stamp_ns)
+        return self._emit(out, out.values[:1], t.stamp_ns)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections import deque
 
 import numpy as np
 import rclpy
@@ -59,6 +60,7 @@ class ActionExpertNode(Node):
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self._lock = threading.Lock()
+        self.camera_to_command_ms = deque(maxlen=1000)
         self.counts = {"malformed_traces": 0, "malformed_joint_states": 0, "published": 0,
                        "dry_run_logged": 0, "estop_messages": 0}
         self.qos_events = QosEventMonitor(self)
@@ -160,6 +162,9 @@ class ActionExpertNode(Node):
             msg = convert.float64_array_msg(cmd.values[0])
         self.command_pub.publish(msg)
         self.counts["published"] += 1
+        if cmd.trace_stamp_ns is not None:
+            # end-to-end latency: source camera stamp of the traces -> this command's publish
+            self.camera_to_command_ms.append((self.get_clock().now().nanoseconds - cmd.trace_stamp_ns) / 1e6)
 
     def _publish_diagnostics(self):
         with self._lock:
@@ -169,6 +174,10 @@ class ActionExpertNode(Node):
             if self.runner.act_ms:
                 a = np.asarray(self.runner.act_ms)
                 values.update({"act_ms.p50": f"{np.percentile(a, 50):.2f}", "act_ms.max": f"{a.max():.2f}"})
+            if self.camera_to_command_ms:
+                lat = np.asarray(self.camera_to_command_ms)
+                values.update({"camera_to_command_ms.p50": f"{np.percentile(lat, 50):.1f}",
+                               "camera_to_command_ms.p99": f"{np.percentile(lat, 99):.1f}"})
             values["dry_run"] = str(self.runner.guard.dry_run)
             values["estop_latched"] = str(self.runner.guard.estop_latched)
             values["incompatible_qos"] = str(self.qos_events.total())
