@@ -170,3 +170,30 @@ def test_follower_ee_delta_interface_produces_deltas():
     assert np.all(chunk.ee_deltas[:, 3] == robot.ee_delta.gripper)
     hold = expert.act(observation(robot, RESET_Q, np.zeros((0, 33, 3)), []))
     assert "hold" in hold.info and np.allclose(hold.ee_deltas[:, :3], 0.0)
+
+
+def test_runner_commands_carry_the_camera_stamp_of_their_traces(joint_robot):
+    """End-to-end latency is measured from this stamp: a plan carries it, a hold carries none."""
+    from mu0_policy.experts.runner import ExpertRunner
+    from mu0_policy.traces import TraceSet
+
+    robot = load_robot_config("config/robots/sim_sawyer_forward.yaml")
+    runner = ExpertRunner(robot, guard=None)
+    runner.guard.dry_run = False
+    q = np.append(RESET_Q, -1.0)
+    ee = runner.kinematics.ee_pose(q)[:3, 3]
+    samples = line(ee, [0.05, 0.0, -0.03])[None]
+    camera_stamp = 10 * SEC
+    traces = TraceSet(stamp_ns=camera_stamp, frame_id=robot.base_frame, instruction="reach", model_id="test",
+                      horizon_steps=32, step_period=0.05, query_ids=np.zeros(1, np.uint32), entities=["gripper"],
+                      pixels=np.zeros((1, 2), np.float32), positions=samples[:, 0], knots=np.zeros(14),
+                      control_points=np.zeros((1, 10, 3)), samples=samples, validity=np.ones((1, 33), np.float32),
+                      confidence=np.ones(1, np.float32))
+    runner.update_joint_state(camera_stamp + 20_000_000, robot.joint_names, q)
+    runner.update_traces(traces)
+    cmd = runner.tick(camera_stamp + 30_000_000)
+    assert cmd is not None and not cmd.hold and cmd.trace_stamp_ns == camera_stamp
+    following = runner.tick(camera_stamp + 30_000_000 + int(robot.control_dt * SEC))
+    assert following is not None and following.trace_stamp_ns == camera_stamp   # same plan, same source frame
+    stale = runner.tick(camera_stamp + 60 * SEC)                                 # traces far too old -> hold
+    assert stale is not None and stale.hold and stale.trace_stamp_ns is None
