@@ -154,12 +154,16 @@ def test_sync_mu0_expert_traces_stamped_with_source_frames_markers_and_commands(
         assert g.wait_matched()
         sent = []
         t0 = time.time_ns()
-        for k in range(12):
+        # stream like a camera at 10 Hz until the graph has produced enough (bounded): a loaded
+        # machine may drop frames (keep-newest), which is the node's intended behaviour
+        for k in range(60):
             stamp = t0 + k * 100_000_000
             g.send_joints(time.time_ns())
             g.send_frame(stamp, shift=2 * k)
             sent.append(stamp)
             time.sleep(0.1)
+            if len(g.got["traces"]) >= 8 and g.got["commands"]:
+                break
         assert wait_until(lambda: len(g.got["traces"]) >= 8 and g.got["commands"])
         stamps = [convert.stamp_to_ns(m.header.stamp) for m in g.got["traces"]]
         assert set(stamps) <= set(sent)                       # every output carries a source stamp
@@ -168,8 +172,8 @@ def test_sync_mu0_expert_traces_stamped_with_source_frames_markers_and_commands(
         assert last.header.frame_id == "base_link" and last.instruction == "push the block right"
         assert last.model_id == "baseline/constant_velocity" and len(last.traces) > 0
         assert abs(last.traces[0].position.z - 1.0 - 0.9) < 0.05     # 0.9 m depth + 1 m offset
-        rgbd_stamps = {convert.stamp_to_ns(m.header.stamp) for m in g.got["rgbd"]}
-        assert rgbd_stamps == set(sent)                       # nothing lost in sync
+        # nothing lost in sync (the last frames may still be in flight)
+        assert wait_until(lambda: {convert.stamp_to_ns(m.header.stamp) for m in g.got["rgbd"]} == set(sent))
         markers = [m for arr in g.got["markers"] for m in arr.markers if m.action == Marker.ADD]
         assert markers and all(m.type == Marker.LINE_STRIP for m in markers)
         assert {m.ns for m in markers} <= {f"cluster_{i}" for i in range(4)}
@@ -224,12 +228,20 @@ def test_mu0_node_keeps_only_the_newest_frame():
 
         msgs = [convert.frame_to_rgbd_msg(RGBDFrame(1_000_000_000 + k * 10_000_000, "cam", textured(k),
                                                     np.full((H, W), 0.9, np.float32), INTR)) for k in range(60)]
-        for m in msgs:                                      # a burst far faster than the model
+        for m in msgs[:-1]:                                 # a burst far faster than the model
             rgbd_pub.publish(m)
+        # the input is best-effort keep-last(1): under load DDS may also drop burst frames, so
+        # the newest-frame property is checked with one more frame sent after the burst
+        time.sleep(0.3)
+        rgbd_pub.publish(msgs[-1])
         newest = convert.stamp_to_ns(msgs[-1].header.stamp)
-        assert wait_until(lambda: g.got["traces"] and convert.stamp_to_ns(g.got["traces"][-1].header.stamp) == newest)
+        assert wait_until(lambda: any(convert.stamp_to_ns(t.header.stamp) == newest for t in g.got["traces"]),
+                          timeout=30.0)
         time.sleep(0.5)
-        assert len(g.got["traces"]) < len(msgs)             # no backlog was worked through
+        stamps = [convert.stamp_to_ns(t.header.stamp) for t in g.got["traces"]]
+        assert stamps[-1] == newest                          # nothing older is worked on afterwards
+        assert stamps == sorted(stamps)
+        assert len(stamps) < len(msgs) // 2                  # no backlog was worked through
     finally:
         g.close()
 
