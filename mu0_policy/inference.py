@@ -10,7 +10,6 @@ and the non-learned baselines in `mu0_policy.baselines`. Nothing here imports RO
 """
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,15 +158,9 @@ def load_predictor(checkpoint_dir, backend: str = "torch", device: str = "cpu",
     root = Path(checkpoint_dir)
     if not root.is_dir():
         raise CheckpointError(root, None, "not a directory")
-    config_path = root / "config.json"
-    if not config_path.is_file():
-        raise CheckpointError(config_path, None, "file missing")
-    try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(config_path, None, f"not valid JSON ({exc})") from exc
-    if not isinstance(config, dict):
-        raise CheckpointError(config_path, None, "top level must be a JSON object")
-    from mu0_policy.model.predictor import Mu0Predictor  # heavy import (torch) only when needed
+    # heavy imports (torch) only when a checkpoint is really loaded
+    from mu0_policy.model.checkpoint import read_config
+    from mu0_policy.model.predictor import Mu0Predictor
 
-    return Mu0Predictor.from_checkpoint(root, config, backend=backend, device=device, dtype=dtype)
+    cfg, _ = read_config(root)
+    return Mu0Predictor.from_checkpoint(root, cfg, backend=backend, device=device, dtype=dtype)

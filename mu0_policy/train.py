@@ -267,8 +267,9 @@ def main(argv: list[str] | None = None) -> int:
 
     prior_seconds = 0.0
     if args.resume:
-        prior_seconds = float((read_config(out)[1].get("training") or {}).get("train_seconds", 0.0))
-        history = list((read_config(out)[1].get("training") or {}).get("history", []))
+        prior_training = read_config(out)[1].get("training") or {}
+        prior_seconds = float(prior_training.get("train_seconds", 0.0))
+        history = list(prior_training.get("history", []))
     t0 = time.time()
     step, epoch = start, 0
     net.train()

@@ -84,6 +84,8 @@ def read_config(root) -> tuple[Mu0Config, dict]:
         doc = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise CheckpointError(path, None, f"not valid JSON ({exc})") from exc
+    if not isinstance(doc, dict):
+        raise CheckpointError(path, None, "top level must be a JSON object")
     return config_from_json(root, doc), doc
 
 

@@ -18,7 +18,7 @@ import torch
 from mu0_policy.baselines import history_valid_mask, query_anchor_uvz
 from mu0_policy.bspline import TraceNormalizer
 from mu0_policy.inference import CheckpointError, TracePredictor, TraceResult, check_predict_args
-from mu0_policy.model.checkpoint import config_from_json, load_model
+from mu0_policy.model.checkpoint import load_model
 from mu0_policy.model.config import Mu0Config
 
 ONNX_INPUTS = ("image", "depth", "text_emb", "query_uvz", "query_mask", "history_uvz", "history_valid", "noise")
@@ -56,9 +56,9 @@ class Mu0Predictor(TracePredictor):
 
     # --- construction --------------------------------------------------------------------
     @classmethod
-    def from_checkpoint(cls, root, config: dict, backend="torch", device="cpu", dtype="float32"):
+    def from_checkpoint(cls, root, cfg: Mu0Config, backend="torch", device="cpu", dtype="float32"):
+        """`cfg` as read by mu0_policy.model.checkpoint.read_config(root)."""
         root = Path(root)
-        cfg = config_from_json(root, config)
         if backend == "torch":
             if device.startswith("cuda") and not torch.cuda.is_available():
                 raise ValueError(f"device: {device!r} requested but CUDA is not available")
