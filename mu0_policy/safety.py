@@ -113,6 +113,16 @@ class _Schedule:
         return self.rows[min(k, len(self.rows) - 1)]
 
 
+def _command_rows(values, width: int, name: str) -> np.ndarray:
+    """An expert's command as (T, width) float rows; a single row may come as (width,)."""
+    rows = np.asarray(values, dtype=float)
+    if rows.ndim == 1:
+        rows = rows[None]
+    if rows.ndim != 2 or rows.shape[1] != width or len(rows) == 0:
+        raise ValueError(f"{name}: expected (T, {width}), got {np.shape(values)}")
+    return rows
+
+
 class SafetyGuard:
     def __init__(self, dt: float, settings: GuardSettings | None = None, limits: JointLimits | None = None):
         if not dt > 0:
@@ -215,11 +225,7 @@ class SafetyGuard:
             if targets is None:
                 reasons.append(NO_COMMAND)
             else:
-                t = np.asarray(targets, dtype=float)
-                if t.ndim == 1:
-                    t = t[None]
-                if t.ndim != 2 or t.shape[1] != len(lim.names) or len(t) == 0:
-                    raise ValueError(f"targets: expected (T, {len(lim.names)}), got {np.shape(targets)}")
+                t = _command_rows(targets, len(lim.names), "targets")
                 if not np.all(np.isfinite(t)):
                     reasons.append(NON_FINITE_COMMAND)
         if reasons:
@@ -262,11 +268,7 @@ class SafetyGuard:
             if deltas is None:
                 reasons.append(NO_COMMAND)
             else:
-                d = np.asarray(deltas, dtype=float)
-                if d.ndim == 1:
-                    d = d[None]
-                if d.ndim != 2 or d.shape[1] != 4 or len(d) == 0:
-                    raise ValueError(f"deltas: expected (T, 4), got {np.shape(deltas)}")
+                d = _command_rows(deltas, 4, "deltas")
                 if not np.all(np.isfinite(d)):
                     reasons.append(NON_FINITE_COMMAND)
         if reasons:
