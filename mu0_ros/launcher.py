@@ -220,11 +220,13 @@ def episode_overrides(bag, graph: GraphConfig) -> list[str]:
 
 
 def replay_live(bag, config="replay", overrides=(), rate: float = 1.0, loop: bool = False,
-                duration_s: float | None = None, log_dir=None, wait_for=("/camera/camera/color/image_raw", "/mu0/rgbd", "/mu0/traces")) -> int:
+                duration_s: float | None = None, log_dir=None, wait_for=("/camera/camera/color/image_raw", "/mu0/rgbd", "/mu0/traces"),
+                start_delay_s: float = 1.0) -> int:
     """Play `bag` (with /clock) into the graph of `config`; returns when the bag has been played.
 
     The player starts once every `wait_for` topic has a subscriber (the nodes are up and
-    configured: mu0_node subscribes only after its model is loaded), so no frame is lost to start-up.
+    configured: mu0_node subscribes only after its model is loaded), then `start_delay_s` more for
+    DDS to match every other endpoint (e.g. an observer's subscription to /mu0/traces).
     """
     if not (Path(bag) / "metadata.yaml").is_file():
         print(f"mu0: {bag}: not a rosbag2 directory (no metadata.yaml)", file=sys.stderr)
@@ -236,7 +238,7 @@ def replay_live(bag, config="replay", overrides=(), rate: float = 1.0, loop: boo
         return 2
     exclude = graph.node_params(GRAPH_KEY).get("exclude_topics", [])
     overrides = list(overrides) + episode_overrides(bag, graph)
-    args = [str(bag), "--rate", str(rate), "--wait-for", *wait_for, "--wait-timeout", "30", "--start-delay", "1.0",
+    args = [str(bag), "--rate", str(rate), "--wait-for", *wait_for, "--wait-timeout", "30", "--start-delay", str(start_delay_s),
             "--linger", "2.0", *(["--exclude", *exclude] if exclude else [])]
     if loop:
         args.append("--loop")

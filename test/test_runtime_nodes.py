@@ -22,7 +22,8 @@ from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 from mu0_msgs.msg import RGBD, TraceArray  # noqa: E402
 from mu0_msgs.srv import SetInstruction  # noqa: E402
 from mu0_perception.camera import CameraIntrinsics  # noqa: E402
-from mu0_perception.nodes.rgbd_sync import RGBDSyncNode  # noqa: E402
+from mu0_perception.nodes.rgbd_sync import RGBDSyncNode
+from mu0_perception.sync import FAULTS  # noqa: E402
 from mu0_policy.nodes.mu0_node import Mu0Node  # noqa: E402
 from mu0_ros import convert  # noqa: E402
 from mu0_ros.qos import latched_qos, make_qos, reliable_qos  # noqa: E402
@@ -172,8 +173,13 @@ def test_sync_mu0_expert_traces_stamped_with_source_frames_markers_and_commands(
         assert last.header.frame_id == "base_link" and last.instruction == "push the block right"
         assert last.model_id == "baseline/constant_velocity" and len(last.traces) > 0
         assert abs(last.traces[0].position.z - 1.0 - 0.9) < 0.05     # 0.9 m depth + 1 m offset
-        # nothing lost in sync (the last frames may still be in flight)
-        assert wait_until(lambda: {convert.stamp_to_ns(m.header.stamp) for m in g.got["rgbd"]} == set(sent))
+        # nothing lost in sync: every frame it matched was published and reached us (best-effort
+        # camera topics may lose a stream of a frame before the sync sees it: counted as unmatched)
+        assert {convert.stamp_to_ns(m.header.stamp) for m in g.got["rgbd"]} <= set(sent)
+        assert wait_until(lambda: len(g.got["rgbd"]) == sync.counters()["published"])
+        counters = sync.counters()
+        assert counters["matched"] == counters["published"] >= 8
+        assert not any(counters[f] for f in FAULTS)
         markers = [m for arr in g.got["markers"] for m in arr.markers if m.action == Marker.ADD]
         assert markers and all(m.type == Marker.LINE_STRIP for m in markers)
         assert {m.ns for m in markers} <= {f"cluster_{i}" for i in range(4)}
