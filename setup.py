@@ -23,7 +23,7 @@ def tree(src):
 setup(
     name=PACKAGE,
     version="0.1.0",
-    packages=find_packages(include=["mu0_ros*", "mu0_perception*", "mu0_policy*", "mu0_sim*"]),
+    packages=find_packages(include=["mu0_core*", "mu0_ros*", "mu0_perception*", "mu0_policy*", "mu0_sim*", "mu0_app*"]),
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),

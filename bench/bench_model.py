@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mu0_perception.camera import CameraIntrinsics  # noqa: E402
+from mu0_core.camera import CameraIntrinsics  # noqa: E402
 from mu0_policy.inference import TraceRequest, load_predictor  # noqa: E402
 
 

@@ -57,7 +57,7 @@ def main(argv=None):
     from std_msgs.msg import String
 
     from mu0_msgs.msg import TraceArray
-    from mu0_perception.camera import CameraIntrinsics
+    from mu0_core.camera import CameraIntrinsics
     from mu0_ros import convert
     from mu0_ros.launcher import ProcessGraph, load_graph_config, resolve_config
     from mu0_ros.qos import latched_qos, reliable_qos

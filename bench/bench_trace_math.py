@@ -11,7 +11,8 @@ import time
 import numpy as np
 import torch
 
-from mu0_policy import bspline, metrics
+from mu0_core import metrics
+from mu0_core import bspline
 
 
 def time_call(fn, repeats: int) -> float:

@@ -298,7 +298,7 @@ def small_entity_labels(depth: np.ndarray, intr, plane: tuple[np.ndarray, float]
     1..K = components with min_area_px <= area <= max_area_px. Depth edges (a neighbour more than
     depth_edge_m nearer/farther) split regions, so fingers overlapping a tray wall in the image
     stay separate from it."""
-    from mu0_perception.camera import deproject
+    from mu0_core.camera import deproject
 
     d = np.asarray(depth, dtype=np.float32)
     H, W = d.shape

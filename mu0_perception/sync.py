@@ -179,7 +179,7 @@ def assemble_frame(color_msg, depth_msg, info_msg, min_valid_depth_fraction: flo
     if valid_fraction < min_valid_depth_fraction:
         raise FrameRejected("invalid_depth", f"only {valid_fraction:.1%} of depth pixels are valid "
                                              f"(min_valid_depth_fraction {min_valid_depth_fraction:.1%})")
-    from mu0_perception.frames import RGBDFrame
+    from mu0_core.frames import RGBDFrame
 
     return RGBDFrame(stamp_ns=convert.stamp_to_ns(color_msg.header.stamp), frame_id=color_msg.header.frame_id,
                      color=color, depth=depth, intrinsics=intrinsics)

@@ -13,25 +13,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from mu0_core.bspline import greville_abscissae, paper_knots
 from mu0_policy.inference import (DEFAULT_HORIZON, DEFAULT_STEP_PERIOD, HISTORY_STEPS, TracePredictor,
                                   TraceRequest, TraceResult, check_predict_args, pixels_to_normalized,
                                   sample_depth_at)
 
 DEGREE = 3
-
-
-def paper_knot_vector(num_ctrl: int = 10) -> np.ndarray:
-    """The paper's D=10 clamped cubic knot vector (triple interior knots at 1/3 and 2/3)."""
-    if num_ctrl == 10:
-        return np.array([0, 0, 0, 0, 1 / 3, 1 / 3, 1 / 3, 2 / 3, 2 / 3, 2 / 3, 1, 1, 1, 1], dtype=np.float64)
-    interior = np.linspace(0.0, 1.0, num_ctrl - DEGREE + 1)[1:-1]
-    return np.concatenate([np.zeros(DEGREE + 1), interior, np.ones(DEGREE + 1)])
-
-
-def greville_abscissae(knots: np.ndarray, degree: int = DEGREE) -> np.ndarray:
-    """Parameter value 'owned' by each control point: mean of the `degree` knots after it."""
-    num_ctrl = len(knots) - degree - 1
-    return np.array([knots[i + 1:i + degree + 1].mean() for i in range(num_ctrl)])
 
 
 def history_valid_mask(history_uvz: np.ndarray) -> np.ndarray:
@@ -81,7 +68,7 @@ class _LinearMotionPredictor(TracePredictor):
         self.horizon = int(horizon)
         self.num_ctrl = int(num_ctrl)
         self.step_period = float(step_period)
-        self.knots = paper_knot_vector(self.num_ctrl)
+        self.knots = paper_knots(self.num_ctrl, DEGREE)
         self._greville = greville_abscissae(self.knots)
 
     def velocities(self, request: TraceRequest, anchor: np.ndarray) -> np.ndarray:

@@ -6,7 +6,7 @@
 Methods: μ_0 (the checkpoint), the no-B-spline raw-waypoint variant (when given), zero motion
 and constant velocity from history. Splits: held-out episodes ("val") and held-out tasks. All
 methods run through the Inference API (`TracePredictor.predict`) on the same requests, so the
-evaluation exercises exactly what the node runs. Metrics (mu0_policy.metrics.full_results) on
+evaluation exercises exactly what the node runs. Metrics (mu0_core.metrics.full_results) on
 moving points: minADE / minFDE / minDTW / Fréchet, top-1 and top-K, T in {8, 16, 32}, in 2D (uv)
 and the paper's 3D (uvz). Writes metrics.json, metrics.md and metrics.png (+ example overlays).
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mu0_perception.camera import CameraIntrinsics
+from mu0_core.camera import CameraIntrinsics
 from mu0_policy.inference import TracePredictor, TraceRequest
 
 METHOD_ORDER = ("mu0", "mu0_raw_waypoints", "constant_velocity", "zero_motion")
@@ -69,7 +69,7 @@ def collect(predictors: dict[str, TracePredictor], dataset, num_samples: int, se
 
 
 def evaluate_split(predictors, dataset, num_samples, seed, batch=8, max_samples=None, progress=True) -> dict:
-    from mu0_policy.metrics import full_results
+    from mu0_core.metrics import full_results
 
     pred, gt, valid, moving, examples = collect(predictors, dataset, num_samples, seed, batch, max_samples, progress)
     gt = np.where(valid[..., None], gt, 0.0)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mu0_perception.camera import CameraIntrinsics
+from mu0_core.camera import CameraIntrinsics
 
 HISTORY_STEPS = 8
 DEFAULT_HORIZON = 32

@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mu0_perception.camera import RigidTransform
-from mu0_perception.frames import RGBDFrame
+from mu0_core.camera import RigidTransform
+from mu0_core.frames import RGBDFrame
 from mu0_perception.keypoint_select import QueryHistory, QuerySet, QueryTracker
 from mu0_policy.inference import TracePredictor, TraceRequest, pixels_to_normalized, sample_depth_at
 from mu0_policy.trace_postprocess import (LineStrip, result_to_trace_set, trace_line_strips,
                                           transform_trace_set)
-from mu0_policy.traces import TraceSet
+from mu0_core.traces import TraceSet
 
 BASELINE_PREFIX = "baseline:"
 
@@ -132,7 +132,7 @@ class TracePipeline:
 
     def warmup(self, width: int = 64, height: int = 48) -> float:
         """Run the predictor once on a synthetic frame (first-call costs happen here); returns ms."""
-        from mu0_perception.camera import CameraIntrinsics
+        from mu0_core.camera import CameraIntrinsics
 
         intr = CameraIntrinsics(width, height, width, width, (width - 1) / 2, (height - 1) / 2)
         request = TraceRequest(color=np.full((height, width, 3), 128, np.uint8),

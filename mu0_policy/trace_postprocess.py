@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mu0_perception import camera
-from mu0_perception.camera import CameraIntrinsics, RigidTransform
-from mu0_policy import bspline
+from mu0_core import camera
+from mu0_core.camera import CameraIntrinsics, RigidTransform
+from mu0_core import bspline
 from mu0_policy.inference import TraceResult
-from mu0_policy.traces import TraceSet
+from mu0_core.traces import TraceSet
 
 VALID_THRESHOLD = 0.5  # Trace.msg: a trace ends at the first sample with validity < 0.5
 

@@ -15,9 +15,9 @@ import math
 
 import numpy as np
 
-from mu0_perception.camera import CameraIntrinsics, RigidTransform
-from mu0_perception.frames import RGBDFrame
-from mu0_policy.traces import TraceSet
+from mu0_core.camera import CameraIntrinsics, RigidTransform
+from mu0_core.frames import RGBDFrame
+from mu0_core.traces import TraceSet
 
 # encoding -> (numpy dtype, channels)
 IMAGE_ENCODINGS = {

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from mu0_perception.camera import project
+from mu0_core.camera import project
 from mu0_perception.sync import RGBDAssembler
 from mu0_policy.trace_pipeline import PipelineConfig, TracePipeline, extrinsic_from_list, make_predictor
 from mu0_policy.trace_postprocess import time_colors, valid_length

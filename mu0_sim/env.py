@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import mujoco
 import numpy as np
 
-from mu0_perception.camera import CameraIntrinsics, RigidTransform
+from mu0_core.camera import CameraIntrinsics, RigidTransform
 from mu0_sim.config import EMBODIMENTS, SimRobotConfig, load_sim_robot
 from mu0_sim.render import CameraRenderer
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import mujoco
 import numpy as np
 
-from mu0_perception.camera import CameraIntrinsics, RigidTransform
+from mu0_core.camera import CameraIntrinsics, RigidTransform
 
 # Beyond this a depth reading is sky/far floor, not a surface a depth camera would return.
 DEFAULT_MAX_DEPTH_M = 10.0

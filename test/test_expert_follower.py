@@ -175,7 +175,7 @@ def test_follower_ee_delta_interface_produces_deltas():
 def test_runner_commands_carry_the_camera_stamp_of_their_traces(joint_robot):
     """End-to-end latency is measured from this stamp: a plan carries it, a hold carries none."""
     from mu0_policy.experts.runner import ExpertRunner
-    from mu0_policy.traces import TraceSet
+    from mu0_core.traces import TraceSet
 
     robot = load_robot_config("config/robots/sim_sawyer_forward.yaml")
     runner = ExpertRunner(robot, guard=None)

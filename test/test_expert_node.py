@@ -22,7 +22,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from mu0_msgs.msg import TraceArray
 from mu0_policy.experts import load_robot_config
-from mu0_policy.traces import TraceSet
+from mu0_core.traces import TraceSet
 from mu0_ros import convert
 
 RESET_Q = np.array([1.889, -0.576, -0.977, 1.642, 0.943, 1.044, 2.293, -1.0])

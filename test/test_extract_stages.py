@@ -79,7 +79,7 @@ def test_segmentation_splits_two_motions():
 
 
 def test_small_entity_above_table_plane_gets_its_own_label():
-    from mu0_perception.camera import CameraIntrinsics, deproject
+    from mu0_core.camera import CameraIntrinsics, deproject
     from mu0_perception.keypoints import fit_dominant_plane, small_entity_labels
 
     intr = CameraIntrinsics(160, 120, 140.0, 140.0, 79.5, 59.5)

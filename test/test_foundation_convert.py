@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from mu0_perception.camera import CameraIntrinsics, RigidTransform
-from mu0_perception.frames import RGBDFrame
-from mu0_policy.traces import TraceSet
+from mu0_core.camera import CameraIntrinsics, RigidTransform
+from mu0_core.frames import RGBDFrame
+from mu0_core.traces import TraceSet
 from mu0_ros import convert
 
 rng = np.random.default_rng(0)

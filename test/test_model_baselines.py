@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from scipy.interpolate import BSpline
 
-from mu0_perception.camera import CameraIntrinsics
+from mu0_core.camera import CameraIntrinsics
 from mu0_policy.baselines import ConstantVelocityPredictor, ZeroMotionPredictor
 from mu0_policy.inference import CheckpointError, TracePredictor, TraceRequest, load_predictor
 
@@ -111,3 +111,16 @@ def test_load_predictor_names_missing_or_broken_config(tmp_path):
         load_predictor(tmp_path)
     with pytest.raises(ValueError, match="backend"):
         load_predictor(tmp_path, backend="tensorflow")
+
+
+@pytest.mark.parametrize("num_ctrl", [4, 7, 10])
+def test_baselines_use_the_one_paper_knot_function(num_ctrl):
+    from mu0_core.bspline import paper_knots
+    pred = ConstantVelocityPredictor(num_ctrl=num_ctrl)
+    np.testing.assert_array_equal(pred.knots, paper_knots(num_ctrl))
+    query = np.array([[30.0, 20.0]])
+    vel = np.array([[0.01, -0.005, 0.002]])
+    anchor = np.concatenate([to_norm(query), np.full((1, 1), 0.8)], 1)
+    history = (anchor[:, None] + np.arange(-8, 0)[None, :, None] * vel[:, None]).astype(np.float32)
+    (res,) = pred.predict([make_request(query, history=history)])
+    np.testing.assert_allclose(decode_ctrl(res.ctrl_uvz[0, 0], res.knots, 32), res.samples_uvz[0, 0], atol=1e-5)

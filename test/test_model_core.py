@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from mu0_policy.bspline import TraceNormalizer
+from mu0_core.bspline import TraceNormalizer
 from mu0_policy.model.config import Mu0Config, preset
 from mu0_policy.model.expert import ExpertBlock, fourier_uv, sample_features
 from mu0_policy.model.mu0 import ExportableSampler, Mu0Model

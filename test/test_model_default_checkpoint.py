@@ -3,7 +3,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mu0_perception.camera import CameraIntrinsics
+from mu0_core.camera import CameraIntrinsics
 from mu0_policy.inference import TraceRequest, load_predictor
 
 CKPT = Path(__file__).resolve().parents[1] / "checkpoints" / "mu0_small"

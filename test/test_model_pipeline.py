@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.numpy import load_file, save_file
 
-from mu0_perception.camera import CameraIntrinsics
+from mu0_core.camera import CameraIntrinsics
 from mu0_policy.inference import CheckpointError, TraceRequest, load_predictor
 from mu0_policy.model.data import DatasetError, TraceDataset, collate, write_synthetic_dataset
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from mu0_perception.camera import CameraIntrinsics
-from mu0_policy.bspline import TraceNormalizer
+from mu0_core.camera import CameraIntrinsics
+from mu0_core.bspline import TraceNormalizer
 from mu0_policy.inference import TraceRequest, load_predictor
 from mu0_policy.model.backbone import VLMBackbone
 from mu0_policy.model.checkpoint import save_checkpoint

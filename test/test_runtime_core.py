@@ -3,11 +3,11 @@ history, trace postprocessing (uvz -> xyz, base frame, markers) and the per-fram
 import numpy as np
 import pytest
 
-from mu0_perception.camera import CameraIntrinsics, RigidTransform, uvz_to_xyz
-from mu0_perception.frames import RGBDFrame
+from mu0_core.camera import CameraIntrinsics, RigidTransform, uvz_to_xyz
+from mu0_core.frames import RGBDFrame
 from mu0_perception.keypoint_select import QueryHistory, QueryTracker, select_grid
 from mu0_perception.sync import ApproximateTimeMatcher, RGBDAssembler
-from mu0_policy import bspline
+from mu0_core import bspline
 from mu0_policy.baselines import ConstantVelocityPredictor
 from mu0_policy.inference import TraceResult
 from mu0_policy.trace_pipeline import PipelineConfig, TracePipeline, extrinsic_from_list, make_predictor

@@ -21,7 +21,7 @@ from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 
 from mu0_msgs.msg import RGBD, TraceArray  # noqa: E402
 from mu0_msgs.srv import SetInstruction  # noqa: E402
-from mu0_perception.camera import CameraIntrinsics  # noqa: E402
+from mu0_core.camera import CameraIntrinsics  # noqa: E402
 from mu0_perception.nodes.rgbd_sync import RGBDSyncNode
 from mu0_perception.sync import FAULTS  # noqa: E402
 from mu0_policy.nodes.mu0_node import Mu0Node  # noqa: E402
@@ -230,7 +230,7 @@ def test_mu0_node_keeps_only_the_newest_frame():
         assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
         rgbd_pub = g.probe.create_publisher(RGBD, "/mu0/rgbd", reliable_qos(100))
         assert wait_until(lambda: rgbd_pub.get_subscription_count() > 0)
-        from mu0_perception.frames import RGBDFrame
+        from mu0_core.frames import RGBDFrame
 
         msgs = [convert.frame_to_rgbd_msg(RGBDFrame(1_000_000_000 + k * 10_000_000, "cam", textured(k),
                                                     np.full((H, W), 0.9, np.float32), INTR)) for k in range(60)]

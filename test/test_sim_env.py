@@ -4,7 +4,7 @@ import mujoco
 import numpy as np
 import pytest
 
-from mu0_perception.camera import deproject, project
+from mu0_core.camera import deproject, project
 from mu0_sim.config import SimConfigError, load_sim_robot
 from mu0_sim.env import CameraMotion, SawyerSimEnv
 

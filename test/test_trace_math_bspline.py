@@ -4,7 +4,7 @@ import pytest
 import torch
 from scipy.interpolate import BSpline
 
-from mu0_policy import bspline as bs
+from mu0_core import bspline as bs
 
 T33 = np.arange(33) / 32.0
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from mu0_perception import camera
-from mu0_perception.camera import CameraIntrinsics, RigidTransform
+from mu0_core import camera
+from mu0_core.camera import CameraIntrinsics, RigidTransform
 
 INTR = CameraIntrinsics(640, 480, 615.3, 612.8, 318.7, 243.1)
 PLUMB = CameraIntrinsics(640, 480, 615.3, 612.8, 318.7, 243.1, "plumb_bob", (0.08, -0.15, 0.001, -0.002, 0.04))

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from mu0_perception.camera import CameraIntrinsics, normalized_to_pixels, pixels_to_normalized
-from mu0_policy import metrics as mt
+from mu0_core.camera import CameraIntrinsics, normalized_to_pixels, pixels_to_normalized
+from mu0_core import metrics as mt
 
 
 def line_trace(xs, H=None):

@@ -19,7 +19,7 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 
-from mu0_perception.camera import CameraIntrinsics
+from mu0_core.camera import CameraIntrinsics
 from mu0_ros import convert
 from mu0_ros.diagnostics import RuntimeMonitor
 from mu0_ros.qos import sensor_qos

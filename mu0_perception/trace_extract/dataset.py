@@ -22,10 +22,10 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from mu0_perception import keypoints as kp
-from mu0_perception.camera import arc_length_reparameterize, pixels_to_normalized
+from mu0_core.camera import arc_length_reparameterize, pixels_to_normalized
 from mu0_perception.trace_extract import lift
 from mu0_perception.trace_extract.pipeline import EpisodeTraces
-from mu0_policy.bspline import TraceNormalizer, enough_valid_steps
+from mu0_core.bspline import TraceNormalizer, enough_valid_steps
 
 FORMAT_VERSION = 1
 STAGE_DIR = "episodes"

@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from mu0_perception.camera import CameraIntrinsics
+from mu0_core.camera import CameraIntrinsics
 
 
 class EpisodeReadError(ValueError):
@@ -197,7 +197,7 @@ def read_bag(path, topics: BagTopics | None = None, max_sync_ns: int = 20_000_00
 
 def _matrix_from_meta(value, path) -> np.ndarray:
     """T_base_cam in episode.json: a 4x4 list, or {translation: [3], quat_xyzw: [4]}."""
-    from mu0_perception.camera import RigidTransform
+    from mu0_core.camera import RigidTransform
 
     try:
         if isinstance(value, dict):

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mu0_perception import camera
-from mu0_perception.camera import CameraIntrinsics
+from mu0_core import camera
+from mu0_core.camera import CameraIntrinsics
 
 
 def sample_depth(depth: np.ndarray, uv: np.ndarray, window: int = 1) -> np.ndarray:
@@ -46,7 +46,7 @@ def sample_depth(depth: np.ndarray, uv: np.ndarray, window: int = 1) -> np.ndarr
 
 
 def deproject(uv: np.ndarray, z: np.ndarray, intr: CameraIntrinsics) -> np.ndarray:
-    """Pixels (..., 2) + depth (...) -> camera xyz (..., 3) via `mu0_perception.camera.deproject`
+    """Pixels (..., 2) + depth (...) -> camera xyz (..., 3) via `mu0_core.camera.deproject`
     (the one place for that math); rows with a non-finite pixel give NaN instead of raising,
     because tracks carry NaN where a point is not visible."""
     uv = np.asarray(uv, dtype=np.float64)
@@ -59,7 +59,7 @@ def deproject(uv: np.ndarray, z: np.ndarray, intr: CameraIntrinsics) -> np.ndarr
 
 
 def project(xyz: np.ndarray, intr: CameraIntrinsics) -> tuple[np.ndarray, np.ndarray]:
-    """Camera xyz (..., 3) -> (pixels (..., 2), depth (...)) via `mu0_perception.camera.project`;
+    """Camera xyz (..., 3) -> (pixels (..., 2), depth (...)) via `mu0_core.camera.project`;
     non-finite rows give NaN pixels and NaN depth, points behind the camera NaN pixels."""
     p = np.asarray(xyz, dtype=np.float64)
     uv = np.full(p.shape[:-1] + (2,), np.nan)

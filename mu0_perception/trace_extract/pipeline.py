@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from mu0_perception import keypoints as kp
-from mu0_perception.camera import deproject
+from mu0_core.camera import deproject
 from mu0_perception.tracking import PointTracker, make_tracker
 from mu0_perception.trace_extract import lift
 from mu0_perception.trace_extract.episode import Episode

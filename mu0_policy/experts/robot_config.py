@@ -94,7 +94,7 @@ class RobotConfig:
         """RigidTransform T_base_cam from `camera_to_base`, or None."""
         if self.camera_to_base is None:
             return None
-        from mu0_perception.camera import RigidTransform
+        from mu0_core.camera import RigidTransform
 
         return RigidTransform.from_quat_xyzw(self.camera_to_base["quat_xyzw"], self.camera_to_base["translation"])
 

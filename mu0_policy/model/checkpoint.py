@@ -14,7 +14,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from mu0_policy.bspline import TraceNormalizer
+from mu0_core.bspline import TraceNormalizer
 from mu0_policy.inference import CheckpointError
 from mu0_policy.model.config import Mu0Config
 

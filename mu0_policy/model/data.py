@@ -20,7 +20,7 @@ import torch
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from mu0_policy.bspline import TraceNormalizer
+from mu0_core.bspline import TraceNormalizer
 
 FORMAT_VERSION = 1
 SAMPLE_KEYS = {

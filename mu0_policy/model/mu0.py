@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mu0_policy.bspline import TraceNormalizer, basis_matrix
+from mu0_core.bspline import TraceNormalizer, basis_matrix
 from mu0_policy.model.backbone import build_backbone
 from mu0_policy.model.config import Mu0Config
 from mu0_policy.model.expert import ExpertContext, TraceExpert

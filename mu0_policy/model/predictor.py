@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from mu0_policy.baselines import history_valid_mask, query_anchor_uvz
-from mu0_policy.bspline import TraceNormalizer
+from mu0_core.bspline import TraceNormalizer
 from mu0_policy.inference import CheckpointError, TracePredictor, TraceResult, check_predict_args
 from mu0_policy.model.checkpoint import load_model
 from mu0_policy.model.config import Mu0Config

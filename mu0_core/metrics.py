@@ -325,7 +325,7 @@ def full_results(pred_uvz, gt_uvz, valid, intrinsics=None, horizons=DEFAULT_HORI
         "uvz": results_table(pred_uvz, g, v, horizons, topk, keep, backend=backend),
     }
     if intrinsics is not None:
-        from mu0_perception.camera import uvz_to_xyz
+        from mu0_core.camera import uvz_to_xyz
 
         p = np.asarray(pred_uvz, dtype=np.float64)
         pred_xyz = uvz_to_xyz(np.where(v[None, ..., None], p, 1.0), intrinsics)

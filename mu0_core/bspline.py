@@ -74,6 +74,12 @@ def uniform_clamped_knots(num_ctrl: int, degree: int = 3) -> np.ndarray:
     return np.concatenate([np.zeros(degree + 1), interior, np.ones(degree + 1)])
 
 
+def greville_abscissae(knots: np.ndarray, degree: int = 3) -> np.ndarray:
+    """Parameter value 'owned' by each control point: mean of the `degree` knots after it."""
+    num_ctrl = len(knots) - degree - 1
+    return np.array([knots[i + 1:i + degree + 1].mean() for i in range(num_ctrl)])
+
+
 def _check_knots(knots, num_ctrl: int, degree: int) -> np.ndarray:
     k = np.asarray(knots, dtype=np.float64)
     if k.ndim != 1 or k.shape[0] != num_ctrl + degree + 1:

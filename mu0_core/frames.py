@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mu0_perception.camera import CameraIntrinsics
+from mu0_core.camera import CameraIntrinsics
 
 
 @dataclass

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mu0_perception.camera import RigidTransform
+from mu0_core.camera import RigidTransform
 
 
 @dataclass
