@@ -40,7 +40,7 @@ setup(
     entry_points={
         "console_scripts": [
             # the umbrella CLI: mu0 demo | sim | replay | run | record | extract | train | eval | export
-            "mu0 = mu0_ros.cli:main",
+            "mu0 = mu0_app.cli:main",
             # nodes (same names as in launch/)
             "rgbd_sync = mu0_perception.nodes.rgbd_sync:main",
             "realsense_camera = mu0_perception.nodes.realsense_camera:main",

@@ -1,7 +1,7 @@
 """End-to-end latency of the runtime graph over real Fast DDS at 10 Hz, one process per node.
 
 The graph rgbd_sync -> mu0_node -> action_expert (sim Sawyer joint config, NOT dry-run) is started
-by mu0_ros.launcher exactly as `mu0 run` starts it: every node in its own process. This process
+by mu0_app.launcher exactly as `mu0 run` starts it: every node in its own process. This process
 plays the camera (colour / 16UC1 depth / camera_info at 10 Hz, stamped with the wall clock) and a
 subprocess plays the arm's driver (joint states at 100 Hz). Prints p50/p99 of
   camera stamp -> /mu0/traces received here, and
@@ -59,7 +59,7 @@ def main(argv=None):
     from mu0_msgs.msg import TraceArray
     from mu0_core.camera import CameraIntrinsics
     from mu0_ros import convert
-    from mu0_ros.launcher import ProcessGraph, load_graph_config, resolve_config
+    from mu0_app.launcher import ProcessGraph, load_graph_config, resolve_config
     from mu0_ros.qos import latched_qos, reliable_qos
 
     config = load_graph_config(resolve_config("replay"), [

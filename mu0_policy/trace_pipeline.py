@@ -1,6 +1,6 @@
 """The per-frame work of mu0_node as a pure object: frame -> queries -> μ_0 -> published traces.
 
-mu0_node (live, over DDS) and `mu0_ros.replay.replay_offline` (in-process, bag to bag) both call
+mu0_node (live, over DDS) and `mu0_app.replay.replay_offline` (in-process, bag to bag) both call
 `TracePipeline.process`, so the two give the same traces for the same frames. No ROS imports.
 """
 from __future__ import annotations

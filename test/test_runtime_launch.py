@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mu0_ros.launcher import GraphConfigError, load_graph_config, run_graph
+from mu0_app.graph_config import GraphConfigError, load_graph_config
+from mu0_app.launcher import run_graph
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -43,7 +44,7 @@ def test_sigint_stops_all_children_cleanly(tmp_path):
     cfg = tmp_path / "g.yaml"
     cfg.write_text("mu0_graph:\n  ros__parameters:\n    nodes: [rgbd_sync, mu0_node]\n"
                    "mu0_node:\n  ros__parameters:\n    model: baseline:zero_motion\n")
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; from mu0_ros.launcher import main_run; "
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from mu0_app.launcher import main_run; "
                              f"sys.exit(main_run(['{cfg}', '--log-dir', '{tmp_path / 'logs'}']))"], cwd=REPO)
     log = tmp_path / "logs" / "mu0_node.log"
     deadline = time.monotonic() + 60

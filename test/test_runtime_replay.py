@@ -16,9 +16,9 @@ from visualization_msgs.msg import MarkerArray  # noqa: E402
 
 from mu0_msgs.msg import TraceArray  # noqa: E402
 from mu0_ros import convert  # noqa: E402
-from mu0_ros.launcher import replay_live  # noqa: E402
+from mu0_app.launcher import replay_live  # noqa: E402
 from mu0_ros.qos import reliable_qos  # noqa: E402
-from mu0_ros.replay import render_overlay_from_bag, replay_offline  # noqa: E402
+from mu0_app.replay import render_overlay_from_bag, replay_offline  # noqa: E402
 
 CONFIG = "config/mu0_replay.yaml"
 MODEL = ["mu0_node.model=baseline:constant_velocity", "mu0_node.max_queries=12"]

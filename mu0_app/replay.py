@@ -1,4 +1,4 @@
-"""Offline replay (bag in -> bag out, no DDS), the overlay renderer and the demo.
+"""Offline replay (bag in -> bag out, no DDS) and the overlay renderer (the demo is mu0_app.demo).
 
 `replay_offline` runs the same core objects the nodes run — `RGBDAssembler` (rgbd_sync),
 `TracePipeline` (mu0_node) and, when the graph has an action expert, its expert + safety guard —
@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from mu0_app.graph_config import load_graph_config
 from mu0_core.camera import project
 from mu0_perception.sync import RGBDAssembler
 from mu0_policy.trace_pipeline import PipelineConfig, TracePipeline, extrinsic_from_list, make_predictor
@@ -64,8 +65,6 @@ def _graph_params(config, overrides=()) -> dict:
         return {}
     if isinstance(config, dict):
         return config
-    from mu0_ros.launcher import load_graph_config
-
     graph = load_graph_config(config, overrides)
     return {node: graph.node_params(node) for node in graph.params}
 
@@ -298,35 +297,3 @@ def render_overlay_from_bag(bag, out_path, fps: float = 10.0) -> Path:
     if not frames:
         raise ValueError(f"bag: {bag} has no /mu0/traces_camera matching its colour images")
     return write_overlay(frames, out_path, fps)
-
-
-# ---------------------------------------------------------------------------------------------- demo
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "checkpoints" / "mu0_small"
-
-
-def demo(out_dir, bag=None, config="replay", overrides=(), live: bool = False, task: str = "pick-place",
-         seed: int = 0, max_steps: int = 120) -> str:
-    """The main job: a sim episode (recorded now, or `bag`) -> sync -> μ_0 -> expert, offline and
-    optionally live; writes out_dir/replayed (bag), traces.mp4 and traces.png. Returns a summary."""
-    from mu0_ros.launcher import resolve_config
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if bag is None:
-        from mu0_sim.record import record_episode
-
-        bag = record_episode(task, seed, out_dir / "recorded", embodiment="sawyer_joint", max_steps=max_steps,
-                             overwrite=True)
-    overrides = list(overrides)
-    if not any(o.startswith("mu0_node.model=") for o in overrides) and not (DEFAULT_MODEL_DIR / "config.json").is_file():
-        overrides.append("mu0_node.model=baseline:constant_velocity")  # no bundled weights in this checkout
-    config_path = resolve_config(config)
-    summary = replay_offline(bag, out_dir / "replayed", config_path, overrides, overlay_path=out_dir / "traces.mp4")
-    render_overlay_from_bag(out_dir / "replayed", out_dir / "traces.png")
-    lines = [summary.describe(), f"overlay: {out_dir / 'traces.mp4'}, {out_dir / 'traces.png'}"]
-    if live:
-        from mu0_ros.launcher import replay_live
-
-        code = replay_live(bag, config_path, overrides, rate=0.25, log_dir=out_dir / "logs")
-        lines.append(f"live replay exit code {code} (logs in {out_dir / 'logs'})")
-    return "\n".join(lines)

@@ -15,10 +15,10 @@ import sys
 
 SUBCOMMANDS = {
     # name: (module, summary)
-    "demo": ("mu0_ros.launcher", "replay a recorded sim episode through the full graph with the bundled model"),
-    "sim": ("mu0_ros.launcher", "start the simulated arm + sync + μ_0 + action expert as processes"),
-    "run": ("mu0_ros.launcher", "start the node graph described by a YAML config"),
-    "replay": ("mu0_ros.launcher", "replay a bag live (with /clock) or offline into an output bag"),
+    "demo": ("mu0_app.demo", "replay a recorded sim episode through the full graph with the bundled model"),
+    "sim": ("mu0_app.launcher", "start the simulated arm + sync + μ_0 + action expert as processes"),
+    "run": ("mu0_app.launcher", "start the node graph described by a YAML config"),
+    "replay": ("mu0_app.launcher", "replay a bag live (with /clock) or offline into an output bag"),
     "record": ("mu0_sim.record", "record scripted sim demonstrations to rosbag2 (mcap)"),
     "extract": ("mu0_perception.trace_extract.cli", "TraceExtract: bags -> trace-supervision dataset"),
     "view-dataset": ("mu0_perception.trace_extract.viewer", "PNG/MP4 of dataset traces over frames"),
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mu0: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(SUBCOMMANDS[name][0])
-    # launcher hosts several commands (main_demo, main_sim, ...); tools have a single main
+    # launcher hosts several commands (main_run, main_sim, main_replay); tools have a single main
     entry = getattr(module, f"main_{name.replace('-', '_')}", None) or module.main
     try:
         return int(entry(rest) or 0)

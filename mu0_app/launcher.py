@@ -17,99 +17,24 @@ Every child gets the merged parameters file (overrides `node.param=value` applie
 Exit code: 0 when stopped by the user or when the `driver` (e.g. the bag player) finished
 cleanly; otherwise the exit code of the first child that died.
 
-CLI (wired by mu0_ros.cli): `mu0 run CONFIG`, `mu0 sim`, `mu0 replay BAG [--offline OUT]`, `mu0 demo`.
+CLI (wired by mu0_app.cli): `mu0 run CONFIG`, `mu0 sim`, `mu0 replay BAG [--offline OUT]` (`mu0 demo`
+is in mu0_app.demo). The graph YAML itself is read by mu0_app.graph_config.
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
-CONFIG_DIR = REPO / "config"
-GRAPH_KEY = "mu0_graph"
-NODE_MODULES = {
-    "rgbd_sync": "mu0_perception.nodes.rgbd_sync",
-    "realsense_camera": "mu0_perception.nodes.realsense_camera",
-    "mu0_node": "mu0_policy.nodes.mu0_node",
-    "action_expert": "mu0_policy.nodes.action_expert_node",
-    "sim_arm": "mu0_sim.nodes.sim_node",
-    "bag_player": "mu0_ros.bag_player",
-}
-
-
-class GraphConfigError(ValueError):
-    """A graph YAML that cannot be used; the message names the file and the field."""
-
-
-@dataclass
-class GraphConfig:
-    path: Path
-    params: dict                       # the whole parameters file (node -> {ros__parameters: ...})
-    nodes: list = field(default_factory=list)
-
-    def node_params(self, node: str) -> dict:
-        return self.params.get(node, {}).get("ros__parameters", {})
-
-
-def _parse_value(text: str):
-    return yaml.safe_load(text) if text != "" else ""
-
-
-def load_graph_config(path, overrides=()) -> GraphConfig:
-    """Read a graph YAML and apply `node.param=value` overrides (values parsed as YAML)."""
-    path = Path(path)
-    if not path.is_file():
-        raise GraphConfigError(f"{path}: graph config not found")
-    try:
-        params = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise GraphConfigError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(params, dict):
-        raise GraphConfigError(f"{path}: top level must be a mapping of node names")
-    for node, entry in params.items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("ros__parameters", {}), dict) \
-                or set(entry) - {"ros__parameters"}:
-            raise GraphConfigError(f"{path}: field '{node}': expected {{ros__parameters: {{...}}}}")
-    params = copy.deepcopy(params)
-    for item in overrides or ():
-        if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise GraphConfigError(f"override {item!r}: expected node.param=value")
-        key, value = item.split("=", 1)
-        node, name = key.split(".", 1)
-        params.setdefault(node, {}).setdefault("ros__parameters", {})[name] = _parse_value(value)
-    graph = params.get(GRAPH_KEY, {}).get("ros__parameters", {})
-    nodes = graph.get("nodes")
-    if not isinstance(nodes, list) or not nodes:
-        raise GraphConfigError(f"{path}: field '{GRAPH_KEY}.ros__parameters.nodes': expected a non-empty list")
-    unknown = [n for n in nodes if n not in NODE_MODULES]
-    if unknown:
-        raise GraphConfigError(f"{path}: field '{GRAPH_KEY}.ros__parameters.nodes': unknown node(s) {unknown}; "
-                               f"known: {sorted(NODE_MODULES)}")
-    if graph.get("use_sim_time"):
-        for node in nodes:
-            params.setdefault(node, {}).setdefault("ros__parameters", {})["use_sim_time"] = True
-    return GraphConfig(path, params, list(nodes))
-
-
-def resolve_config(name_or_path: str) -> Path:
-    """A path, or a short name from config/ (`replay` -> config/mu0_replay.yaml)."""
-    p = Path(name_or_path)
-    if p.is_file():
-        return p
-    candidate = CONFIG_DIR / f"mu0_{name_or_path}.yaml"
-    if candidate.is_file():
-        return candidate
-    raise GraphConfigError(f"{name_or_path}: no such file (nor {candidate})")
+from mu0_app.graph_config import (GRAPH_KEY, NODE_MODULES, REPO, GraphConfig, GraphConfigError,  # noqa: F401
+                                  load_graph_config, resolve_config)
 
 
 class ProcessGraph:
@@ -282,7 +207,7 @@ def main_replay(argv: list[str] | None = None) -> int:
     _overrides_arg(parser)
     args = parser.parse_args(argv)
     if args.offline:
-        from mu0_ros.replay import replay_offline
+        from mu0_app.replay import replay_offline
 
         try:
             summary = replay_offline(args.bag, args.offline, resolve_config(args.config), args.overrides,
@@ -293,25 +218,6 @@ def main_replay(argv: list[str] | None = None) -> int:
         print(summary.describe())
         return 0
     return replay_live(args.bag, args.config, args.overrides, args.rate, args.loop, args.duration, args.log_dir)
-
-
-def main_demo(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mu0 demo", description="sim bag -> sync -> μ_0 -> expert: output bag + MP4/PNG")
-    parser.add_argument("--out", default="out/demo", help="output directory")
-    parser.add_argument("--bag", default=None, help="use this recorded bag instead of recording a sim episode")
-    parser.add_argument("--config", default="replay")
-    parser.add_argument("--live", action="store_true", help="also replay live over DDS (processes)")
-    _overrides_arg(parser)
-    args = parser.parse_args(argv)
-    from mu0_ros.replay import demo
-
-    try:
-        result = demo(args.out, bag=args.bag, config=args.config, overrides=args.overrides, live=args.live)
-    except ValueError as exc:
-        print(f"mu0 demo: {exc}", file=sys.stderr)
-        return 2
-    print(result)
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
