@@ -12,7 +12,7 @@ import numpy as np
 
 from mu0_policy.experts import ExpertObservation, load_robot_config, make_expert
 from mu0_policy.experts.runner import ExpertRunner
-from mu0_policy.safety import SafetyGuard
+from mu0_policy.experts.safety import SafetyGuard
 from mu0_core.traces import TraceSet
 
 SAWYER_Q = np.array([1.889, -0.576, -0.977, 1.642, 0.943, 1.044, 2.293])

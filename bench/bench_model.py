@@ -22,7 +22,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mu0_core.camera import CameraIntrinsics  # noqa: E402
-from mu0_policy.inference import TraceRequest, load_predictor  # noqa: E402
+from mu0_policy.inference import TraceRequest  # noqa: E402
+from mu0_policy.predictors import make_predictor  # noqa: E402
 
 
 def make_request(n_queries=64, w=160, h=120, seed=0):
@@ -56,7 +57,7 @@ def bench_checkpoint(ckpt: Path, queries: int, samples: int, reps: int):
     if (ckpt / "model.onnx").is_file():
         rows.append(("onnxruntime", "float32"))
     for backend, dtype in rows:
-        pred = load_predictor(ckpt, backend=backend, dtype=dtype)
+        pred = make_predictor(ckpt, backend=backend, dtype=dtype)
         med, best = time_it(lambda p=pred: p.predict(req, num_samples=samples, seed=0), reps=reps)
         print(f"  {backend:12s} {dtype:9s} 1 frame, {queries} queries, {pred.cfg.num_flow_steps} flow steps, "
               f"{samples} sample(s): median {med:6.1f} ms  (best {best:6.1f} ms)  target < 50 ms")
@@ -140,7 +141,7 @@ def main(argv=None) -> int:
     p.add_argument("--queries", type=int, default=64)
     p.add_argument("--samples", type=int, default=1)
     p.add_argument("--reps", type=int, default=30)
-    p.add_argument("--metrics", default=None, help="metrics.json from mu0_policy.evaluate")
+    p.add_argument("--metrics", default=None, help="metrics.json from mu0_policy.training.evaluate")
     p.add_argument("--full", action="store_true", help="full configuration latency (GPU machines)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch", type=int, default=1)

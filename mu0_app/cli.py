@@ -22,9 +22,9 @@ SUBCOMMANDS = {
     "record": ("mu0_sim.record", "record scripted sim demonstrations to rosbag2 (mcap)"),
     "extract": ("mu0_perception.trace_extract.cli", "TraceExtract: bags -> trace-supervision dataset"),
     "view-dataset": ("mu0_perception.trace_extract.viewer", "PNG/MP4 of dataset traces over frames"),
-    "train": ("mu0_policy.train", "train μ_0 on a TraceExtract dataset"),
-    "eval": ("mu0_policy.evaluate", "metrics table of μ_0 vs baselines, with a plot"),
-    "export": ("mu0_policy.export", "export a checkpoint to ONNX"),
+    "train": ("mu0_policy.training.train", "train μ_0 on a TraceExtract dataset"),
+    "eval": ("mu0_policy.training.evaluate", "metrics table of μ_0 vs baselines, with a plot"),
+    "export": ("mu0_policy.training.export", "export a checkpoint to ONNX"),
 }
 
 

@@ -20,7 +20,8 @@ from tqdm import tqdm
 from mu0_app.graph_config import load_graph_config
 from mu0_core.camera import project
 from mu0_perception.sync import RGBDAssembler
-from mu0_policy.trace_pipeline import PipelineConfig, TracePipeline, extrinsic_from_list, make_predictor
+from mu0_policy.runtime import PipelineConfig, TracePipeline, extrinsic_from_list
+from mu0_policy.predictors import make_predictor
 from mu0_policy.trace_postprocess import time_colors, valid_length
 from mu0_ros import convert
 

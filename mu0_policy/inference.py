@@ -6,13 +6,13 @@ requests to future interaction traces: K sampled traces per query as absolute `u
 probabilities, and the cubic B-spline control points the samples were decoded from.
 
 Implementations: the μ_0 model (`mu0_policy.model.predictor`, torch or onnxruntime backend)
-and the non-learned baselines in `mu0_policy.baselines`. Nothing here imports ROS.
+and the non-learned baselines in `mu0_policy.baselines`; `mu0_policy.predictors.make_predictor`
+builds either. Nothing here imports ROS (nor torch).
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -23,16 +23,6 @@ DEFAULT_HORIZON = 32
 DEFAULT_STEP_PERIOD = 0.0125  # seconds; the sim recording period (docs/interfaces.md)
 BACKENDS = ("torch", "onnxruntime")
 DTYPES = ("float32", "bfloat16", "float16")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint directory is missing a file or has a bad field; the message names both."""
-
-    def __init__(self, path, field: str | None, problem: str):
-        self.path = str(path)
-        self.field = field
-        where = f"{self.path}" + (f" field '{field}'" if field else "")
-        super().__init__(f"bad checkpoint {where}: {problem}")
 
 
 @dataclass
@@ -140,27 +130,3 @@ def sample_depth_at(depth: np.ndarray | None, query_px: np.ndarray) -> np.ndarra
         if good.size:
             out[i] = float(np.median(good))
     return out
-
-
-def load_predictor(checkpoint_dir, backend: str = "torch", device: str = "cpu",
-                   dtype: str = "float32") -> TracePredictor:
-    """Load a μ_0 checkpoint directory (model.safetensors + config.json [+ model.onnx]).
-
-    backend "torch" runs the PyTorch model on `device` ("cpu", "cuda", "cuda:1") in `dtype`;
-    backend "onnxruntime" runs `model.onnx` (CPU provider here; CUDA/TensorRT when
-    onnxruntime-gpu is installed and device starts with "cuda").
-    Raises CheckpointError naming the file and field when the checkpoint is unusable.
-    """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype: expected one of {DTYPES}, got {dtype!r}")
-    root = Path(checkpoint_dir)
-    if not root.is_dir():
-        raise CheckpointError(root, None, "not a directory")
-    # heavy imports (torch) only when a checkpoint is really loaded
-    from mu0_policy.model.checkpoint import read_config
-    from mu0_policy.model.predictor import Mu0Predictor
-
-    cfg, _ = read_config(root)
-    return Mu0Predictor.from_checkpoint(root, cfg, backend=backend, device=device, dtype=dtype)

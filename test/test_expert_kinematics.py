@@ -3,7 +3,7 @@ import mujoco
 import numpy as np
 import pytest
 
-from mu0_policy.kinematics import (KinematicsError, RobotKinematics, chain_from_mjcf, chain_from_urdf,
+from mu0_policy.experts.kinematics import (KinematicsError, RobotKinematics, chain_from_mjcf, chain_from_urdf,
                                    resolve_model_path, rotation_error)
 
 SAWYER = resolve_model_path("metaworld:sawyer_xyz/sawyer_reach_v3.xml")

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from mu0_policy import safety as S
+from mu0_policy.experts import safety as S
 from mu0_policy.experts import load_robot_config
-from mu0_policy.safety import GuardSettings, JointLimits, SafetyGuard
+from mu0_policy.experts.safety import GuardSettings, JointLimits, SafetyGuard
 
 SEC = 1_000_000_000
 DT = 0.1

@@ -5,7 +5,9 @@ from scipy.interpolate import BSpline
 
 from mu0_core.camera import CameraIntrinsics
 from mu0_policy.baselines import ConstantVelocityPredictor, ZeroMotionPredictor
-from mu0_policy.inference import CheckpointError, TracePredictor, TraceRequest, load_predictor
+from mu0_policy.inference import TracePredictor, TraceRequest
+from mu0_policy.predictors import make_predictor
+from mu0_policy.model.checkpoint import CheckpointError
 
 W, H = 64, 48
 INTR = CameraIntrinsics(W, H, 50.0, 50.0, 31.5, 23.5)
@@ -103,14 +105,14 @@ def test_bad_requests_raise_value_error_naming_the_field(field, kwargs):
         ZeroMotionPredictor().predict([make_request(np.zeros((3, 2)))], num_samples=0)
 
 
-def test_load_predictor_names_missing_or_broken_config(tmp_path):
+def test_make_predictor_names_missing_or_broken_config(tmp_path):
     with pytest.raises(CheckpointError, match="config.json"):
-        load_predictor(tmp_path)
+        make_predictor(tmp_path)
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="config.json"):
-        load_predictor(tmp_path)
+        make_predictor(tmp_path)
     with pytest.raises(ValueError, match="backend"):
-        load_predictor(tmp_path, backend="tensorflow")
+        make_predictor(tmp_path, backend="tensorflow")
 
 
 @pytest.mark.parametrize("num_ctrl", [4, 7, 10])

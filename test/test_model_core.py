@@ -5,7 +5,7 @@ import torch
 
 from mu0_core.bspline import TraceNormalizer
 from mu0_policy.model.config import Mu0Config, preset
-from mu0_policy.model.expert import ExpertBlock, fourier_uv, sample_features
+from mu0_policy.model.trace_head import ExpertBlock, fourier_uv, sample_features
 from mu0_policy.model.mu0 import ExportableSampler, Mu0Model
 
 NORMALIZER = TraceNormalizer(scale=np.array([0.05, 0.05, 0.05])).to_dict()

@@ -4,7 +4,8 @@ from pathlib import Path
 import numpy as np
 
 from mu0_core.camera import CameraIntrinsics
-from mu0_policy.inference import TraceRequest, load_predictor
+from mu0_policy.inference import TraceRequest
+from mu0_policy.predictors import make_predictor
 
 CKPT = Path(__file__).resolve().parents[1] / "checkpoints" / "mu0_small"
 
@@ -16,8 +17,8 @@ def test_default_checkpoint_torch_and_onnxruntime_agree_and_traces_start_at_the_
     query = rng.uniform(0, 119, (64, 2))
     req = TraceRequest(rng.integers(0, 255, (h, w, 3), dtype=np.uint8), np.full((h, w), 1.2, np.float32),
                        CameraIntrinsics(w, h, 140.0, 140.0, 79.5, 59.5), "push the puck to the goal", query)
-    torch_pred = load_predictor(CKPT)
-    ort_pred = load_predictor(CKPT, backend="onnxruntime")
+    torch_pred = make_predictor(CKPT)
+    ort_pred = make_predictor(CKPT, backend="onnxruntime")
     assert torch_pred.model_id == "mu0_small" and torch_pred.horizon == 32 and torch_pred.num_ctrl == 10
     a = torch_pred.predict([req], num_samples=2, seed=1)[0]
     b = ort_pred.predict([req], num_samples=2, seed=1)[0]

@@ -1,4 +1,4 @@
-"""Dataset -> train CLI -> checkpoint -> load_predictor (torch + onnxruntime) -> evaluate CLI.
+"""Dataset -> train CLI -> checkpoint -> make_predictor (torch + onnxruntime) -> evaluate CLI.
 
 Uses a small synthetic dataset written in the TraceExtract format (docs/interfaces.md), the
 real MiniLM instruction embeddings, real ONNX export and real onnxruntime.
@@ -11,8 +11,10 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from mu0_core.camera import CameraIntrinsics
-from mu0_policy.inference import CheckpointError, TraceRequest, load_predictor
-from mu0_policy.model.data import DatasetError, TraceDataset, collate, write_synthetic_dataset
+from mu0_policy.inference import TraceRequest
+from mu0_policy.predictors import make_predictor
+from mu0_policy.model.checkpoint import CheckpointError
+from mu0_policy.training.data import DatasetError, TraceDataset, collate, write_synthetic_dataset
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +25,7 @@ def dataset(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, dataset):
-    from mu0_policy import train
+    from mu0_policy.training import train
 
     out = tmp_path_factory.mktemp("ckpt") / "run"
     rc = train.main(["--data", str(dataset), "--out", str(out), "--preset", "tiny", "--steps", "6",
@@ -63,7 +65,7 @@ def test_dataset_errors_name_file_and_field(tmp_path, dataset):
 
 
 def test_train_writes_checkpoint_and_resume_continues(checkpoint, dataset):
-    from mu0_policy import train
+    from mu0_policy.training import train
 
     cfg = json.loads((checkpoint / "config.json").read_text())
     assert cfg["training"]["steps"] == 6 and len(cfg["training"]["history"]) == 2
@@ -92,11 +94,11 @@ def _requests(n_queries=(3, 11)):
 
 
 def test_predictors_torch_and_onnxruntime_agree(checkpoint):
-    from mu0_policy import export
+    from mu0_policy.training import export
 
     assert export.main([str(checkpoint)]) == 0
-    torch_pred = load_predictor(checkpoint)
-    ort_pred = load_predictor(checkpoint, backend="onnxruntime")
+    torch_pred = make_predictor(checkpoint)
+    ort_pred = make_predictor(checkpoint, backend="onnxruntime")
     reqs = _requests()
     a = torch_pred.predict(reqs, num_samples=3, seed=7)
     b = ort_pred.predict(reqs, num_samples=3, seed=7)
@@ -113,7 +115,7 @@ def test_predictors_torch_and_onnxruntime_agree(checkpoint):
     # same seed -> same result; bf16 autocast stays close to fp32
     c = torch_pred.predict(reqs, num_samples=3, seed=7)
     np.testing.assert_array_equal(c[1].samples_uvz, a[1].samples_uvz)
-    bf = load_predictor(checkpoint, dtype="bfloat16").predict(reqs, num_samples=3, seed=7)
+    bf = make_predictor(checkpoint, dtype="bfloat16").predict(reqs, num_samples=3, seed=7)
     assert np.abs(bf[1].samples_uvz - a[1].samples_uvz).max() < 0.05
 
 
@@ -126,23 +128,23 @@ def test_broken_checkpoints_raise_checkpoint_error_naming_file_and_field(checkpo
     cfg["model"]["expert_heads"] = 0
     (bad / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match=r"config.json.*expert_heads"):
-        load_predictor(bad)
+        make_predictor(bad)
     cfg["model"]["expert_heads"] = 2
     cfg["model"]["expert_dim"] = 64
     (bad / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match=r"model.safetensors.*shape"):
-        load_predictor(bad)
+        make_predictor(bad)
     shutil.copy(checkpoint / "config.json", bad / "config.json")
     (bad / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(CheckpointError, match="model.safetensors"):
-        load_predictor(bad)
+        make_predictor(bad)
     (bad / "model.onnx").unlink(missing_ok=True)
     with pytest.raises(CheckpointError, match="model.onnx"):
-        load_predictor(bad, backend="onnxruntime")
+        make_predictor(bad, backend="onnxruntime")
 
 
 def test_evaluate_cli_writes_table_and_plot(checkpoint, dataset, tmp_path):
-    from mu0_policy import evaluate
+    from mu0_policy.training import evaluate
 
     out = tmp_path / "eval"
     rc = evaluate.main(["--data", str(dataset), "--checkpoint", str(checkpoint), "--raw-checkpoint",
@@ -168,17 +170,18 @@ def test_training_runs_unchanged_under_torchrun_ddp(dataset, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "-m", "mu0_policy.train", "--data", str(dataset), "--out", str(out), "--preset", "tiny",
+                           "-m", "mu0_policy.training.train", "--data", str(dataset), "--out", str(out), "--preset", "tiny",
                            "--steps", "3", "--batch-size", "2", "--eval-every", "3", "--save-every", "3", "--quiet"],
                           env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["training"]["steps"] == 3 and cfg["training"]["batch_size"] == 4   # 2 ranks x 2
-    assert load_predictor(out).predict(_requests((4,)), seed=0)[0].samples_uvz.shape == (1, 4, 33, 3)
+    assert make_predictor(out).predict(_requests((4,)), seed=0)[0].samples_uvz.shape == (1, 4, 33, 3)
 
 
 def test_clis_fail_at_start_naming_the_bad_file(tmp_path, dataset, capsys):
-    from mu0_policy import evaluate, train
+    from mu0_policy.training import evaluate
+    from mu0_policy.training import train
 
     assert train.main(["--data", str(tmp_path), "--out", str(tmp_path / "o"), "--quiet"]) == 2
     assert "index.json" in capsys.readouterr().err

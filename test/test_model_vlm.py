@@ -8,7 +8,8 @@ import torch
 
 from mu0_core.camera import CameraIntrinsics
 from mu0_core.bspline import TraceNormalizer
-from mu0_policy.inference import TraceRequest, load_predictor
+from mu0_policy.inference import TraceRequest
+from mu0_policy.predictors import make_predictor
 from mu0_policy.model.backbone import VLMBackbone
 from mu0_policy.model.checkpoint import save_checkpoint
 from mu0_policy.model.config import preset
@@ -97,7 +98,7 @@ def test_mu0_with_vlm_backbone_trains_only_the_expert_and_round_trips(vlm_dir, t
     from safetensors.numpy import load_file
     assert not any(k.startswith("backbone.vlm.") for k in load_file(str(ckpt / "model.safetensors")))
     assert json.loads((ckpt / "config.json").read_text())["model"]["vlm_path"] == str(vlm_dir)
-    pred = load_predictor(ckpt)
+    pred = make_predictor(ckpt)
     req = TraceRequest(np.zeros((24, 32, 3), np.uint8), np.full((24, 32), 0.8, np.float32),
                        CameraIntrinsics(32, 24, 30, 30, 15.5, 11.5), "open the red drawer",
                        np.array([[3.0, 4.0], [20.0, 10.0]]))

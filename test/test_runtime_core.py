@@ -10,7 +10,8 @@ from mu0_perception.sync import ApproximateTimeMatcher, RGBDAssembler
 from mu0_core import bspline
 from mu0_policy.baselines import ConstantVelocityPredictor
 from mu0_policy.inference import TraceResult
-from mu0_policy.trace_pipeline import PipelineConfig, TracePipeline, extrinsic_from_list, make_predictor
+from mu0_policy.runtime import PipelineConfig, TracePipeline, extrinsic_from_list
+from mu0_policy.predictors import make_predictor
 from mu0_policy.trace_postprocess import result_to_trace_set, trace_line_strips, transform_trace_set
 from mu0_ros import convert
 

@@ -13,13 +13,13 @@ STEPS="${MU0_STEPS:-3000}"
 nice -n 10 python -m mu0_sim.record --tasks "$TASKS" --seeds 0-11 --resolution 160x120 --out "$WORK/bags"
 nice -n 10 python -m mu0_perception.trace_extract.cli "$WORK/bags" "$WORK/traces" \
     --heldout-tasks window-open-v3 --val-fraction 0.15 --no-progress
-nice -n 10 python -m mu0_policy.train --data "$WORK/traces" --out "$WORK/small" --preset small \
+nice -n 10 python -m mu0_policy.training.train --data "$WORK/traces" --out "$WORK/small" --preset small \
     --steps "$STEPS" --batch-size 16 --eval-every 500 --save-every 500 --threads 1 --seed 0
-nice -n 10 python -m mu0_policy.train --data "$WORK/traces" --out "$WORK/raw" --preset small --raw-waypoints \
+nice -n 10 python -m mu0_policy.training.train --data "$WORK/traces" --out "$WORK/raw" --preset small --raw-waypoints \
     --steps "$STEPS" --batch-size 16 --eval-every 500 --save-every 500 --threads 1 --seed 0
-nice -n 10 python -m mu0_policy.evaluate --data "$WORK/traces" --checkpoint "$WORK/small" \
+nice -n 10 python -m mu0_policy.training.evaluate --data "$WORK/traces" --checkpoint "$WORK/small" \
     --raw-checkpoint "$WORK/raw" --num-samples 5 --out "$WORK/eval" --no-progress
-python -m mu0_policy.export "$WORK/small" --check
+python -m mu0_policy.training.export "$WORK/small" --check
 mkdir -p "$CKPT/eval"
 cp "$WORK/small/model.safetensors" "$WORK/small/config.json" "$WORK/small/model.onnx" "$CKPT/"
 cp "$WORK/eval/metrics.json" "$WORK/eval/metrics.md" "$WORK/eval/metrics.png" "$CKPT/eval/"

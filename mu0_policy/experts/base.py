@@ -2,7 +2,7 @@
 
 An expert turns the latest traces + joint state into a chunk of future commands (one row per
 control tick), in the spirit of openpi's `infer` / `reset`. It never talks to ROS and never sees
-safety: the node passes every chunk through `mu0_policy.safety.SafetyGuard`.
+safety: the node passes every chunk through `mu0_policy.experts.safety.SafetyGuard`.
 """
 from __future__ import annotations
 

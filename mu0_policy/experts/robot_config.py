@@ -100,7 +100,7 @@ class RobotConfig:
 
     def build_kinematics(self):
         """RobotKinematics for the configured source, or None for source `none`."""
-        from mu0_policy.kinematics import (KinematicsError, RobotKinematics, chain_from_mjcf,
+        from mu0_policy.experts.kinematics import (KinematicsError, RobotKinematics, chain_from_mjcf,
                                            chain_from_urdf)
 
         k = self.kinematics
@@ -241,7 +241,7 @@ def robot_config_from_dict(data: dict, path: str = "<dict>") -> RobotConfig:
     kin = KinematicsSpec(source="none")
     if source != "none":
         raw_path = kr.get("path", str)
-        from mu0_policy.kinematics import resolve_model_path
+        from mu0_policy.experts.kinematics import resolve_model_path
 
         resolved = resolve_model_path(raw_path, relative_to=path)
         if not os.path.isfile(resolved):

@@ -17,7 +17,7 @@ import numpy as np
 
 from mu0_policy.experts.base import ActionExpert, ExpertObservation, make_expert
 from mu0_policy.experts.robot_config import RobotConfig
-from mu0_policy.safety import SafetyGuard
+from mu0_policy.experts.safety import SafetyGuard
 from mu0_core.traces import TraceSet
 
 

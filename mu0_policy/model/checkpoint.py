@@ -15,12 +15,21 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mu0_core.bspline import TraceNormalizer
-from mu0_policy.inference import CheckpointError
 from mu0_policy.model.config import Mu0Config
 
 FORMAT = "mu0"
 VERSION = 1
 FROZEN_PREFIXES = ("backbone.vlm.",)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint directory is missing a file or has a bad field; the message names both."""
+
+    def __init__(self, path, field: str | None, problem: str):
+        self.path = str(path)
+        self.field = field
+        where = f"{self.path}" + (f" field '{field}'" if field else "")
+        super().__init__(f"bad checkpoint {where}: {problem}")
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

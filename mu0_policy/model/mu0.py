@@ -20,7 +20,7 @@ from torch import nn
 from mu0_core.bspline import TraceNormalizer, basis_matrix
 from mu0_policy.model.backbone import build_backbone
 from mu0_policy.model.config import Mu0Config
-from mu0_policy.model.expert import ExpertContext, TraceExpert
+from mu0_policy.model.trace_head import ExpertContext, TraceExpert
 
 HISTORY_CLIP = 5.0
 

@@ -17,7 +17,8 @@ import torch
 
 from mu0_policy.baselines import history_valid_mask, query_anchor_uvz
 from mu0_core.bspline import TraceNormalizer
-from mu0_policy.inference import CheckpointError, TracePredictor, TraceResult, check_predict_args
+from mu0_policy.inference import TracePredictor, TraceResult, check_predict_args
+from mu0_policy.model.checkpoint import CheckpointError
 from mu0_policy.model.checkpoint import load_model
 from mu0_policy.model.config import Mu0Config
 
@@ -66,7 +67,7 @@ class Mu0Predictor(TracePredictor):
             return cls(cfg, model=model, device=device, dtype=dtype, root=root)
         onnx_path = root / "model.onnx"
         if not onnx_path.is_file():
-            raise CheckpointError(onnx_path, None, "file missing (run `python -m mu0_policy.export` first)")
+            raise CheckpointError(onnx_path, None, "file missing (run `python -m mu0_policy.training.export` first)")
         if cfg.backbone != "compact":
             raise CheckpointError(root / "config.json", "model.backbone",
                                   "the onnxruntime backend supports the compact backbone only")

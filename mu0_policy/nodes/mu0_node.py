@@ -18,7 +18,7 @@ and the ~/set_instruction service, /mu0/queries (mu0_msgs/QueryPoints, when `que
 `camera_to_base` = [x, y, z, qx, qy, qz, qw] is given, else camera frame), /mu0/traces_camera
 (always camera frame), /mu0/trace_markers (LINE_STRIP per trace, namespace per entity, colour by
 time, lifetime 2 x `expected_period`), /diagnostics (per-stage ms, frame age, drops).
-The per-frame work is `mu0_policy.trace_pipeline.TracePipeline` (shared with offline replay).
+The per-frame work is `mu0_policy.runtime.TracePipeline` (shared with offline replay).
 """
 from __future__ import annotations
 
@@ -37,7 +37,8 @@ from visualization_msgs.msg import MarkerArray
 
 from mu0_msgs.msg import RGBD, QueryPoints, TraceArray
 from mu0_msgs.srv import SetInstruction
-from mu0_policy.trace_pipeline import PipelineConfig, TracePipeline, extrinsic_from_list, make_predictor
+from mu0_policy.runtime import PipelineConfig, TracePipeline, extrinsic_from_list
+from mu0_policy.predictors import make_predictor
 from mu0_ros import convert
 from mu0_ros.diagnostics import RuntimeMonitor, diagnostic_array_msg
 from mu0_ros.qos import QosEventMonitor, latched_qos, latest_only_qos, reliable_qos

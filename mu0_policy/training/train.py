@@ -1,8 +1,8 @@
 """Train μ_0 on a TraceExtract dataset.
 
-    python -m mu0_policy.train --data DATA_DIR --out checkpoints/run --preset small --steps 3000
+    python -m mu0_policy.training.train --data DATA_DIR --out checkpoints/run --preset small --steps 3000
 
-Single process on CPU/GPU, or unchanged under `torchrun --nproc_per_node=G -m mu0_policy.train
+Single process on CPU/GPU, or unchanged under `torchrun --nproc_per_node=G -m mu0_policy.training.train
 ...` (DDP; rank 0 logs, evaluates and writes checkpoints). Checkpoints are model.safetensors +
 config.json (+ trainer_state.safetensors for --resume). Periodic evaluation reports the
 validation loss and top-1 minADE@H (uvz) of one flow sample against constant velocity.
@@ -23,8 +23,8 @@ import torch
 
 from mu0_policy.model.checkpoint import read_config, save_checkpoint
 from mu0_policy.model.config import PRESETS, Mu0Config, preset
-from mu0_policy.inference import CheckpointError
-from mu0_policy.model.data import DatasetError, TraceDataset, collate
+from mu0_policy.model.checkpoint import CheckpointError
+from mu0_policy.training.data import DatasetError, TraceDataset, collate
 
 STATE_FILE = "trainer_state.safetensors"
 

@@ -12,32 +12,11 @@ import numpy as np
 
 from mu0_core.camera import RigidTransform
 from mu0_core.frames import RGBDFrame
+from mu0_core.traces import TraceSet
 from mu0_perception.keypoint_select import QueryHistory, QuerySet, QueryTracker
 from mu0_policy.inference import TracePredictor, TraceRequest, pixels_to_normalized, sample_depth_at
 from mu0_policy.trace_postprocess import (LineStrip, result_to_trace_set, trace_line_strips,
                                           transform_trace_set)
-from mu0_core.traces import TraceSet
-
-BASELINE_PREFIX = "baseline:"
-
-
-def make_predictor(model: str, backend: str = "torch", device: str = "cpu", dtype: str = "float32"):
-    """`baseline:constant_velocity` / `baseline:zero_motion`, or a checkpoint directory."""
-    if not isinstance(model, str) or not model:
-        raise ValueError(f"model: expected 'baseline:<name>' or a checkpoint directory, got {model!r}")
-    if model.startswith(BASELINE_PREFIX):
-        from mu0_policy.baselines import ConstantVelocityPredictor, ZeroMotionPredictor
-
-        name = model[len(BASELINE_PREFIX):]
-        baselines = {"constant_velocity": ConstantVelocityPredictor, "zero_motion": ZeroMotionPredictor}
-        if name not in baselines:
-            raise ValueError(f"model: unknown baseline {name!r}; expected one of {sorted(baselines)}")
-        return baselines[name]()
-    if backend == "onnx":  # the runtime's short name for the onnxruntime backend
-        backend = "onnxruntime"
-    from mu0_policy.inference import load_predictor
-
-    return load_predictor(model, backend=backend, device=device, dtype=dtype)
 
 
 @dataclass

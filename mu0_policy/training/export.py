@@ -1,6 +1,6 @@
 """Export a μ_0 checkpoint (compact backbone) to ONNX for the onnxruntime backend.
 
-    python -m mu0_policy.export checkpoints/mu0_small [--check]
+    python -m mu0_policy.training.export checkpoints/mu0_small [--check]
 
 Writes `<checkpoint>/model.onnx`: the whole prediction (backbone once, N Euler steps, K
 samples) as one graph with dynamic batch, number of queries and number of samples. Inputs and

@@ -1,6 +1,6 @@
 """Evaluate trace predictors on a TraceExtract dataset: the paper's metrics table + a plot.
 
-    python -m mu0_policy.evaluate --data DATA --checkpoint checkpoints/mu0_small \
+    python -m mu0_policy.training.evaluate --data DATA --checkpoint checkpoints/mu0_small \
         [--raw-checkpoint RAW_CKPT] --out eval_out
 
 Methods: μ_0 (the checkpoint), the no-B-spline raw-waypoint variant (when given), zero motion
@@ -159,18 +159,18 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from mu0_policy.baselines import ConstantVelocityPredictor, ZeroMotionPredictor
-    from mu0_policy.inference import load_predictor
-    from mu0_policy.model.data import TraceDataset
+    from mu0_policy.predictors import make_predictor
+    from mu0_policy.training.data import TraceDataset
 
-    from mu0_policy.inference import CheckpointError
-    from mu0_policy.model.data import DatasetError
+    from mu0_policy.model.checkpoint import CheckpointError
+    from mu0_policy.training.data import DatasetError
 
     kw = dict(backend=args.backend, device=args.device, dtype=args.dtype)
     try:
         TraceDataset(args.data, "all")
-        predictors: dict[str, TracePredictor] = {"mu0": load_predictor(args.checkpoint, **kw)}
+        predictors: dict[str, TracePredictor] = {"mu0": make_predictor(args.checkpoint, **kw)}
         if args.raw_checkpoint:
-            predictors["mu0_raw_waypoints"] = load_predictor(args.raw_checkpoint, **kw)
+            predictors["mu0_raw_waypoints"] = make_predictor(args.raw_checkpoint, **kw)
     except (DatasetError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
