@@ -13,7 +13,7 @@ import numpy as np
 from mu0_core.camera import RigidTransform
 from mu0_core.frames import RGBDFrame
 from mu0_core.traces import TraceSet
-from mu0_perception.keypoint_select import QueryHistory, QuerySet, QueryTracker
+from mu0_perception.query_select import QueryHistory, QuerySet, QueryTracker
 from mu0_policy.inference import TracePredictor, TraceRequest, pixels_to_normalized, sample_depth_at
 from mu0_policy.trace_postprocess import (LineStrip, result_to_trace_set, trace_line_strips,
                                           transform_trace_set)

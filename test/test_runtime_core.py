@@ -5,7 +5,7 @@ import pytest
 
 from mu0_core.camera import CameraIntrinsics, RigidTransform, uvz_to_xyz
 from mu0_core.frames import RGBDFrame
-from mu0_perception.keypoint_select import QueryHistory, QueryTracker, select_grid
+from mu0_perception.query_select import QueryHistory, QueryTracker, select_grid
 from mu0_perception.sync import ApproximateTimeMatcher, RGBDAssembler
 from mu0_core import bspline
 from mu0_policy.baselines import ConstantVelocityPredictor
