@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=200)
     args = ap.parse_args(argv)
     n = args.repeats
-    for cfg, q in (("config/robots/sim_sawyer_joint.yaml", np.append(SAWYER_Q, -1.0)),
+    for cfg, q in (("config/robots/sim_sawyer_joint.yaml", SAWYER_Q),
                    ("config/robots/sim_sawyer_ee.yaml", SAWYER_Q),
                    ("config/robots/ur5e.yaml", UR5E_Q)):
         robot = load_robot_config(cfg)

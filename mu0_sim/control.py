@@ -63,6 +63,16 @@ class CommandState:
         self.target[: v.shape[0]] = v
         self.commands_received += 1
 
+    def set_gripper(self, value) -> None:
+        """The gripper's own command interface (joint embodiment): closure in [-1 open, 1 closed]."""
+        if self.embodiment != "sawyer_joint":
+            raise ValueError("gripper commands on their own interface need embodiment sawyer_joint")
+        v = float(np.asarray(value, float).reshape(-1)[0]) if np.size(value) else float("nan")
+        if not np.isfinite(v):
+            raise ValueError("data: non-finite gripper command")
+        self.target[-1] = float(np.clip(v, -1.0, 1.0))
+        self.commands_received += 1
+
     # -------------------------------------------------------------- EE embodiment
     def set_ee_delta(self, values) -> None:
         if self.embodiment != "sawyer_ee":

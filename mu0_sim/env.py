@@ -442,6 +442,49 @@ class SawyerSimEnv:
             q = np.clip(q_new, self._q_lower, self._q_upper)
         return q
 
+    # ------------------------------------------------------------------ oracle futures
+    _SNAPSHOT_ATTRS = ("step_count", "success", "ever_succeeded", "_q_target", "_q_setpoint", "_ik_seed",
+                       "_ee_target", "_gripper_cmd", "_last_action", "_mw_obs")
+
+    def snapshot(self) -> dict:
+        """Everything `step` changes (physics state + controller and episode bookkeeping)."""
+        d = self.data
+        snap = {k: np.array(getattr(d, k), copy=True) for k in
+                ("qpos", "qvel", "act", "ctrl", "mocap_pos", "mocap_quat", "qacc_warmstart", "qfrc_applied")}
+        snap["time"] = float(d.time)
+        snap["curr_path_length"] = self.mw.curr_path_length
+        for k in self._SNAPSHOT_ATTRS:
+            v = getattr(self, k, None)
+            snap["attr:" + k] = v.copy() if isinstance(v, np.ndarray) else v
+        return snap
+
+    def restore(self, snap: dict) -> None:
+        d = self.data
+        for k in ("qpos", "qvel", "act", "ctrl", "mocap_pos", "mocap_quat", "qacc_warmstart", "qfrc_applied"):
+            getattr(d, k)[...] = snap[k]
+        d.time = snap["time"]
+        self.mw.curr_path_length = snap["curr_path_length"]
+        for k in self._SNAPSHOT_ATTRS:
+            setattr(self, k, snap["attr:" + k])
+        mujoco.mj_forward(self.model, d)
+
+    def oracle_future(self, horizon: int) -> tuple[list[str], np.ndarray]:
+        """Ground-truth points over the next `horizon` steps if the scripted expert acted from
+        here: (names, (K, horizon + 1, 3) base frame). The env is left exactly as it was."""
+        snap = self.snapshot()
+        names, now = self.ground_truth()
+        out = [now]
+        try:
+            for _ in range(int(horizon)):
+                if self.step_count >= self.max_steps:
+                    out.append(out[-1])
+                    continue
+                self.step(self.expert_action(), render=False)
+                out.append(self.ground_truth()[1])
+        finally:
+            self.restore(snap)
+        return names, np.transpose(np.stack(out), (1, 0, 2))
+
     def close(self) -> None:
         if self.renderer is not None:
             self.renderer.close()

@@ -241,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shadows", action="store_true", help="render shadows (slower)")
     p.add_argument("--only-success", action="store_true", help="delete failed episodes")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--resume", action="store_true",
+                   help="skip episodes whose bag is complete (has episode.json); re-record partial ones")
     p.add_argument("--out", required=True, help="output directory")
     return p
 
@@ -269,6 +271,14 @@ def main(argv: list[str] | None = None) -> int:
                            width=w, height=h, shadows=args.shadows, camera_motion=motion,
                            max_steps=args.max_steps)
         for seed in seeds:
+            bag = Path(args.out) / f"{task}__{args.embodiment}__seed{int(seed)}"
+            if args.resume and bag.exists():
+                if (bag / "episode.json").is_file():
+                    bar.update(1)
+                    continue
+                import shutil
+
+                shutil.rmtree(bag)   # a partial bag from an interrupted run
             r = record_episode_result(task, seed, args.out, args.embodiment, args.camera, w, h,
                                       args.max_steps, args.post_success_steps, motion, args.shadows,
                                       env=env, overwrite=args.overwrite)
@@ -282,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
         env.close()
     bar.close()
 
+    if not results:
+        print(f"nothing to record: every episode is already in {args.out}")
+        return 0
     table = Table(title=f"recorded {len(results)} episodes -> {args.out} "
                         f"({args.embodiment}, {args.camera}, {w}x{h})")
     for col in ("task", "episodes", "success", "mean steps", "frames/s", "s/episode"):

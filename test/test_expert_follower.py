@@ -105,25 +105,25 @@ def line(start, direction, n=33):
 
 def test_follower_moves_the_ee_along_the_gripper_trace(joint_robot):
     expert = make_expert(joint_robot)
-    q = np.append(RESET_Q, -1.0)
+    q = RESET_Q.copy()
     ee = expert.kinematics.ee_pose(q)[:3, 3]
     d = np.array([0.08, -0.04, -0.06])
     # a decoy object trace starts nearer the hand than the labelled one: the label wins
     traces = [line(ee + 0.01, [0.0, 0.3, 0.0]), line(ee + [0.0, 0.0, 0.05], d)]
     chunk = expert.act(observation(joint_robot, q, traces, ["object", "gripper"]))
-    assert chunk.kind == "joint_positions" and chunk.joint_positions.shape == (joint_robot.chunk_horizon, 8)
+    assert chunk.kind == "joint_positions" and chunk.joint_positions.shape == (joint_robot.chunk_horizon, 7)
     assert chunk.info["trace_index"] == 1
     ee_path = np.array([expert.kinematics.ee_pose(r)[:3, 3] for r in chunk.joint_positions])
-    # relative mode: the hand moves along the trace's displacement (10 ticks of 0.05 s on a 1.6 s trace)
-    expected = ee + d * (np.arange(1, 11) * joint_robot.control_dt / (32 * 0.05))[:, None]
+    # relative mode: the hand moves along the trace's displacement (16 ticks of 0.05 s on a 1.6 s trace)
+    expected = ee + d * (np.arange(1, joint_robot.chunk_horizon + 1) * joint_robot.control_dt / (32 * 0.05))[:, None]
     assert np.abs(ee_path - expected).max() < 1e-3
     assert np.all(np.diff(np.linalg.norm(ee_path - ee, axis=1)) > 0)       # monotone progress
-    assert np.all(chunk.joint_positions[:, 7] == -1.0)                       # gripper passes through
+    assert chunk.gripper is None      # the follower leaves the gripper (its own interface) alone
 
 
 def test_follower_picks_nearest_anchor_without_labels_and_holds_when_far(joint_robot):
     expert = make_expert(joint_robot)
-    q = np.append(RESET_Q, -1.0)
+    q = RESET_Q.copy()
     ee = expert.kinematics.ee_pose(q)[:3, 3]
     traces = [line(ee + [0.3, 0, 0], [0, 0, 0.1]), line(ee + [0.02, 0, 0], [0, 0, -0.1])]
     chunk = expert.act(observation(joint_robot, q, traces, ["cluster_0", "cluster_1"]))
@@ -135,7 +135,7 @@ def test_follower_picks_nearest_anchor_without_labels_and_holds_when_far(joint_r
 
 def test_follower_follows_from_now_on_an_old_trace_and_stops_at_invalid_samples(joint_robot):
     expert = make_expert(joint_robot)
-    q = np.append(RESET_Q, -1.0)
+    q = RESET_Q.copy()
     ee = expert.kinematics.ee_pose(q)[:3, 3]
     # a trace that first goes +x then comes back; 0.8 s old, so "now" is at its turning point
     out_and_back = np.vstack([line(ee, [0.1, 0, 0], 17), line(ee + [0.1, 0, 0], [-0.1, 0, 0], 17)[1:]])
@@ -151,7 +151,7 @@ def test_follower_follows_from_now_on_an_old_trace_and_stops_at_invalid_samples(
 
 def test_follower_speed_limit(joint_robot):
     expert = make_expert(joint_robot)
-    q = np.append(RESET_Q, -1.0)
+    q = RESET_Q.copy()
     ee = expert.kinematics.ee_pose(q)[:3, 3]
     chunk = expert.act(observation(joint_robot, q, [line(ee, [0, 0.5, 0])], ["gripper"], step_period=0.01))
     ee_path = np.array([expert.kinematics.ee_pose(r)[:3, 3] for r in chunk.joint_positions])
@@ -180,7 +180,7 @@ def test_runner_commands_carry_the_camera_stamp_of_their_traces(joint_robot):
     robot = load_robot_config("config/robots/sim_sawyer_forward.yaml")
     runner = ExpertRunner(robot, guard=None)
     runner.guard.dry_run = False
-    q = np.append(RESET_Q, -1.0)
+    q = RESET_Q.copy()
     ee = runner.kinematics.ee_pose(q)[:3, 3]
     samples = line(ee, [0.05, 0.0, -0.03])[None]
     camera_stamp = 10 * SEC

@@ -26,6 +26,8 @@ class ExpertObservation:
     query_ids: np.ndarray                  # (N,)
     trace_stamp_ns: int                    # stamp of the camera frame the traces came from
     step_period: float                     # seconds between trace samples
+    instruction: str = ""                  # what the traces were predicted for (TraceArray.instruction)
+    gripper_position: float | None = None  # gripper state (robot config `gripper.state_joint`), -1 open .. 1 closed
 
     def __post_init__(self):
         J = len(self.joint_names)
@@ -56,6 +58,8 @@ class ActionChunk:
     dt: float
     ee_deltas: np.ndarray | None = None
     info: dict = field(default_factory=dict)   # what the expert did (chosen trace, IK error, ...)
+    gripper: np.ndarray | None = None          # (T,) gripper closure per tick in [-1, 1] for joint robots
+                                               # whose gripper has its own interface (None: leave it)
 
     def __post_init__(self):
         if (self.joint_positions is None) == (self.ee_deltas is None):
@@ -70,6 +74,10 @@ class ActionChunk:
                 raise ValueError(f"ActionChunk.ee_deltas: expected (T>0, 4), got {self.ee_deltas.shape}")
         if not self.dt > 0:
             raise ValueError(f"ActionChunk.dt: must be > 0, got {self.dt}")
+        if self.gripper is not None:
+            self.gripper = np.asarray(self.gripper, dtype=float).reshape(-1)
+            if self.joint_positions is None or len(self.gripper) != len(self.joint_positions):
+                raise ValueError("ActionChunk.gripper: one value per joint-position row (joint robots only)")
 
     @property
     def kind(self) -> str:

@@ -53,6 +53,20 @@ class EEDeltaSpec:
     workspace_upper: tuple | None = None
 
 
+GRIPPER_INTERFACES = ("none", "forward_position", "ee_delta")
+
+
+@dataclass(frozen=True)
+class GripperSpec:
+    """The gripper: commanded through its own controller, never as a trajectory joint."""
+    interface: str = "none"            # none | forward_position (Float64MultiArray [closure]) | ee_delta (4th value)
+    topic: str | None = None           # forward_position: the gripper controller's command topic
+    state_joint: str | None = None     # the /joint_states entry reporting it (closure, -1 open .. 1 closed)
+    lower: float = -1.0
+    upper: float = 1.0
+    max_step_delta: float = 0.5        # per control tick
+
+
 @dataclass(frozen=True)
 class SafetySpec:
     dry_run: bool = True
@@ -81,6 +95,7 @@ class RobotConfig:
     camera_to_base: dict | None = None      # {"translation": [3], "quat_xyzw": [4]} or None
     ee_delta: EEDeltaSpec = field(default_factory=EEDeltaSpec)
     description: str = ""
+    gripper: GripperSpec = field(default_factory=GripperSpec)
 
     @property
     def control_dt(self) -> float:
@@ -287,6 +302,25 @@ def robot_config_from_dict(data: dict, path: str = "<dict>") -> RobotConfig:
             cb.fail("quat_xyzw", "must have a non-zero norm")
         cam = {"translation": t.tolist(), "quat_xyzw": (q / np.linalg.norm(q)).tolist()}
 
+    grip = GripperSpec()
+    if data.get("gripper") is not None:
+        g = r.section("gripper")
+        giface = g.get("interface", str, choices=GRIPPER_INTERFACES)
+        if giface == "ee_delta" and interface != "ee_delta":
+            g.fail("interface", f"'ee_delta' (the 4th command value) needs command.interface ee_delta, got {interface!r}")
+        if giface == "forward_position" and interface == "ee_delta":
+            g.fail("interface", "an ee_delta robot commands its gripper as the 4th value: use 'ee_delta'")
+        gtopic = g.get("topic", str, None if giface != "forward_position" else ...)
+        if gtopic is not None and not gtopic.startswith("/"):
+            g.fail("topic", f"must be an absolute topic name (start with '/'), got {gtopic!r}")
+        state_joint = g.get("state_joint", str, None)
+        if state_joint is not None and state_joint in names:
+            g.fail("state_joint", f"{state_joint!r} is also in joints.names: the gripper is not an arm joint")
+        glo, ghi = g.get("lower", float, -1.0), g.get("upper", float, 1.0)
+        if not glo < ghi:
+            g.fail("upper", f"must be greater than lower ({glo}), got {ghi}")
+        grip = GripperSpec(giface, gtopic, state_joint, glo, ghi, g.get("max_step_delta", float, 0.5, positive=True))
+
     gp = r.section("gripper_point", required=False)
     return RobotConfig(
         path=path, robot=robot, base_frame=r.get("base_frame", str, "base_link"), joints=joints,
@@ -294,5 +328,5 @@ def robot_config_from_dict(data: dict, path: str = "<dict>") -> RobotConfig:
         control_rate_hz=rate, chunk_horizon=horizon, chunk_execute=execute,
         expert_name=expert_name, expert_params=dict(params), kinematics=kin, safety=safety,
         gripper_entity=gp.get("entity", str, "gripper"), camera_to_base=cam, ee_delta=ee,
-        description=r.get("description", str, ""),
+        description=r.get("description", str, ""), gripper=grip,
     )

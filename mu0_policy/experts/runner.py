@@ -31,6 +31,7 @@ class TickCommand:
     reasons: tuple
     send: bool                     # False in dry-run: log, do not publish
     trace_stamp_ns: int | None = None   # camera stamp of the traces this command was planned from
+    gripper: float | None = None   # gripper closure for the robot's own gripper interface (joint robots)
 
 
 @dataclass
@@ -41,6 +42,7 @@ class _Traces:
     entities: list
     query_ids: np.ndarray
     step_period: float
+    instruction: str = ""
 
 
 class ExpertRunner:
@@ -50,6 +52,8 @@ class ExpertRunner:
         self.guard = guard or SafetyGuard.from_robot(robot)
         self.kinematics = getattr(self.expert, "kinematics", None) or robot.build_kinematics()
         self._cam_to_base = robot.camera_to_base_transform()
+        self._gripper_joint = robot.gripper.state_joint
+        self._plan_gripper = None  # guarded gripper values of the plan (own gripper interface)
         self._traces: _Traces | None = None
         self._joints: dict = {}    # name -> (stamp_ns, position, velocity)
         self._plan = None          # guarded rows being executed (forward / ee_delta)
@@ -76,7 +80,7 @@ class ExpertRunner:
             to_base = self._cam_to_base @ traces.camera_to_frame.inverse()
             samples = to_base.apply(samples)
         self._traces = _Traces(int(traces.stamp_ns), samples, validity, list(traces.entities),
-                               np.asarray(traces.query_ids), float(traces.step_period))
+                               np.asarray(traces.query_ids), float(traces.step_period), str(traces.instruction))
         self.counts["traces"] += 1
 
     def update_joint_state(self, stamp_ns: int, names, positions, velocities=None) -> None:
@@ -88,12 +92,17 @@ class ExpertRunner:
         vel = None if velocities is None or len(velocities) == 0 else np.asarray(velocities, float).reshape(-1)
         if vel is not None and vel.shape[0] != len(names):
             raise ValueError(f"joint_state.velocity: {vel.shape[0]} values for {len(names)} names")
-        wanted = [i for i, n in enumerate(names) if n in self.robot.joints.names]
+        wanted = [i for i, n in enumerate(names) if n in self.robot.joints.names or n == self._gripper_joint]
         if wanted and not np.all(np.isfinite(pos[wanted])):
             raise ValueError("joint_state.position: non-finite values for the robot's joints")
         for i in wanted:
             self._joints[names[i]] = (int(stamp_ns), pos[i], np.nan if vel is None else vel[i])
         self.counts["joint_states"] += 1
+
+    def gripper_measured(self):
+        """The gripper state from /joint_states (robot config gripper.state_joint), or None."""
+        row = self._joints.get(self._gripper_joint) if self._gripper_joint else None
+        return None if row is None else float(row[1])
 
     def measured(self):
         """(positions (J,), velocities (J,) or None, oldest stamp) in the robot's joint order, or Nones."""
@@ -120,9 +129,16 @@ class ExpertRunner:
             return ["dx", "dy", "dz", "gripper"]
         return list(self.robot.joints.names)
 
-    def _emit(self, out, values, trace_stamp_ns=None):
+    def _emit(self, out, values, trace_stamp_ns=None, gripper=None):
+        g = self.robot.gripper
+        if g.interface == "forward_position":
+            if gripper is None:   # a hold, or an expert that does not drive the gripper: keep it
+                gripper = self.guard.gripper_hold(g.lower, g.upper)
+            self.guard.gripper_sent(gripper)
+        else:
+            gripper = None
         return TickCommand(self.robot.command_interface, self._names(), values, out.dt, out.hold,
-                           out.reasons, out.send, None if out.hold else trace_stamp_ns)
+                           out.reasons, out.send, None if out.hold else trace_stamp_ns, gripper)
 
     def _guard(self, now_ns, chunk, q, js_stamp, tr_stamp):
         if self.robot.command_interface == "ee_delta":
@@ -149,12 +165,15 @@ class ExpertRunner:
                 return None                         # the controller is executing the chunk
             self._plan_tick += 1
             out = self._plan
-            return self._emit(out, out.values[min(self._plan_tick, len(out.values) - 1)][None], self._plan_stamp_ns)
+            k = min(self._plan_tick, len(out.values) - 1)
+            g = None if self._plan_gripper is None else float(self._plan_gripper[min(k, len(self._plan_gripper) - 1)])
+            return self._emit(out, out.values[k][None], self._plan_stamp_ns, g)
         t = self._traces
         obs = ExpertObservation(
             stamp_ns=now_ns, joint_names=list(self.robot.joints.names), joint_positions=q, joint_velocities=qd,
             traces_xyz=t.samples, validity=t.validity, entities=t.entities, query_ids=t.query_ids,
-            trace_stamp_ns=t.stamp_ns, step_period=t.step_period)
+            trace_stamp_ns=t.stamp_ns, step_period=t.step_period, instruction=t.instruction,
+            gripper_position=self.gripper_measured())
         start = time.perf_counter()
         try:
             chunk = self.expert.act(obs)
@@ -176,7 +195,12 @@ class ExpertRunner:
             return self._emit(out, out.values)
         self._plan, self._plan_tick, self._ticks_since_plan = out, 0, 1
         self._plan_stamp_ns = t.stamp_ns
+        g = self.robot.gripper
+        self._plan_gripper = None
+        if g.interface == "forward_position" and chunk is not None and chunk.gripper is not None:
+            self._plan_gripper = self.guard.gripper_command(chunk.gripper, g.lower, g.upper, g.max_step_delta)
+        g0 = None if self._plan_gripper is None else float(self._plan_gripper[0])
         self.counts["plans"] += 1
         if iface == "joint_trajectory":
-            return self._emit(out, out.values, t.stamp_ns)
-        return self._emit(out, out.values[:1], t.stamp_ns)
+            return self._emit(out, out.values, t.stamp_ns, g0)
+        return self._emit(out, out.values[:1], t.stamp_ns, g0)

@@ -252,6 +252,31 @@ class SafetyGuard:
         self._last_joint_command = out[-1]
         return GuardOutput("joint_positions", out, self.dt, False, (), n_clamped, n_limited, self.dry_run)
 
+    # ------------------------------------------------------------------------- gripper
+    def gripper_command(self, values, lower: float, upper: float, max_step: float) -> np.ndarray | None:
+        """A gripper chunk (T,) made safe: non-finite -> the last command; clamped to [lower, upper];
+        each value within `max_step` of the previous one. None when there is nothing to send."""
+        if values is None:
+            return None
+        v = np.asarray(values, dtype=float).reshape(-1)
+        if len(v) == 0:
+            return None
+        prev = float(np.clip(self._last_gripper, lower, upper))
+        out = np.empty(len(v))
+        for k, x in enumerate(v):
+            x = prev if not np.isfinite(x) else float(np.clip(x, lower, upper))
+            prev = prev + float(np.clip(x - prev, -max_step, max_step))
+            out[k] = prev
+        return out
+
+    def gripper_sent(self, value: float) -> None:
+        """Record the gripper value actually emitted (the next chunk is rate-limited from it)."""
+        self._last_gripper = float(value)
+
+    def gripper_hold(self, lower: float, upper: float) -> float:
+        """A hold keeps the gripper where it was last commanded (clamped like any command)."""
+        return float(np.clip(self._last_gripper, lower, upper))
+
     # ------------------------------------------------------------------------- ee_delta interface
     def _ee_hold(self, reasons) -> GuardOutput:
         for r in reasons:

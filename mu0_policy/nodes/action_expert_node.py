@@ -77,6 +77,9 @@ class ActionExpertNode(Node):
         msg_type = JointTrajectory if self.robot.command_interface == "joint_trajectory" else Float64MultiArray
         self.command_pub = self.create_publisher(msg_type, self.robot.command_topic, reliable,
                                                  event_callbacks=self.qos_events.publisher(self.robot.command_topic))
+        self.gripper_pub = None
+        if self.robot.gripper.interface == "forward_position":
+            self.gripper_pub = self.create_publisher(Float64MultiArray, self.robot.gripper.topic, reliable)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", reliable)
         self.create_service(Trigger, "~/reset_estop", self._on_reset_estop)
         self.create_timer(self.robot.control_dt, self._on_tick)
@@ -161,6 +164,8 @@ class ActionExpertNode(Node):
         else:
             msg = convert.float64_array_msg(cmd.values[0])
         self.command_pub.publish(msg)
+        if cmd.gripper is not None and self.gripper_pub is not None:
+            self.gripper_pub.publish(convert.float64_array_msg(np.array([cmd.gripper])))
         self.counts["published"] += 1
         if cmd.trace_stamp_ns is not None:
             # end-to-end latency: source camera stamp of the traces -> this command's publish

@@ -7,7 +7,8 @@ Publishes (realsense-ros default names):
   /mu0/instruction (transient local).
 Subscribes, by embodiment:
   sawyer_joint: /joint_trajectory_controller/joint_trajectory (trajectory_msgs/JointTrajectory),
-                /forward_position_controller/commands (std_msgs/Float64MultiArray)
+                /forward_position_controller/commands (std_msgs/Float64MultiArray),
+                /gripper_controller/commands (std_msgs/Float64MultiArray [closure -1 open .. 1 closed])
   sawyer_ee:    /mu0/sim/ee_delta (std_msgs/Float64MultiArray [dx, dy, dz, gripper])
 Service ~/reset (std_srvs/Trigger) starts a new episode (next seed).
 
@@ -98,6 +99,9 @@ class SimArmNode(Node):
                 "joint_trajectory", TOPICS["joint_trajectory"]), self._on_trajectory, 10)
             self.create_subscription(Float64MultiArray, robot.command_topics.get(
                 "forward_position", "/forward_position_controller/commands"), self._on_forward, 10)
+            # the gripper's own controller (a real arm's gripper is not a trajectory joint)
+            self.create_subscription(Float64MultiArray, robot.command_topics.get(
+                "gripper", "/gripper_controller/commands"), self._on_gripper, 10)
         else:
             self.create_subscription(Float64MultiArray, robot.command_topics.get(
                 "ee_delta", TOPICS["ee_delta"]), self._on_ee_delta, 10)
@@ -132,6 +136,12 @@ class SimArmNode(Node):
         except ValueError as e:
             return self._drop("forward position command", e)
         self._after_command()
+
+    def _on_gripper(self, msg) -> None:
+        try:
+            self.commands.set_gripper(convert.float64_array_to_numpy(msg))
+        except ValueError as e:
+            return self._drop("gripper command", e)
 
     def _on_ee_delta(self, msg) -> None:
         try:

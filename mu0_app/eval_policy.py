@@ -1,0 +1,383 @@
+"""`mu0 eval-policy`: closed-loop success of a robot config's expert with a μ_0 predictor, in the sim.
+
+    mu0 eval-policy --robot config/robots/sim_sawyer_ee.yaml --tasks drawer-open,push \
+        --seeds 100-119 --model checkpoints/mu0_small --out out/eval_ee
+
+Lockstep and deterministic for a seed: every sim step (12.5 ms) the loop does what the live graph
+does, in order, with the same code the nodes run:
+- every `--trace-every` steps the camera frame goes through `TracePipeline` (mu0_node's per-frame
+  work: query selection and tracking, μ_0, base-frame traces) and into `ExpertRunner.update_traces`;
+- every step the joint state goes into `ExpertRunner.update_joint_state` (as /joint_states does);
+- every control tick `ExpertRunner.tick` asks the expert for a chunk through the `SafetyGuard`,
+  and the resulting command goes into the sim's `CommandState` (what the sim node does with a
+  JointTrajectory / Float64MultiArray / gripper command);
+- the episode ends at success or `--max-steps`.
+
+`--model` picks the traces: a μ_0 checkpoint, `baseline:<name>` (constant_velocity, zero_motion),
+`ground_truth` (oracle: the sim points' real future under the scripted expert, the upper bound)
+or `none` (no traces at all: for the no-trace expert). `--expert` overrides the robot YAML's expert:
+a trace_policy checkpoint directory, `trace_follower`, or `scripted` (Meta-World's scripted policy
+acting directly: the ceiling). Writes success.json, success.md (per task, Wilson 95 % intervals) and
+one MP4 per task (first seed) with the traces drawn.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+SCRIPTED = "scripted"
+GROUND_TRUTH = "ground_truth"
+NO_TRACES = "none"
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (95 % for z = 1.96)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass
+class EpisodeOutcome:
+    task: str
+    seed: int
+    success: bool
+    steps: int
+    final_distances: dict
+    safety: dict
+    expert_ms_p50: float | None = None
+    wall_s: float = 0.0
+
+
+def parse_seeds(text: str) -> list[int]:
+    from mu0_sim.record import _parse_seeds
+
+    return _parse_seeds(text)
+
+
+# ------------------------------------------------------------------------------------ trace sources
+class TraceSource:
+    """What stands in for mu0_node: a TraceSet (base frame) for the current sim frame."""
+
+    needs_frames = True
+
+    def reset(self, instruction: str) -> None:
+        pass
+
+    def traces(self, env, obs):
+        raise NotImplementedError
+
+
+class PredictedTraces(TraceSource):
+    def __init__(self, model: str, max_queries: int = 32, queries: str = "automatic", backend: str = "torch"):
+        from mu0_policy.predictors import make_predictor
+        from mu0_policy.runtime import PipelineConfig, TracePipeline
+
+        self.pipeline = TracePipeline(make_predictor(model, backend=backend),
+                                      PipelineConfig(queries=queries, max_queries=max_queries))
+
+    def reset(self, instruction):
+        self.pipeline.reset()
+        self.pipeline.set_instruction(instruction)
+
+    def traces(self, env, obs):
+        from mu0_core.frames import RGBDFrame
+        from mu0_sim.record import COLOR_FRAME
+
+        self.pipeline.config.camera_to_base = obs.T_base_cam
+        out = self.pipeline.process(RGBDFrame(obs.stamp_ns, COLOR_FRAME, obs.color, obs.depth, obs.intrinsics))
+        if out is None or out.base_traces is None:
+            return empty_trace_set(obs.stamp_ns, env.instruction)
+        return out.base_traces
+
+
+def trace_set_from_points(stamp_ns, names, samples, instruction, step_period=0.0125, model_id="ground_truth"):
+    """A base-frame TraceSet from (K, H+1, 3) point futures (all valid)."""
+    from mu0_core.bspline import paper_knots
+    from mu0_core.traces import TraceSet
+
+    K, L, _ = samples.shape
+    knots = np.asarray(paper_knots(10), float)
+    idx = np.linspace(0, L - 1, 10).round().astype(int)
+    return TraceSet(stamp_ns=int(stamp_ns), frame_id="base_link", instruction=instruction, model_id=model_id,
+                    horizon_steps=L - 1, step_period=step_period, query_ids=np.arange(K, dtype=np.uint32),
+                    entities=list(names), pixels=np.zeros((K, 2), np.float32), positions=samples[:, 0].copy(),
+                    knots=knots, control_points=samples[:, idx].copy(), samples=samples.astype(float),
+                    validity=np.ones((K, L)), confidence=np.ones(K))
+
+
+def empty_trace_set(stamp_ns, instruction):
+    return trace_set_from_points(stamp_ns, [], np.zeros((0, 33, 3)), instruction, model_id="none")
+
+
+class GroundTruthTraces(TraceSource):
+    needs_frames = False
+
+    def __init__(self, horizon: int = 32):
+        self.horizon = horizon
+
+    def traces(self, env, obs):
+        names, fut = env.oracle_future(self.horizon)
+        return trace_set_from_points(obs.stamp_ns, names, fut, env.instruction)
+
+
+class NoTraces(TraceSource):
+    """The trace model never runs: an empty set per frame keeps the runner's freshness checks."""
+    needs_frames = False
+
+    def traces(self, env, obs):
+        return empty_trace_set(obs.stamp_ns, env.instruction)
+
+
+def make_trace_source(model: str, max_queries: int = 32, queries: str = "automatic", backend: str = "torch"):
+    if model == GROUND_TRUTH:
+        return GroundTruthTraces()
+    if model == NO_TRACES:
+        return NoTraces()
+    return PredictedTraces(model, max_queries, queries, backend)
+
+
+# ------------------------------------------------------------------------------------ the loop
+def robot_for_eval(robot_path: str, expert: str | None):
+    """The robot config with the evaluator's expert (a checkpoint dir / name) and commanding on."""
+    import dataclasses
+
+    from mu0_policy.experts.robot_config import load_robot_config
+
+    robot = load_robot_config(robot_path)
+    if expert and expert != SCRIPTED:
+        if Path(expert).is_dir():
+            params = {**robot.expert_params, "checkpoint": str(Path(expert).resolve())} \
+                if robot.expert_name == "trace_policy" else {"checkpoint": str(Path(expert).resolve())}
+            robot = dataclasses.replace(robot, expert_name="trace_policy", expert_params=params)
+        elif expert != robot.expert_name:
+            robot = dataclasses.replace(robot, expert_name=expert, expert_params={})
+    return dataclasses.replace(robot, safety=dataclasses.replace(robot.safety, dry_run=False))
+
+
+def embodiment_of(robot) -> str:
+    return "sawyer_ee" if robot.command_interface == "ee_delta" else "sawyer_joint"
+
+
+def apply_command(cmd, commands, now_ns: int) -> None:
+    """What the sim node does with each published command (trajectory, forward, ee delta, gripper)."""
+    if cmd.interface == "joint_trajectory":
+        commands.set_joint_trajectory(cmd.names, cmd.values, cmd.dt * np.arange(1, len(cmd.values) + 1), now_ns)
+    elif cmd.interface == "forward_position":
+        commands.set_forward_positions(cmd.values[0])
+    else:
+        commands.set_ee_delta(cmd.values[0])
+    if getattr(cmd, "gripper", None) is not None:
+        commands.set_gripper(cmd.gripper)
+
+
+def final_distances(env) -> dict:
+    names, pts = env.ground_truth()
+    out = {}
+    if len(pts) > 1:
+        out["gripper_to_object_m"] = float(np.linalg.norm(pts[0] - pts[1]))
+    goal = getattr(env.mw, "_target_pos", None)
+    if goal is not None:
+        goal = np.asarray(goal, float)
+        ref = pts[1] if len(pts) > 1 and not env.task.startswith("reach") else pts[0]
+        out["to_goal_m"] = float(np.linalg.norm(ref - goal))
+    return out
+
+
+def run_episode(env, robot, source: TraceSource, seed: int, expert_name: str, max_steps: int,
+                trace_every: int = 8, video: list | None = None, expert=None) -> EpisodeOutcome:
+    from mu0_app.replay import draw_traces
+    from mu0_core.traces import TraceSet  # noqa: F401  (type of the sources' output)
+    from mu0_policy.experts.runner import ExpertRunner
+    from mu0_sim.control import CommandState
+    from mu0_sim.env import STEP_PERIOD_NS
+
+    t_start = time.perf_counter()
+    obs = env.reset(seed, render=source.needs_frames or video is not None)
+    scripted = expert_name == SCRIPTED
+    runner = None
+    if not scripted:
+        runner = ExpertRunner(robot, expert=expert)
+        runner.expert.reset()
+    sim = env.robot
+    initial = (list(env.arm_positions()) + [-1.0]) if env.embodiment == "sawyer_joint" else [0.0] * 4
+    commands = CommandState(env.embodiment, sim.command_joints, initial, sim.lower, sim.upper)
+    source.reset(env.instruction)
+    control_every = max(1, int(round(robot.control_dt / (STEP_PERIOD_NS * 1e-9))))
+    shown = None
+    success = False
+    step = 0
+    for step in range(max_steps):
+        now = obs.stamp_ns
+        if step % trace_every == 0 and not scripted:
+            traces = source.traces(env, obs)
+            runner.update_traces(traces)
+            shown = traces
+        if step % trace_every == 0 and video is not None and obs.color is not None:
+            frame = obs.color
+            if shown is not None and len(shown):
+                from mu0_policy.trace_postprocess import transform_trace_set
+
+                cam = transform_trace_set(shown, obs.T_base_cam.inverse(), "camera")
+                frame = draw_traces(obs.color, cam, obs.intrinsics, thickness=1)
+            video.append(frame)
+        if scripted:
+            action = env.expert_action()
+        else:
+            runner.update_joint_state(now, obs.joint_names, obs.joint_positions, obs.joint_velocities)
+            if step % control_every == 0:
+                cmd = runner.tick(now)
+                if cmd is not None:
+                    apply_command(cmd, commands, now)
+            action = commands.action(now)
+        render_next = video is not None or (source.needs_frames and (step + 1) % trace_every == 0)
+        obs = env.step(action, render=render_next and not scripted or video is not None)
+        if env.success:
+            success = True
+            break
+    safety = {}
+    ms = None
+    if runner is not None:
+        safety = {**{f"runner.{k}": int(v) for k, v in runner.counts.items()},
+                  **{f"guard.{k}": int(v) for k, v in runner.guard.counts.items()}}
+        ms = float(np.median(runner.act_ms)) if runner.act_ms else None
+    return EpisodeOutcome(env.task, int(seed), success, step + 1, final_distances(env), safety, ms,
+                          time.perf_counter() - t_start)
+
+
+@dataclass
+class EvalReport:
+    robot: str
+    model: str
+    expert: str
+    outcomes: list = field(default_factory=list)
+
+    def per_task(self) -> dict:
+        out = {}
+        for task in dict.fromkeys(o.task for o in self.outcomes):
+            rs = [o for o in self.outcomes if o.task == task]
+            k = sum(o.success for o in rs)
+            lo, hi = wilson_interval(k, len(rs))
+            out[task] = {"episodes": len(rs), "successes": k, "rate": k / len(rs), "ci95": [lo, hi],
+                         "mean_steps": float(np.mean([o.steps for o in rs]))}
+        return out
+
+    def mean_rate(self) -> float:
+        pt = self.per_task()
+        return float(np.mean([v["rate"] for v in pt.values()])) if pt else 0.0
+
+    def to_json(self) -> dict:
+        return {"robot": self.robot, "model": self.model, "expert": self.expert,
+                "mean_success": self.mean_rate(), "per_task": self.per_task(),
+                "episodes": [asdict(o) for o in self.outcomes]}
+
+    def markdown(self) -> str:
+        lines = [f"# Closed-loop success: {self.robot}, traces {self.model}, expert {self.expert}", "",
+                 "| task | success | rate | Wilson 95 % | mean steps |", "|---|---|---|---|---|"]
+        for task, v in self.per_task().items():
+            lines.append(f"| {task} | {v['successes']}/{v['episodes']} | {v['rate']:.0%} | "
+                         f"[{v['ci95'][0]:.0%}, {v['ci95'][1]:.0%}] | {v['mean_steps']:.0f} |")
+        lines.append(f"| **mean over tasks** | | **{self.mean_rate():.1%}** | | |")
+        return "\n".join(lines) + "\n"
+
+
+def evaluate(robot_path: str, tasks: list, seeds: list, model: str, out_dir=None, expert: str | None = None,
+             max_steps: int = 300, trace_every: int = 8, width: int = 160, height: int = 120,
+             camera: str = "corner", max_queries: int = 32, queries: str = "automatic",
+             videos: bool = True, progress: bool = True, backend: str = "torch") -> EvalReport:
+    from tqdm import tqdm
+
+    from mu0_policy.experts.base import make_expert
+    from mu0_sim.env import SawyerSimEnv, canonical_task
+
+    robot = robot_for_eval(robot_path, expert)
+    expert_name = SCRIPTED if expert == SCRIPTED else robot.expert_name
+    expert_label = expert or f"{robot.expert_name} ({robot.expert_params.get('checkpoint', '')})"
+    source = make_trace_source(model, max_queries, queries, backend) if expert_name != SCRIPTED else NoTraces()
+    the_expert = None if expert_name == SCRIPTED else make_expert(robot)
+    if getattr(the_expert, "cfg", None) is not None and not the_expert.cfg.use_traces and model != NO_TRACES:
+        source = NoTraces()     # the no-trace expert never looks at traces: do not pay for μ_0
+        model = NO_TRACES
+    report = EvalReport(robot.robot, model, str(expert_label))
+    out = Path(out_dir) if out_dir else None
+    bar = tqdm(total=len(tasks) * len(seeds), desc=f"eval {robot.robot}", unit="ep", disable=not progress,
+               mininterval=1 if sys.stderr.isatty() else 30)
+    for task in tasks:
+        task = canonical_task(task)
+        env = SawyerSimEnv(task, seed=seeds[0], embodiment=embodiment_of(robot), camera=camera, width=width,
+                           height=height, max_steps=max_steps + 1)
+        for i, seed in enumerate(seeds):
+            frames = [] if (videos and out is not None and i == 0) else None
+            o = run_episode(env, robot, source, seed, expert_name, max_steps, trace_every, frames, the_expert)
+            report.outcomes.append(o)
+            if frames:
+                from mu0_app.replay import write_overlay
+
+                write_overlay(frames, out / f"{task}__seed{seed}.mp4", fps=10.0)
+            bar.set_postfix(task=task, ok=sum(x.success for x in report.outcomes), refresh=False)
+            bar.update(1)
+        env.close()
+    bar.close()
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "success.json").write_text(json.dumps(report.to_json(), indent=1))
+        (out / "success.md").write_text(report.markdown())
+    return report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mu0 eval-policy", description=(
+        "Closed-loop success of a robot config's action expert with a μ_0 predictor, lockstep in the "
+        "MuJoCo sim (deterministic per seed): success.json, success.md, one MP4 per task."))
+    p.add_argument("--robot", required=True, help="robot config YAML (expert, limits, safety)")
+    p.add_argument("--tasks", default="reach,push,pick-place,drawer-open,drawer-close,button-press,door-open,window-open")
+    p.add_argument("--seeds", default="100-119", help="seed list/ranges, e.g. 100-119")
+    p.add_argument("--model", default="checkpoints/mu0_small",
+                   help="μ_0 checkpoint, baseline:<name>, 'ground_truth' (oracle traces) or 'none'")
+    p.add_argument("--expert", default=None,
+                   help="override the YAML's expert: a trace_policy checkpoint dir, trace_follower, or scripted")
+    p.add_argument("--out", required=True)
+    p.add_argument("--max-steps", type=int, default=300)
+    p.add_argument("--trace-every", type=int, default=8, help="sim steps between camera frames (8 = 10 Hz)")
+    p.add_argument("--resolution", default="160x120")
+    p.add_argument("--max-queries", type=int, default=32)
+    p.add_argument("--no-video", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--threads", type=int, default=1)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    try:
+        seeds = parse_seeds(args.seeds)
+        w, h = (int(x) for x in args.resolution.lower().split("x"))
+        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        report = evaluate(args.robot, tasks, seeds, args.model, args.out, args.expert, args.max_steps,
+                          args.trace_every, w, h, max_queries=args.max_queries, videos=not args.no_video,
+                          progress=not args.no_progress)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(report.markdown())
+    print(f"wrote {args.out}/success.json, success.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
