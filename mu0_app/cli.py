@@ -4,6 +4,7 @@
     mu0 sim | run CONFIG          start the node graph (no `ros2 launch` needed)
     mu0 replay BAG [--offline OUT]
     mu0 record | extract | train | eval | export   offline tools
+    mu0 train-expert | eval-policy                 learned action experts: train, closed-loop success
 
 Each subcommand lives in its own module with `main(argv) -> int`; they are imported only when
 used, so `mu0 --help` stays fast and a tool's heavy dependencies load only for that tool.
@@ -25,6 +26,8 @@ SUBCOMMANDS = {
     "train": ("mu0_policy.training.train", "train μ_0 on a TraceExtract dataset"),
     "eval": ("mu0_policy.training.evaluate", "metrics table of μ_0 vs baselines, with a plot"),
     "export": ("mu0_policy.training.export", "export a checkpoint to ONNX"),
+    "train-expert": ("mu0_policy.training.train_expert", "train the learned action expert from demo bags (cached μ_0 traces)"),
+    "eval-policy": ("mu0_app.eval_policy", "closed-loop success of an expert + μ_0 in the sim, over tasks x seeds"),
 }
 
 
