@@ -4,8 +4,14 @@ It keeps the newest traces and joint state, asks the expert for a chunk every `c
 ticks, passes every chunk through the SafetyGuard, and says per control tick what to emit:
 - joint_trajectory: the whole guarded chunk at each re-plan (the controller interpolates), nothing
   in between; a hold is a one-point trajectory at the hold position;
-- forward_position / ee_delta: one row per tick from the guarded chunk.
-Inputs are checked on every tick, so a stale input or an e-stop holds within one tick.
+- forward_position: one row per tick; every row goes through the guard at its tick (the rest of
+  the expert's chunk is re-guarded from the row emitted last), so each emitted row is within the
+  step limit of the previous one whatever happens in between;
+- ee_delta: one row per tick from the guarded chunk.
+Inputs are checked on every tick, so a stale input, a joint-state fault, a clock fault or an e-stop
+holds within one tick. `tick(now_ns, wall_ns)`: with a steady wall clock (time.monotonic_ns) the
+guard also judges staleness and a frozen / rewound ROS clock on it (live nodes); offline replay
+passes no wall clock and stays deterministic.
 """
 from __future__ import annotations
 
@@ -57,9 +63,12 @@ class ExpertRunner:
         self._traces: _Traces | None = None
         self._joints: dict = {}    # name -> (stamp_ns, position, velocity)
         self._plan = None          # guarded rows being executed (forward / ee_delta)
+        self._plan_raw = None      # the expert's joint rows of the plan (forward_position re-guards them)
         self._plan_stamp_ns = None  # camera stamp of the traces the plan came from
         self._plan_tick = 0
         self._ticks_since_plan = 0
+        self._traces_wall_ns = None   # steady-clock arrival of the newest traces / joint state
+        self._joints_wall_ns = None
         self.counts = Counter()
         self.act_ms: list = []     # latency of expert.act, for diagnostics / benchmarks
 
@@ -79,8 +88,17 @@ class ExpertRunner:
             # points in frame_id -> camera (undo camera_to_frame) -> base (configured extrinsic)
             to_base = self._cam_to_base @ traces.camera_to_frame.inverse()
             samples = to_base.apply(samples)
-        self._traces = _Traces(int(traces.stamp_ns), samples, validity, list(traces.entities),
-                               np.asarray(traces.query_ids), float(traces.step_period), str(traces.instruction))
+        if samples.ndim != 3 or samples.shape[-1] != 3 or validity.shape != samples.shape[:2]:
+            raise ValueError(f"traces: samples {samples.shape} / validity {validity.shape} do not match")
+        step_period = float(traces.step_period)
+        if not (np.isfinite(step_period) and step_period > 0):
+            raise ValueError(f"traces.step_period: must be positive, got {step_period}")
+        stamp = int(traces.stamp_ns)
+        if stamp < 0:
+            raise ValueError(f"traces.stamp: negative ({stamp} ns)")
+        self._traces = _Traces(stamp, samples, validity, list(traces.entities),
+                               np.asarray(traces.query_ids), step_period, str(traces.instruction))
+        self._traces_wall_ns = time.monotonic_ns()
         self.counts["traces"] += 1
 
     def update_joint_state(self, stamp_ns: int, names, positions, velocities=None) -> None:
@@ -95,8 +113,12 @@ class ExpertRunner:
         wanted = [i for i, n in enumerate(names) if n in self.robot.joints.names or n == self._gripper_joint]
         if wanted and not np.all(np.isfinite(pos[wanted])):
             raise ValueError("joint_state.position: non-finite values for the robot's joints")
+        if int(stamp_ns) < 0:
+            raise ValueError(f"joint_state.stamp: negative ({int(stamp_ns)} ns)")
         for i in wanted:
             self._joints[names[i]] = (int(stamp_ns), pos[i], np.nan if vel is None else vel[i])
+        if wanted:
+            self._joints_wall_ns = time.monotonic_ns()
         self.counts["joint_states"] += 1
 
     def gripper_measured(self):
@@ -115,12 +137,12 @@ class ExpertRunner:
     # ------------------------------------------------------------------------- e-stop
     def estop(self, reason: str = "e-stop") -> None:
         self.guard.latch_estop(reason)
-        self._plan = None
+        self._plan = self._plan_raw = None
 
     def reset_estop(self) -> bool:
         was = self.guard.reset_estop()
         self.expert.reset()
-        self._plan = None
+        self._plan = self._plan_raw = None
         return was
 
     # ------------------------------------------------------------------------- tick
@@ -132,30 +154,51 @@ class ExpertRunner:
     def _emit(self, out, values, trace_stamp_ns=None, gripper=None):
         g = self.robot.gripper
         if g.interface == "forward_position":
-            if gripper is None:   # a hold, or an expert that does not drive the gripper: keep it
-                gripper = self.guard.gripper_hold(g.lower, g.upper)
-            self.guard.gripper_sent(gripper)
+            # None (a hold, or an expert that does not drive the gripper) keeps it where it was; the
+            # guard makes every emitted value finite, in [lower, upper] and rate-limited
+            gripper = self.guard.gripper_emit(None if out.hold else gripper, g.lower, g.upper, g.max_step_delta)
         else:
             gripper = None
         return TickCommand(self.robot.command_interface, self._names(), values, out.dt, out.hold,
                            out.reasons, out.send, None if out.hold else trace_stamp_ns, gripper)
 
-    def _guard(self, now_ns, chunk, q, js_stamp, tr_stamp):
+    def _guard(self, now_ns, rows, q, js_stamp, tr_stamp, wall):
         if self.robot.command_interface == "ee_delta":
             ee = None
             if q is not None and np.all(np.isfinite(q)):
                 ee = self.kinematics.ee_pose(q)[:3, 3]
-            return self.guard.ee_command(now_ns, None if chunk is None else chunk.ee_deltas, ee, js_stamp, tr_stamp)
-        return self.guard.joint_command(now_ns, None if chunk is None else chunk.joint_positions, q, js_stamp, tr_stamp)
+            return self.guard.ee_command(now_ns, rows, ee, js_stamp, tr_stamp, **wall)
+        return self.guard.joint_command(now_ns, rows, q, js_stamp, tr_stamp, **wall)
 
-    def tick(self, now_ns: int) -> TickCommand | None:
-        """What to emit at this control tick (None: nothing this tick)."""
+    def _chunk_rows(self, chunk):
+        """The expert's rows for this robot's interface, or None when the chunk is unusable."""
+        if chunk is None:
+            return None
+        rows = chunk.ee_deltas if self.robot.command_interface == "ee_delta" else chunk.joint_positions
+        if rows is None:
+            return None
+        width = 4 if self.robot.command_interface == "ee_delta" else len(self.robot.joints.names)
+        try:
+            rows = np.asarray(rows, dtype=float)
+        except (TypeError, ValueError, OverflowError):
+            rows = None
+        if rows is None or rows.ndim not in (1, 2) or rows.shape[-1] != width or rows.size == 0:
+            self.counts["expert_bad_shape"] += 1
+            return None
+        return rows.reshape(-1, width)
+
+    def tick(self, now_ns: int, wall_ns: int | None = None) -> TickCommand | None:
+        """What to emit at this control tick (None: nothing this tick). `wall_ns`: a steady clock
+        (time.monotonic_ns()) for the wall-clock watchdogs; None offline."""
+        now_ns = int(now_ns)
         q, qd, js_stamp = self.measured()
         tr_stamp = None if self._traces is None else self._traces.stamp_ns
-        reasons = self.guard.input_reasons(now_ns, js_stamp, tr_stamp, q)
+        wall = {} if wall_ns is None else dict(wall_ns=int(wall_ns), joint_wall_ns=self._joints_wall_ns,
+                                               trace_wall_ns=self._traces_wall_ns)
+        reasons = self.guard.input_reasons(now_ns, js_stamp, tr_stamp, q, **wall)
         if reasons:
-            self._plan = None
-            out = self._guard(now_ns, None, q, js_stamp, tr_stamp)   # -> a hold with those reasons
+            self._plan = self._plan_raw = None
+            out = self.guard.hold(now_ns, q, reasons)
             self.counts["hold_ticks"] += 1
             return None if out.values is None else self._emit(out, out.values)
         iface = self.robot.command_interface
@@ -167,6 +210,14 @@ class ExpertRunner:
             out = self._plan
             k = min(self._plan_tick, len(out.values) - 1)
             g = None if self._plan_gripper is None else float(self._plan_gripper[min(k, len(self._plan_gripper) - 1)])
+            if iface == "forward_position" and self._plan_raw is not None:
+                # this tick's row goes through the guard now, from the row emitted last
+                raw = self._plan_raw[min(k, len(self._plan_raw) - 1):]
+                step = self._guard(now_ns, raw, q, js_stamp, tr_stamp, wall)
+                if step.values is None or step.hold:
+                    self._plan = self._plan_raw = None
+                    return None if step.values is None else self._emit(step, step.values)
+                return self._emit(step, step.values[:1], self._plan_stamp_ns, g)
             return self._emit(out, out.values[k][None], self._plan_stamp_ns, g)
         t = self._traces
         obs = ExpertObservation(
@@ -177,27 +228,29 @@ class ExpertRunner:
         start = time.perf_counter()
         try:
             chunk = self.expert.act(obs)
-        except (ValueError, ArithmeticError, np.linalg.LinAlgError) as err:
+        except Exception as err:   # noqa: BLE001 - any expert failure is a hold, never a crash
             self.counts["expert_errors"] += 1
-            self.last_expert_error = str(err)
+            self.last_expert_error = f"{type(err).__name__}: {err}"
             chunk = None
         self.act_ms.append((time.perf_counter() - start) * 1e3)
         if len(self.act_ms) > 200:
             del self.act_ms[:100]
-        if chunk is not None and "hold" in chunk.info:
+        if chunk is not None and "hold" in getattr(chunk, "info", {}):
             self.counts["expert_holds"] += 1
-        out = self._guard(now_ns, chunk, q, js_stamp, tr_stamp)
+        rows = self._chunk_rows(chunk)
+        out = self._guard(now_ns, rows, q, js_stamp, tr_stamp, wall)
         if out.values is None:
-            self._plan = None
+            self._plan = self._plan_raw = None
             return None
         if out.hold:
-            self._plan = None
+            self._plan = self._plan_raw = None
             return self._emit(out, out.values)
         self._plan, self._plan_tick, self._ticks_since_plan = out, 0, 1
+        self._plan_raw = rows if iface == "forward_position" else None
         self._plan_stamp_ns = t.stamp_ns
         g = self.robot.gripper
         self._plan_gripper = None
-        if g.interface == "forward_position" and chunk is not None and chunk.gripper is not None:
+        if g.interface == "forward_position" and chunk is not None and getattr(chunk, "gripper", None) is not None:
             self._plan_gripper = self.guard.gripper_command(chunk.gripper, g.lower, g.upper, g.max_step_delta)
         g0 = None if self._plan_gripper is None else float(self._plan_gripper[0])
         self.counts["plans"] += 1
