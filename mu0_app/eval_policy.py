@@ -19,6 +19,10 @@ or `none` (no traces at all: for the no-trace expert). `--expert` overrides the 
 a trace_policy checkpoint directory, `trace_follower`, or `scripted` (Meta-World's scripted policy
 acting directly: the ceiling). Writes success.json, success.md (per task, Wilson 95 % intervals) and
 one MP4 per task (first seed) with the traces drawn.
+
+`--live` runs the same episodes through the real node graph instead (separate processes over DDS,
+real-time sim on /clock), reporting success from the sim node: the live graph does what the
+lockstep loop does.
 """
 from __future__ import annotations
 
@@ -337,6 +341,92 @@ def evaluate(robot_path: str, tasks: list, seeds: list, model: str, out_dir=None
     return report
 
 
+# ------------------------------------------------------------------------------------ over DDS
+def live_episode(robot_path: str, task: str, seed: int, model: str, max_steps: int = 300,
+                 width: int = 160, height: int = 120, camera_rate_hz: float = 10.0,
+                 wall_timeout_s: float = 240.0, log_dir=None, overrides=()) -> EpisodeOutcome:
+    """One episode through the LIVE graph (sim_arm, rgbd_sync, mu0_node, action_expert as separate
+    processes over DDS, config/mu0_sim.yaml), success read from the sim node's /mu0/sim/success.
+
+    The sim runs in real time on sim time (/clock); the episode ends at the first success or after
+    `max_steps` sim steps (or the wall-clock timeout on a machine too slow to get there)."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rosgraph_msgs.msg import Clock
+    from std_msgs.msg import Bool
+
+    from mu0_app.graph_config import load_graph_config, resolve_config
+    from mu0_app.launcher import ProcessGraph
+    from mu0_policy.experts.robot_config import load_robot_config
+    from mu0_sim.env import STEP_PERIOD_NS, canonical_task
+
+    robot = load_robot_config(robot_path)
+    emb = embodiment_of(robot)
+    config = load_graph_config(resolve_config("sim"), [
+        f"sim_arm.task={canonical_task(task)}", f"sim_arm.seed={int(seed)}", f"sim_arm.embodiment={emb}",
+        f"sim_arm.width={width}", f"sim_arm.height={height}", f"sim_arm.camera_rate_hz={camera_rate_hz}",
+        f"action_expert.robot_config={robot_path}", "action_expert.dry_run=false", f"mu0_node.model={model}",
+        "mu0_node.max_queries=32", *overrides])
+    graph = ProcessGraph(config, log_dir=Path(log_dir) if log_dir else None)
+    t0 = time.perf_counter()
+    state = {"success": False, "clock": None, "start": None}
+    if not rclpy.ok():
+        rclpy.init()
+    node = rclpy.create_node(f"eval_policy_probe_{int(seed)}")
+    node.create_subscription(Bool, "/mu0/sim/success", lambda m: state.__setitem__("success", state["success"] or bool(m.data)), 10)
+
+    def on_clock(m):
+        ns = m.clock.sec * 1_000_000_000 + m.clock.nanosec
+        state["clock"] = ns
+        if state["start"] is None:
+            state["start"] = ns
+
+    node.create_subscription(Clock, "/clock", on_clock, 10)
+    ex = SingleThreadedExecutor()
+    ex.add_node(node)
+    graph.start()
+    steps = 0
+    try:
+        while time.perf_counter() - t0 < wall_timeout_s and not state["success"]:
+            ex.spin_once(timeout_sec=0.05)
+            if any(p.poll() not in (None, 0) for p in graph.children.values()):
+                dead = {n: p.poll() for n, p in graph.children.items() if p.poll() is not None}
+                raise RuntimeError(f"live graph: node(s) exited {dead} (logs: {log_dir})")
+            if state["clock"] is not None:
+                steps = int((state["clock"] - state["start"]) // STEP_PERIOD_NS)
+                if steps >= max_steps:
+                    break
+    finally:
+        codes = graph.stop()
+        ex.remove_node(node)
+        node.destroy_node()
+    return EpisodeOutcome(canonical_task(task), int(seed), bool(state["success"]), steps, {},
+                          {"exit_codes": {k: v for k, v in codes.items()}}, None, time.perf_counter() - t0)
+
+
+def evaluate_live(robot_path: str, tasks: list, seeds: list, model: str, out_dir=None, max_steps: int = 300,
+                  width: int = 160, height: int = 120, progress: bool = True) -> EvalReport:
+    from tqdm import tqdm
+
+    from mu0_policy.experts.robot_config import load_robot_config
+
+    robot = load_robot_config(robot_path)
+    report = EvalReport(robot.robot, model, f"{robot.expert_name} (live graph over DDS)")
+    out = Path(out_dir) if out_dir else None
+    bar = tqdm(total=len(tasks) * len(seeds), desc=f"live {robot.robot}", unit="ep", disable=not progress)
+    for task in tasks:
+        for seed in seeds:
+            logs = None if out is None else out / "logs" / f"{task}__seed{seed}"
+            report.outcomes.append(live_episode(robot_path, task, seed, model, max_steps, width, height, log_dir=logs))
+            bar.update(1)
+    bar.close()
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "success.json").write_text(json.dumps(report.to_json(), indent=1))
+        (out / "success.md").write_text(report.markdown())
+    return report
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mu0 eval-policy", description=(
         "Closed-loop success of a robot config's action expert with a μ_0 predictor, lockstep in the "
@@ -356,6 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-video", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--live", action="store_true",
+                   help="run each episode through the live node graph over DDS (config/mu0_sim.yaml, "
+                        "the robot YAML's own expert), success from the sim node")
     return p
 
 
@@ -364,10 +457,20 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    import cv2
+
+    cv2.setNumThreads(args.threads)
     try:
         seeds = parse_seeds(args.seeds)
         w, h = (int(x) for x in args.resolution.lower().split("x"))
         tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        if args.live:
+            if args.expert or args.model in (GROUND_TRUTH, NO_TRACES):
+                raise ValueError("--live runs the robot YAML's expert with a μ_0 checkpoint or baseline:<name>")
+            report = evaluate_live(args.robot, tasks, seeds, args.model, args.out, args.max_steps, w, h,
+                                   progress=not args.no_progress)
+            print(report.markdown())
+            return 0
         report = evaluate(args.robot, tasks, seeds, args.model, args.out, args.expert, args.max_steps,
                           args.trace_every, w, h, max_queries=args.max_queries, videos=not args.no_video,
                           progress=not args.no_progress)

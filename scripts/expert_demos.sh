@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source env.sh
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1   # one thread per job: 2 cores, several jobs
 OUT="${1:-data/expert}"
 TASKS=reach,push,pick-place,drawer-open,drawer-close,button-press,door-open,window-open
 for EMB in sawyer_ee sawyer_joint; do

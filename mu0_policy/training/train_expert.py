@@ -52,6 +52,9 @@ def train(args) -> Path:
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
+    import cv2
+
+    cv2.setNumThreads(args.threads)
     rng = np.random.default_rng(args.seed)
     robot = load_robot_config(args.robot)
     bags = sorted(p for p in Path(args.bags).iterdir() if (p / "episode.json").is_file())

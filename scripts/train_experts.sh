@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Regenerates the bundled learned experts and their closed-loop success tables, resumably:
+#   bash scripts/train_experts.sh [ee|joint|all]      (default all)
+# demos (scripts/expert_demos.sh) -> per embodiment: trace_policy on frozen μ_0 traces (bundled),
+# the no-trace ablation, the ground-truth-trace upper bound -> ONNX export + parity -> eval-policy.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source env.sh
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1   # one thread per job: 2 cores, several jobs
+WHICH="${1:-all}"
+DATA="${MU0_EXPERT_DATA:-data/expert}"
+RUNS="${MU0_EXPERT_RUNS:-runs/experts}"
+STEPS="${MU0_EXPERT_STEPS:-3000}"
+bash scripts/expert_demos.sh "$DATA"
+for EMB in ee joint; do
+  [ "$WHICH" = all ] || [ "$WHICH" = "$EMB" ] || continue
+  ROBOT=config/robots/sim_sawyer_${EMB}.yaml
+  BAGS="$DATA/bags_${EMB}"
+  COMMON=(--bags "$BAGS" --robot "$ROBOT" --steps "$STEPS" --no-progress --export)
+  [ -f "$RUNS/${EMB}_mu0/model.onnx" ] || nice -n 5 mu0 train-expert "${COMMON[@]}" --model checkpoints/mu0_small --out "$RUNS/${EMB}_mu0"
+  [ -f "$RUNS/${EMB}_notrace/model.onnx" ] || nice -n 5 mu0 train-expert "${COMMON[@]}" --model checkpoints/mu0_small --no-traces --out "$RUNS/${EMB}_notrace"
+  [ -f "$RUNS/${EMB}_gt/model.onnx" ] || nice -n 5 mu0 train-expert "${COMMON[@]}" --model ground_truth --out "$RUNS/${EMB}_gt"
+  mkdir -p checkpoints/expert_sawyer_${EMB}
+  cp "$RUNS/${EMB}_mu0/"{model.safetensors,config.json,model.onnx} checkpoints/expert_sawyer_${EMB}/
+done
+echo "experts trained; success tables: bash scripts/eval_experts.sh"
