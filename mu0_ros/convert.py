@@ -30,6 +30,15 @@ IMAGE_ENCODINGS = {
 }
 MM_PER_M = 1000.0
 
+# Size limits checked BEFORE anything is allocated from a message's numbers (a 4-byte field must
+# never make a subscriber allocate gigabytes). Generous for any real camera / model.
+MAX_HORIZON_STEPS = 10_000
+MAX_TRACES = 10_000
+MAX_CONTROL_POINTS = 10_000
+MAX_KNOTS = 20_000
+MAX_IMAGE_BYTES = 512 * 1024 * 1024
+MAX_JOINTS = 10_000
+
 
 # ----------------------------------------------------------------------------------------------
 # message construction (rclpy classes or a rosbags typestore)
@@ -59,6 +68,21 @@ def _array_field(values, typecode: str, typestore):
 def stamp_to_ns(stamp) -> int:
     """builtin_interfaces/Time -> integer nanoseconds."""
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def check_stamp(stamp_ns: int, now_ns: int | None = None, max_future_s: float | None = None,
+                field: str = "header.stamp") -> int:
+    """A message stamp a node may use: ValueError (naming the field) when it is negative or more
+    than `max_future_s` ahead of the node clock `now_ns` (the future check is skipped when the clock
+    has not started, now_ns <= 0, as with use_sim_time before the first /clock)."""
+    stamp_ns = int(stamp_ns)
+    if stamp_ns < 0:
+        raise ValueError(f"{field}: negative time {stamp_ns} ns")
+    if max_future_s is not None and now_ns is not None and now_ns > 0 \
+            and stamp_ns - int(now_ns) > max_future_s * 1e9:
+        raise ValueError(f"{field}: {(stamp_ns - int(now_ns)) * 1e-9:.3f} s ahead of the node clock "
+                         f"(max {max_future_s:g} s)")
+    return stamp_ns
 
 
 def ns_to_stamp(ns: int, typestore=None):
@@ -98,6 +122,8 @@ def image_to_numpy(msg) -> np.ndarray:
     row_bytes = width * channels * itemsize
     if step < row_bytes:
         raise ValueError(f"step: {step} bytes is less than width*channels*itemsize = {row_bytes}")
+    if height * step > MAX_IMAGE_BYTES:
+        raise ValueError(f"height*step: {height}*{step} bytes is over the {MAX_IMAGE_BYTES} byte limit")
     buf = np.frombuffer(memoryview(msg.data).cast("B"), dtype=np.uint8)
     if buf.size != height * step:
         raise ValueError(f"data: {buf.size} bytes, expected height*step = {height}*{step} = {height * step}")
@@ -303,16 +329,29 @@ def trace_set_to_msg(traces: TraceSet, typestore=None):
 def trace_msg_to_set(msg) -> TraceSet:
     """mu0_msgs/TraceArray -> TraceSet. Raises ValueError naming the field on inconsistent input."""
     horizon = int(msg.horizon_steps)
-    if horizon <= 0:
-        raise ValueError(f"horizon_steps: must be positive, got {horizon}")
+    if horizon <= 0 or horizon > MAX_HORIZON_STEPS:
+        raise ValueError(f"horizon_steps: must be in 1..{MAX_HORIZON_STEPS}, got {horizon}")
     if not (math.isfinite(msg.step_period) and msg.step_period > 0):
         raise ValueError(f"step_period: must be positive, got {msg.step_period}")
     n = len(msg.traces)
+    if n > MAX_TRACES:
+        raise ValueError(f"traces: {n} traces, more than {MAX_TRACES}")
     if n == 0:
         knots, degree, num_ctrl = np.zeros(0), 3, 0
     else:
         first = msg.traces[0]
+        if len(first.control_points) > MAX_CONTROL_POINTS or len(first.knots) > MAX_KNOTS:
+            raise ValueError(f"traces[0]: {len(first.control_points)} control points / {len(first.knots)} knots "
+                             f"(max {MAX_CONTROL_POINTS} / {MAX_KNOTS})")
         knots, degree, num_ctrl = np.asarray(first.knots, dtype=float), int(first.degree), len(first.control_points)
+    # every length is checked before the (n, horizon+1, 3) arrays are allocated
+    for i, tr in enumerate(msg.traces):
+        if len(tr.samples) != horizon + 1:
+            raise ValueError(f"traces[{i}].samples: {len(tr.samples)} samples, expected horizon_steps+1 = {horizon + 1}")
+        if len(tr.validity) != horizon + 1:
+            raise ValueError(f"traces[{i}].validity: {len(tr.validity)} values, expected {horizon + 1}")
+        if len(tr.control_points) != num_ctrl or int(tr.degree) != degree or len(tr.knots) != len(knots):
+            raise ValueError(f"traces[{i}]: spline (degree/knots/control_points) differs from traces[0]")
     ctrl = np.zeros((n, num_ctrl, 3))
     samples = np.zeros((n, horizon + 1, 3))
     validity = np.zeros((n, horizon + 1), dtype=np.float32)
@@ -381,6 +420,8 @@ def _duration(seconds: float, typestore=None):
 
 def joint_state_to_arrays(msg):
     """sensor_msgs/JointState -> (stamp_ns, names, positions (J,), velocities (J,) or None)."""
+    if len(msg.name) > MAX_JOINTS:
+        raise ValueError(f"joint_state.name: {len(msg.name)} names, more than {MAX_JOINTS}")
     names = [str(n) for n in msg.name]
     if len(set(names)) != len(names):
         raise ValueError(f"joint_state.name: duplicates in {names}")

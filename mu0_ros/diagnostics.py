@@ -6,8 +6,10 @@ lazily, so the core stays importable without ROS.
 """
 from __future__ import annotations
 
+import re
 import threading
 import time
+from collections import Counter
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -91,6 +93,49 @@ class RuntimeMonitor:
         level = WARN if problems else OK
         text = message or (("problems: " + ", ".join(problems)) if problems else "ok")
         return StatusData(self.name, self.hardware_id, level, text, values)
+
+
+_INDEX = re.compile(r"\[\d+\]")
+
+
+def drop_reason(exc: BaseException) -> str:
+    """A bounded counter name for why one message was dropped: the field a ValueError names
+    (indices stripped: `traces[].samples`), else the exception type (MemoryError, OverflowError, ...)."""
+    kind = type(exc).__name__
+    if isinstance(exc, ValueError):
+        head = str(exc).split(":", 1)[0].strip()
+        if head and ":" in str(exc) and len(head) <= 48 and " " not in head:
+            return _INDEX.sub("[]", head)
+        return "invalid"
+    return kind
+
+
+class DropCounter:
+    """Messages a subscriber dropped, per topic and reason; thread-safe. The node logs a throttled
+    warning and reports `dropped.<topic key>.<reason>` on /diagnostics."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.by_reason: Counter = Counter()
+        self.by_key: Counter = Counter()
+        self.last = ""
+
+    def drop(self, key: str, exc: BaseException) -> tuple[str, int]:
+        reason = drop_reason(exc)
+        with self._lock:
+            self.by_reason[f"{key}.{reason}"] += 1
+            self.by_key[key] += 1
+            self.last = f"{key}: {type(exc).__name__}: {str(exc)[:200]}"
+            return reason, self.by_key[key]
+
+    def total(self, key: str | None = None) -> int:
+        with self._lock:
+            return sum(self.by_key.values()) if key is None else self.by_key.get(key, 0)
+
+    def values(self) -> dict:
+        """{'dropped.<key>.<reason>': 'n'} for /diagnostics."""
+        with self._lock:
+            return {f"dropped.{k}": str(v) for k, v in sorted(self.by_reason.items())}
 
 
 def diagnostic_array_msg(statuses: list[StatusData], stamp):

@@ -87,3 +87,31 @@ class QosEventMonitor:
     def total(self) -> int:
         with self._lock:
             return sum(self.incompatible.values())
+
+
+def spin_until_shutdown(node, executor=None) -> int:
+    """Spin `node` until Ctrl-C / SIGTERM / external shutdown; returns the exit code.
+
+    0 on a requested shutdown, even when the middleware raises from a take that was interrupted by
+    it (e.g. "RuntimeError: Unable to convert call argument" from take_message during SIGINT);
+    1, with the error printed on one line, for an exception while the context was still running."""
+    import sys
+
+    import rclpy
+    from rclpy.executors import ExternalShutdownException
+
+    try:
+        if executor is None:
+            rclpy.spin(node)
+        else:
+            executor.add_node(node)
+            executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        return 0
+    except Exception as exc:  # noqa: BLE001
+        if not rclpy.ok():   # shutting down: whatever the interrupted take raised is not an error
+            return 0
+        print(f"{node.get_name()}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+

@@ -25,7 +25,8 @@ from mu0_policy.experts import load_robot_config
 from mu0_core.traces import TraceSet
 from mu0_ros import convert
 
-RESET_Q = np.array([1.889, -0.576, -0.977, 1.642, 0.943, 1.044, 2.293, -1.0])
+RESET_Q = np.array([1.889, -0.576, -0.977, 1.642, 0.943, 1.044, 2.293])   # the 7 arm joints
+GRIPPER_Q = -1.0                                                           # /joint_states "gripper" (own interface)
 FWD_CFG = "config/robots/sim_sawyer_forward.yaml"
 JTC_CFG = "config/robots/sim_sawyer_joint.yaml"
 DIRECTION = np.array([0.1, 0.0, -0.05])
@@ -67,13 +68,14 @@ def graph():
     }
     rclpy.init()
     node = rclpy.create_node("expert_test_graph")
-    got = {"fwd": [], "jtc": [], "dry": [], "diag": []}
+    got = {"fwd": [], "jtc": [], "dry": [], "diag": [], "grip": []}
     rel = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
     node.create_subscription(Float64MultiArray, robot.command_topic, lambda m: got["fwd"].append((time.monotonic(), m)), rel)
     node.create_subscription(JointTrajectory, "/joint_trajectory_controller/joint_trajectory",
                              lambda m: got["jtc"].append((time.monotonic(), m)), rel)
     node.create_subscription(JointTrajectory, "/dry/joint_trajectory", lambda m: got["dry"].append(m), rel)
     node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: got["diag"].append(m), rel)
+    node.create_subscription(Float64MultiArray, robot.gripper.topic, lambda m: got["grip"].append(m), rel)
     pubs = {
         "js": node.create_publisher(JointState, "/joint_states", 10),
         "traces": node.create_publisher(TraceArray, "/mu0/traces", rel),
@@ -91,8 +93,8 @@ def graph():
             q[2] = np.nan
         js = JointState()
         js.header.stamp = convert.ns_to_stamp(now)
-        js.name = list(robot.joint_names)
-        js.position = [float(v) for v in q]
+        js.name = list(robot.joint_names) + ["gripper"]
+        js.position = [float(v) for v in q] + [GRIPPER_Q]
         pubs["js"].publish(js)
         if state["send"]:
             pubs["traces"].publish(convert.trace_set_to_msg(trace_set(now, ee, nan=state["nan_traces"])))
@@ -127,14 +129,16 @@ def test_live_node_publishes_guarded_commands_toward_the_trace(graph):
     lim = robot.joints
     for _, m in got["fwd"][-10:]:
         q = np.asarray(m.data)
-        assert q.shape == (8,) and np.all(np.isfinite(q))
+        assert q.shape == (7,) and np.all(np.isfinite(q))
         assert np.all(q >= lim.lower) and np.all(q <= lim.upper)
         # the arm "stays" at RESET_Q here, so every command is within a few steps of it
         assert np.all(np.abs(q - RESET_Q) <= 3 * lim.max_step_delta + 1e-9)
         moved = kin.ee_pose(q)[:3, 3] - ee
         assert moved @ DIRECTION > 0                         # toward where the gripper trace goes
+    grip = [np.asarray(m.data) for m in got["grip"]]
+    assert grip and all(g.shape == (1,) and np.isfinite(g[0]) and -1.0 <= g[0] <= 1.0 for g in grip)
     traj = got["jtc"][-1][1]
-    assert list(traj.joint_names) == robot.joint_names and len(traj.points) == 10
+    assert list(traj.joint_names) == robot.joint_names and len(traj.points) == load_robot_config(JTC_CFG).chunk_horizon
     t = [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in traj.points]
     assert np.allclose(np.diff(t), 0.05)
     final = kin.ee_pose(np.asarray(traj.points[-1].positions))[:3, 3] - ee

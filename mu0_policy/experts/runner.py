@@ -145,6 +145,20 @@ class ExpertRunner:
         self._plan = self._plan_raw = None
         return was
 
+    def restart(self) -> None:
+        """Start a new command stream (lifecycle activate): the next command starts from the measured
+        joints, not from a command sent before an inactive period."""
+        self.guard.forget_commands()
+        self.expert.reset()
+        self._plan = self._plan_raw = None
+
+    def hold(self, now_ns: int, reason: str, wall_ns: int | None = None) -> TickCommand | None:
+        """An explicit hold now (lifecycle deactivate, shutdown), guarded like any command."""
+        q, _, _ = self.measured()
+        self._plan = self._plan_raw = None
+        out = self.guard.hold(int(now_ns), q, [reason])
+        return None if out.values is None else self._emit(out, out.values)
+
     # ------------------------------------------------------------------------- tick
     def _names(self):
         if self.robot.command_interface == "ee_delta":

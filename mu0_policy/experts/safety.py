@@ -201,6 +201,11 @@ class SafetyGuard:
         self._estop_reason = None
         return was
 
+    def forget_commands(self) -> None:
+        """Forget the command history (a new command stream starts from the measured joints)."""
+        self._schedule = None
+        self._last_joint_command = None
+
     # ------------------------------------------------------------------------- input checks
     def _age_reason(self, now_ns, stamp_ns, timeout_s, missing, stale, wall_ns=None, arrival_wall_ns=None):
         if stamp_ns is None:
