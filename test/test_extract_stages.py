@@ -72,10 +72,28 @@ def test_camera_pose_estimation_ignores_moving_points():
 
 
 def test_segmentation_splits_two_motions():
+    # rest 0-9, motion 10-29, rest 30-39, motion 40-59, rest 60-69: one cut, at the centre of the pause
     speed = np.concatenate([np.zeros(10), np.ones(20), np.zeros(10), np.ones(20), np.zeros(10)]) * 0.01
-    segs = segment_events(speed)
-    assert len(segs) >= 2 and segs[0].start == 0 and segs[-1].end == len(speed)
-    assert all(a.end == b.start for a, b in zip(segs[:-1], segs[1:]))
+    assert [(s.start, s.end) for s in segment_events(speed)] == [(0, 35), (35, 70)]
+
+
+def test_segmentation_exact_boundaries_on_smooth_motions():
+    def bell(n):                                     # a minimum-jerk speed profile, 0 at both ends
+        t = np.linspace(0, 1, n)
+        return 30 * t ** 2 * (1 - t) ** 2
+
+    # motion 5-29, pause 30-41, slower motion 42-62, pause 63-68, motion 69-93, rest to 98
+    speed = np.concatenate([np.zeros(5), bell(25), np.zeros(12), 0.5 * bell(21), np.zeros(6),
+                            bell(25), np.zeros(5)]) * 0.01
+    assert [(s.start, s.end) for s in segment_events(speed)] == [(0, 36), (36, 65), (65, 99)]
+    # one motion is one segment (no cut between its start and its stop); too short: one segment
+    one = np.concatenate([np.zeros(10), np.ones(30), np.zeros(10)])
+    assert [(s.start, s.end) for s in segment_events(one)] == [(0, 50)]
+    assert [(s.start, s.end) for s in segment_events(np.zeros(40))] == [(0, 40)]
+    assert [(s.start, s.end) for s in segment_events(np.ones(10))] == [(0, 10)]
+    # a pause shorter than min_length from the end is not cut
+    tail = np.concatenate([np.zeros(10), np.ones(40), np.zeros(4), np.ones(4)])
+    assert [(s.start, s.end) for s in segment_events(tail)] == [(0, 58)]
 
 
 def test_small_entity_above_table_plane_gets_its_own_label():

@@ -2,7 +2,8 @@
 
 Segmentation (after the paper): the speed of the moving points is smoothed with a
 Savitzky-Golay filter, its acceleration magnitude gives peaks (action anchors), and a boundary is
-placed at the minimum of acceleration between consecutive peaks.
+placed at the minimum of acceleration between consecutive peaks where the points pause (a cut
+between the start and the stop of one motion is not made).
 
 Captions are hierarchical: the episode's task text is the top level; each segment gets a caption
 from a pluggable `Captioner`. The default `RuleBasedCaptioner` describes only what it can measure
@@ -42,10 +43,14 @@ def motion_signal(xyz_world: np.ndarray, valid: np.ndarray, moving: np.ndarray) 
 
 
 def segment_events(speed: np.ndarray, window: int = 9, polyorder: int = 2, min_length: int = 8,
-                   prominence_frac: float = 0.2) -> list[Segment]:
-    """Boundaries from Savitzky-Golay smoothed acceleration: peaks = action anchors, a boundary
-    at the acceleration minimum between consecutive anchors. Segments shorter than min_length
-    merge into their neighbour."""
+                   prominence_frac: float = 0.2, pause_frac: float = 0.25) -> list[Segment]:
+    """Boundaries from Savitzky-Golay smoothed acceleration: peaks = action anchors (a motion
+    starting or stopping), a boundary at the acceleration minimum between consecutive anchors
+    where the points pause (smoothed speed <= pause_frac * its maximum) — a cut between the start
+    and the stop of one motion would split that motion. Ties (a flat minimum) resolve to the middle
+    of the flat run, so a pause is cut at its centre. Segments shorter than min_length merge into
+    their neighbour. Returns contiguous segments covering [0, T)."""
+    speed = np.asarray(speed, dtype=float)
     T = len(speed)
     if T < max(window, 2 * min_length):
         return [Segment(0, T)]
@@ -54,9 +59,15 @@ def segment_events(speed: np.ndarray, window: int = 9, polyorder: int = 2, min_l
     acc = np.abs(savgol_filter(speed, w, polyorder, deriv=1))
     prom = prominence_frac * (acc.max() - acc.min()) if acc.max() > acc.min() else np.inf
     peaks, _ = find_peaks(acc, prominence=prom, distance=min_length // 2 or 1)
+    top = max(float(np.abs(smooth).max()), 1e-12)
+    cost = acc / max(float(acc.max()), 1e-12) + np.abs(smooth) / top
     bounds = [0]
     for a, b in zip(peaks[:-1], peaks[1:]):
-        cut = int(a + np.argmin(acc[a:b + 1] + 1e-3 * smooth[a:b + 1]))
+        c = cost[a:b + 1]
+        flat = np.flatnonzero(c <= c.min() + 1e-6)
+        cut = int(a + flat[len(flat) // 2])
+        if abs(smooth[cut]) > pause_frac * top:
+            continue                                  # no pause between these anchors
         if cut - bounds[-1] >= min_length and T - cut >= min_length:
             bounds.append(cut)
     bounds.append(T)
