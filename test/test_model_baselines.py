@@ -84,9 +84,30 @@ def test_depth_hole_falls_back_and_marks_unknown_depth_invalid():
 
 
 def test_batched_requests_with_different_query_counts():
-    reqs = [make_request(np.zeros((n, 2)) + 10) for n in (1, 5, 0)]
-    res = ConstantVelocityPredictor().predict(reqs, num_samples=2)
-    assert [r.samples_uvz.shape[1] for r in res] == [1, 5, 0]
+    """A batch gives, request by request, the values each request gives alone (and the analytic
+    constant-velocity extrapolation), not only the right shapes."""
+    rng = np.random.default_rng(5)
+    reqs, wants = [], []
+    for n, depth in ((1, 0.6), (5, 0.8), (0, 1.1), (3, 0.9)):
+        query = rng.uniform([2, 2], [W - 3, H - 3], (n, 2))
+        vel = rng.normal(0, 0.004, (n, 3))
+        anchor = np.concatenate([to_norm(query), np.full((n, 1), depth)], 1)
+        history = (anchor[:, None] + np.arange(-8, 0)[None, :, None] * vel[:, None]).astype(np.float32)
+        reqs.append(make_request(query, depth_value=depth, history=history))
+        wants.append(anchor[:, None] + np.arange(33)[None, :, None] * vel[:, None])
+    for pred in (ConstantVelocityPredictor(), ZeroMotionPredictor()):
+        batched = pred.predict(reqs, num_samples=2)
+        assert [r.samples_uvz.shape[1] for r in batched] == [1, 5, 0, 3]
+        for req, want, res in zip(reqs, wants, batched):
+            (alone,) = pred.predict([req], num_samples=2)
+            np.testing.assert_allclose(res.samples_uvz, alone.samples_uvz, atol=1e-6)
+            np.testing.assert_allclose(res.ctrl_uvz, alone.ctrl_uvz, atol=1e-6)
+            np.testing.assert_array_equal(res.validity, alone.validity)
+            if isinstance(pred, ZeroMotionPredictor):
+                want = np.repeat(want[:, :1], 33, 1)
+            for k in range(2):
+                np.testing.assert_allclose(res.samples_uvz[k], want, atol=1e-5)
+            assert np.all(res.validity == 1.0)
 
 
 @pytest.mark.parametrize("field,kwargs", [
