@@ -167,16 +167,43 @@ def test_training_runs_unchanged_under_torchrun_ddp(dataset, tmp_path):
     import subprocess
     import sys
 
-    out = tmp_path / "ddp"
+    import torch
+    from safetensors.torch import load_file
+
+    out, ranks = tmp_path / "ddp", tmp_path / "ranks"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            "-m", "mu0_policy.training.train", "--data", str(dataset), "--out", str(out), "--preset", "tiny",
-                           "--steps", "3", "--batch-size", "2", "--eval-every", "3", "--save-every", "3", "--quiet"],
+                           "--steps", "3", "--batch-size", "2", "--eval-every", "3", "--save-every", "3", "--quiet",
+                           "--rank-weights-dir", str(ranks)],
                           env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["training"]["steps"] == 3 and cfg["training"]["batch_size"] == 4   # 2 ranks x 2
+    # gradients are synchronised: each rank initialises with its own seed and draws its own batches
+    # and noise, yet after 3 optimizer steps both ranks hold bit-identical weights ...
+    w0, w1 = load_file(str(ranks / "rank0.safetensors")), load_file(str(ranks / "rank1.safetensors"))
+    assert w0.keys() == w1.keys() and len(w0) > 10
+    for k in w0:
+        assert torch.equal(w0[k], w1[k]), k
+    # ... the weights moved away from the initialisation, and rank 0's are the saved checkpoint
+    saved = load_file(str(out / "model.safetensors"))
+    init = _init_weights(out, cfg["training"]["seed"])
+    moved = [k for k in saved if k in init and not torch.equal(saved[k], init[k])]
+    assert len(moved) > 10
+    for k in saved:
+        assert torch.equal(saved[k], w0[k]), k
     assert make_predictor(out).predict(_requests((4,)), seed=0)[0].samples_uvz.shape == (1, 4, 33, 3)
+
+
+def _init_weights(ckpt, seed):
+    """Rank 0's initial weights (its seed): what DDP broadcasts to every rank before the first step."""
+    from mu0_policy.model.checkpoint import read_config
+    from mu0_policy.model.mu0 import Mu0Model
+    from mu0_policy.training.train import seed_everything
+
+    seed_everything(seed)
+    return {k: v.detach().clone() for k, v in Mu0Model(read_config(ckpt)[0]).state_dict().items()}
 
 
 def test_clis_fail_at_start_naming_the_bad_file(tmp_path, dataset, capsys):

@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for forward/loss (GPU training)")
     p.add_argument("--resume", action="store_true", help="continue from --out's trainer_state.safetensors")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--rank-weights-dir", default="",
+                   help="check: every rank writes its final weights to DIR/rank<r>.safetensors "
+                        "(under DDP they must be identical: gradients are synchronised)")
     return p
 
 
@@ -305,6 +308,11 @@ def main(argv: list[str] | None = None) -> int:
         progress.close()
     if rank == 0:
         print(f"saved {out} after {step} steps ({time.time() - t0:.0f} s)", file=sys.stderr)
+    if args.rank_weights_dir:
+        from safetensors.torch import save_file
+        Path(args.rank_weights_dir).mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                  str(Path(args.rank_weights_dir) / f"rank{rank}.safetensors"))
     if world > 1:
         import torch.distributed as dist
         dist.destroy_process_group()
