@@ -8,6 +8,13 @@ anything before it in its queue) can never be part of a match any more and is dr
 unmatched. Messages older than an emitted set
 are dropped too (they lost their partner). Every drop is counted per stream and reason, so a node
 can report them.
+
+Stamps: the assembler rejects a negative stamp or one more than `max_future_s` ahead of the node
+clock per message (`bad_stamp`), before it reaches the matcher, so one bad frame never blocks the
+good ones after it. A stamp older than the last match is dropped per message (`out_of_order`);
+when `restart_after` messages in a row are (the input timeline restarted, e.g. a looping bag
+without /clock) the matcher resets, as ROS components do on a backwards time jump. A node also
+calls `reset()` when its own clock jumps backwards.
 """
 from __future__ import annotations
 
@@ -25,6 +32,7 @@ class SyncStats:
     dropped_unmatched: dict = field(default_factory=dict)  # stream -> count (no partner within slop)
     dropped_overflow: dict = field(default_factory=dict)   # stream -> count (queue full)
     dropped_out_of_order: dict = field(default_factory=dict)  # stream -> count (older than last match)
+    timeline_resets: int = 0                                # resets after a run of backwards stamps
 
     def total_dropped(self) -> int:
         return (sum(self.dropped_unmatched.values()) + sum(self.dropped_overflow.values())
@@ -39,7 +47,7 @@ class ApproximateTimeMatcher:
     """
 
     def __init__(self, streams, slop_ns: int, queue_size: int = 10,
-                 on_drop: Callable[[str, str, int], None] | None = None):
+                 on_drop: Callable[[str, str, int], None] | None = None, restart_after: int | None = None):
         streams = list(streams)
         if len(streams) < 2 or len(set(streams)) != len(streams):
             raise ValueError(f"streams must be >= 2 distinct names, got {streams}")
@@ -53,6 +61,8 @@ class ApproximateTimeMatcher:
         self._queues: dict[str, deque] = {s: deque() for s in streams}
         self._last_emitted_ns: int | None = None
         self._on_drop = on_drop
+        self.restart_after = 3 * len(streams) if restart_after is None else int(restart_after)
+        self._backwards_run = 0
         self.stats = SyncStats(received={s: 0 for s in streams},
                                dropped_unmatched={s: 0 for s in streams},
                                dropped_overflow={s: 0 for s in streams},
@@ -73,7 +83,13 @@ class ApproximateTimeMatcher:
         self.stats.received[stream] += 1
         if self._last_emitted_ns is not None and stamp_ns < self._last_emitted_ns - self.slop_ns:
             self._drop(stream, "out_of_order", stamp_ns)
-            return []
+            self._backwards_run += 1
+            if self.restart_after <= 0 or self._backwards_run < self.restart_after:
+                return []
+            # the input timeline restarted (or one far-ahead match poisoned it): start over from here
+            self.reset()
+            self.stats.timeline_resets += 1
+        self._backwards_run = 0
         queue = self._queues[stream]
         # keep the queue sorted by stamp (transports may reorder slightly)
         position = len(queue)
@@ -124,13 +140,14 @@ class ApproximateTimeMatcher:
         for queue in self._queues.values():
             queue.clear()
         self._last_emitted_ns = None
+        self._backwards_run = 0
 
 
 # ----------------------------------------------------------------------------------------------
 # colour + depth + camera_info -> one RGBDFrame (shared by the rgbd_sync node and offline replay)
 # ----------------------------------------------------------------------------------------------
 STREAMS = ("color", "depth", "info")
-FAULTS = ("bad_encoding", "size_mismatch", "bad_camera_info", "invalid_depth", "malformed")
+FAULTS = ("bad_encoding", "size_mismatch", "bad_camera_info", "invalid_depth", "malformed", "bad_stamp")
 
 
 class FrameRejected(ValueError):
@@ -196,12 +213,24 @@ class RGBDAssembler:
         self.faults = {f: 0 for f in FAULTS}
         self.last_fault = ""
 
-    def add(self, stream: str, msg) -> list:
-        """Feed a colour / depth / info message; returns completed frames ([] usually)."""
-        from mu0_ros.convert import stamp_to_ns
+    def reset(self) -> None:
+        """Forget everything queued (a backwards time jump of the node clock)."""
+        self.matcher.reset()
 
+    def add(self, stream: str, msg, now_ns: int | None = None, max_future_s: float | None = None) -> list:
+        """Feed a colour / depth / info message; returns completed frames ([] usually). A negative
+        stamp, or one more than `max_future_s` ahead of `now_ns` (the node clock), is counted as
+        `bad_stamp` and dropped on its own."""
+        from mu0_ros.convert import check_stamp, stamp_to_ns
+
+        try:
+            stamp = check_stamp(stamp_to_ns(msg.header.stamp), now_ns, max_future_s, f"{stream}.header.stamp")
+        except ValueError as exc:
+            self.faults["bad_stamp"] += 1
+            self.last_fault = str(exc)
+            return []
         frames = []
-        for match in self.matcher.add(stream, stamp_to_ns(msg.header.stamp), msg):
+        for match in self.matcher.add(stream, stamp, msg):
             try:
                 frames.append(assemble_frame(match["color"][1], match["depth"][1], match["info"][1],
                                              self.min_valid_depth_fraction))

@@ -5,7 +5,12 @@ publishers whatever their reliability setting; an incompatible override is repor
 throttled warning), never silent. Matching is `mu0_perception.sync.RGBDAssembler` (approximate
 time, `slop` seconds, `queue_size` per stream). Depth 16UC1 millimetres or 32FC1 metres comes out
 as 32FC1 metres with NaN for invalid pixels. Every drop is counted by reason and published on
-/diagnostics; malformed frames are dropped with a throttled warning, never a crash.
+/diagnostics; malformed frames are dropped with a throttled warning, never a crash: any exception
+from one message (MemoryError, OverflowError, TypeError, ...) is counted by reason
+(`dropped.<stream>.<reason>`) and the node keeps serving. A negative stamp or one more than
+`max_stamp_future_s` (5 s) ahead of the node clock is dropped per message (`bad_stamp`); when the
+node clock jumps backwards (`mu0 replay BAG --loop` with use_sim_time) the sync state is reset
+(`time_jump_resets`), as ROS components do. SIGINT exits 0.
 """
 from __future__ import annotations
 
@@ -22,8 +27,8 @@ from sensor_msgs.msg import CameraInfo, Image
 from mu0_msgs.msg import RGBD
 from mu0_perception.sync import FAULTS, STREAMS, RGBDAssembler
 from mu0_ros import convert
-from mu0_ros.diagnostics import WARN, RuntimeMonitor, diagnostic_array_msg
-from mu0_ros.qos import QosEventMonitor, make_qos, reliable_qos
+from mu0_ros.diagnostics import WARN, DropCounter, RuntimeMonitor, diagnostic_array_msg
+from mu0_ros.qos import QosEventMonitor, make_qos, reliable_qos, spin_until_shutdown
 
 
 class RGBDSyncNode(Node):
@@ -42,12 +47,15 @@ class RGBDSyncNode(Node):
         depth = int(p("input_depth", 5).value)
         min_valid = float(p("min_valid_depth_fraction", 0.05).value)
         self.missing_input_timeout = float(p("missing_input_timeout", 2.0).value)
+        self.max_future_s = float(p("max_stamp_future_s", 5.0).value)
         period = float(p("diagnostics_period", 1.0).value)
         input_qos = make_qos(reliability, "volatile", depth, name="input")  # ValueError names the parameter
 
         self.monitor = RuntimeMonitor("mu0: rgbd_sync")
         self.qos_events = QosEventMonitor(self)
         self.assembler = RGBDAssembler(slop, queue_size, min_valid)
+        self.drops = DropCounter()
+        self._last_clock_ns = None
         self._lock = threading.Lock()
         self._last_seen = {s: None for s in STREAMS}
         self._started = time.monotonic()
@@ -68,21 +76,38 @@ class RGBDSyncNode(Node):
 
     def _on_message(self, stream: str, msg) -> None:
         try:
-            with self._lock:
-                self._last_seen[stream] = time.monotonic()
-                faults_before = dict(self.assembler.faults)
-                frames = self.assembler.add(stream, msg)
-                new_faults = {k: v - faults_before[k] for k, v in self.assembler.faults.items() if v != faults_before[k]}
-        except Exception as exc:  # a message we cannot even read the stamp of: count, never crash
+            self._handle(stream, msg)
+        except Exception as exc:  # noqa: BLE001 - one message never stops the node
+            reason, n = self.drops.drop(stream, exc)
             self.monitor.count("malformed")
-            self.get_logger().warning(f"dropped a malformed {stream} message: {exc}", throttle_duration_sec=5.0)
-            return
+            self.get_logger().warning(f"dropped a {stream} message ({reason}, {n} so far): "
+                                      f"{type(exc).__name__}: {str(exc)[:200]}", throttle_duration_sec=5.0)
+
+    def _handle(self, stream: str, msg) -> None:
+        now = self.get_clock().now().nanoseconds
+        with self._lock:
+            if self._last_clock_ns is not None and now < self._last_clock_ns:
+                self.assembler.reset()      # backwards time jump (looping bag): start over
+                self.monitor.count("time_jump_resets")
+                self.get_logger().warning(f"time jumped back {(self._last_clock_ns - now) * 1e-9:.3f} s: "
+                                          "sync state reset", throttle_duration_sec=5.0)
+            self._last_clock_ns = now
+            self._last_seen[stream] = time.monotonic()
+            faults_before = dict(self.assembler.faults)
+            frames = self.assembler.add(stream, msg, now, self.max_future_s)
+            new_faults = {k: v - faults_before[k] for k, v in self.assembler.faults.items() if v != faults_before[k]}
         for fault, n in new_faults.items():
             self.monitor.count(fault, n)
             self.get_logger().warning(f"dropped a frame ({fault}): {self.assembler.last_fault}",
                                       throttle_duration_sec=5.0)
         for frame in frames:
-            self.publisher.publish(convert.frame_to_rgbd_msg(frame))
+            try:
+                out = convert.frame_to_rgbd_msg(frame)
+            except Exception as exc:  # noqa: BLE001 - a frame we cannot publish is dropped, counted
+                reason, n = self.drops.drop("output", exc)
+                self.get_logger().warning(f"dropped an assembled frame ({reason}): {exc}", throttle_duration_sec=5.0)
+                continue
+            self.publisher.publish(out)
             self.monitor.count("published")
             self.monitor.record("sync_delay_ms", (time.time_ns() - frame.stamp_ns) / 1e6)
 
@@ -91,7 +116,9 @@ class RGBDSyncNode(Node):
         stats = self.assembler.matcher.stats
         with self._lock:
             out = {"matched": stats.matched, "published": self.monitor.get("published"),
-                   "incompatible_qos": self.qos_events.total(), "malformed": self.monitor.get("malformed")}
+                   "incompatible_qos": self.qos_events.total(), "malformed": self.monitor.get("malformed"),
+                   "timeline_resets": stats.timeline_resets,
+                   "time_jump_resets": self.monitor.get("time_jump_resets")}
             for fault in FAULTS:
                 out[fault] = self.assembler.faults[fault]
             for s in STREAMS:
@@ -118,6 +145,7 @@ class RGBDSyncNode(Node):
                                       throttle_duration_sec=5.0)
         status = self.monitor.status()
         status.values.update({k: str(v) for k, v in counters.items()})
+        status.values.update(self.drops.values())
         problems = [k for k, v in counters.items() if v and k not in ("matched", "published") and not k.startswith("received_")]
         if problems or missing:
             status.level = WARN
@@ -130,19 +158,27 @@ class RGBDSyncNode(Node):
 def main(argv: list[str] | None = None) -> int:
     rclpy.init(args=argv)
     node = None
+    code = 0
     try:
         node = RGBDSyncNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
     except ValueError as exc:
         print(f"rgbd_sync: bad parameter: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        if node is not None:
-            node.destroy_node()
         rclpy.try_shutdown()
-    return 0
+        return 2
+    except (KeyboardInterrupt, ExternalShutdownException):
+        rclpy.try_shutdown()
+        return 0
+    try:
+        code = spin_until_shutdown(node)
+    except KeyboardInterrupt:
+        code = 0
+    finally:
+        try:
+            node.destroy_node()
+        except Exception:  # noqa: BLE001 - exiting anyway
+            pass
+        rclpy.try_shutdown()
+    return code
 
 
 if __name__ == "__main__":

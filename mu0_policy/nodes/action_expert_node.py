@@ -138,7 +138,7 @@ class ActionExpertNode(LifecycleNode):
                                                                            reliable))
         self.diag_pub = add("pub", self.create_publisher(DiagnosticArray, "/diagnostics", reliable))
         add("srv", self.create_service(Trigger, "~/reset_estop", self._on_reset_estop))
-        add("timer", self.create_timer(robot.control_dt, self._on_tick))
+        add("timer", self.create_timer(robot.control_dt, self._on_ros_tick))
         # a steady-clock watchdog: ticks (-> a hold) when the node clock stops, e.g. a frozen /clock
         add("timer", self.create_timer(robot.control_dt, self._on_watchdog,
                                        clock=Clock(clock_type=ClockType.STEADY_TIME)))
@@ -265,14 +265,18 @@ class ActionExpertNode(LifecycleNode):
         self.get_logger().warning(response.message)
         return response
 
+    def _on_ros_tick(self):
+        self._last_tick_wall = time.monotonic()
+        self._on_tick()
+
     def _on_watchdog(self):
-        """Steady clock: tick when the node clock has not ticked for two periods (frozen /clock)."""
+        """Steady clock: tick at the control rate while the node clock has not ticked for two
+        periods (a frozen /clock), so the guard sees it and holds."""
         if self.robot is not None and time.monotonic() - self._last_tick_wall > 2 * self.robot.control_dt:
             self.counts["watchdog_ticks"] += 1
             self._on_tick()
 
     def _on_tick(self):
-        self._last_tick_wall = time.monotonic()
         try:
             with self._lock:
                 if self.runner is None or not self._active:

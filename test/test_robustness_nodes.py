@@ -1,0 +1,279 @@
+"""Nodes over real rclpy / Fast DDS against bad messages, lifecycle transitions and clock faults
+(issue 13 defects #1, #3, #4, #5, #7): each node runs in its own process like in production.
+
+- action_expert as a lifecycle node: nothing while unconfigured / inactive, commands once active,
+  one hold on deactivate; a TraceArray with a huge horizon (the old converter allocated ~192 GiB
+  and the MemoryError ended the node) is counted and dropped, and good input keeps being served;
+- with use_sim_time, a frozen /clock holds (the old node went quiet without a hold) and a rewound
+  /clock holds until inputs on the new timeline arrive;
+- rgbd_sync: a negative stamp (old: exit 2) and an hour-ahead stamp (old: blocked every later frame)
+  are dropped per message; good frames after them are published;
+- every node exits 0 on SIGINT without a traceback.
+"""
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from lifecycle_msgs.srv import ChangeState
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import CameraInfo, Image, JointState
+from std_msgs.msg import Float64MultiArray
+
+from mu0_core.camera import CameraIntrinsics
+from mu0_core.frames import RGBDFrame
+from mu0_msgs.msg import RGBD, Trace, TraceArray
+from mu0_policy.experts import load_robot_config
+from mu0_ros import convert
+from test_robustness_guard import trace_set
+
+FWD_CFG = "config/robots/sim_sawyer_forward.yaml"
+RESET_Q = np.array([1.889, -0.576, -0.977, 1.642, 0.943, 1.044, 2.293])
+SEC = 1_000_000_000
+CONFIGURE, ACTIVATE, DEACTIVATE = 1, 3, 4
+
+
+def start(module, *args):
+    return subprocess.Popen([sys.executable, "-m", module, "--ros-args", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def stop(p):
+    """SIGINT like Ctrl-C; returns (returncode, output)."""
+    if p.poll() is None:
+        p.send_signal(signal.SIGINT)
+    try:
+        out, _ = p.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, _ = p.communicate()
+    return p.returncode, out
+
+
+@pytest.fixture(scope="module")
+def ros():
+    rclpy.init()
+    node = rclpy.create_node("robustness_test_graph")
+    ex = SingleThreadedExecutor()
+    ex.add_node(node)
+
+    def spin(seconds, until=None):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            ex.spin_once(timeout_sec=0.01)
+            if until is not None and until():
+                return True
+        return until is None or until()
+
+    yield node, spin
+    node.destroy_node()
+    rclpy.shutdown()
+
+
+REL = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+
+
+def diag_value(diags, name_part, key):
+    for m in reversed(diags):
+        for s in m.status:
+            if name_part in s.name or name_part == s.hardware_id:
+                vals = {kv.key: kv.value for kv in s.values}
+                if key in vals:
+                    return vals[key]
+    return None
+
+
+def huge_trace_msg(stamp_ns):
+    msg = TraceArray()
+    msg.header.stamp = convert.ns_to_stamp(stamp_ns)
+    msg.header.frame_id = "base_link"
+    msg.horizon_steps = 2**31 - 1
+    msg.step_period = 0.05
+    msg.traces = [Trace()]
+    return msg
+
+
+def test_action_expert_lifecycle_and_a_huge_trace_array(ros):
+    node, spin = ros
+    robot = load_robot_config(FWD_CFG)
+    p = start("mu0_policy.nodes.action_expert_node", "-p", f"robot_config:={FWD_CFG}", "-p", "dry_run:=false",
+              "-p", "autostart:=false", "-r", "__node:=expert_lc", "-r", "/joint_states:=/lc/joint_states",
+              "-r", "/mu0/traces:=/lc/traces", "-r", f"{robot.command_topic}:=/lc/commands",
+              "-r", f"{robot.gripper.topic}:=/lc/gripper", "-p", "estop_topic:=/lc/estop")
+    try:
+        got, diags = [], []
+        node.create_subscription(Float64MultiArray, "/lc/commands", lambda m: got.append((time.monotonic(), m)), REL)
+        node.create_subscription(DiagnosticArray, "/diagnostics", diags.append, REL)
+        js_pub = node.create_publisher(JointState, "/lc/joint_states", 10)
+        tr_pub = node.create_publisher(TraceArray, "/lc/traces", REL)
+        kin = robot.build_kinematics()
+        ee = kin.ee_pose(RESET_Q)[:3, 3]
+        inputs = {"on": True}
+
+        def publish_inputs():
+            if not inputs["on"]:
+                return
+            now = node.get_clock().now().nanoseconds
+            js = JointState()
+            js.header.stamp = convert.ns_to_stamp(now)
+            js.name = list(robot.joint_names) + ["gripper"]
+            js.position = [float(v) for v in RESET_Q] + [-1.0]
+            js_pub.publish(js)
+            tr_pub.publish(convert.trace_set_to_msg(trace_set(now, ee)))
+
+        timer = node.create_timer(0.05, publish_inputs)
+        client = node.create_client(ChangeState, "/expert_lc/change_state")
+        assert client.wait_for_service(timeout_sec=20)
+
+        def transition(tid):
+            req = ChangeState.Request()
+            req.transition.id = tid
+            fut = client.call_async(req)
+            assert spin(20, until=fut.done) and fut.result().success
+
+        spin(2.0)
+        assert got == []                                      # unconfigured: nothing
+        transition(CONFIGURE)
+        spin(1.5)
+        assert got == []                                      # inactive: nothing
+        transition(ACTIVATE)
+        assert spin(20, until=lambda: len(got) >= 10)
+        # defect #1: a TraceArray claiming 2^31-1 steps and one trace
+        for _ in range(20):
+            tr_pub.publish(huge_trace_msg(node.get_clock().now().nanoseconds))
+        assert spin(10, until=lambda: diag_value(diags, "sim_sawyer_forward", "dropped.traces.horizon_steps") is not None)
+        assert p.poll() is None
+        mark = time.monotonic()
+        assert spin(5, until=lambda: sum(t > mark for t, _ in got) >= 10)   # still serving good input
+        for _, m in got:
+            q = np.asarray(m.data)
+            assert np.all(np.isfinite(q)) and np.all(q >= robot.joints.lower) and np.all(q <= robot.joints.upper)
+        # deactivate: exactly one hold at (walking toward) the measured pose, then silence
+        n_before = len(got)
+        transition(DEACTIVATE)
+        spin(1.5)
+        after = got[n_before:]
+        assert 1 <= len(after) <= 3
+        assert np.all(np.abs(np.asarray(after[-1][1].data) - RESET_Q) <= 3 * robot.joints.max_step_delta + 1e-9)
+        n_after = len(got)
+        spin(1.0)
+        assert len(got) == n_after
+        transition(ACTIVATE)
+        assert spin(10, until=lambda: len(got) > n_after + 5)
+        node.destroy_timer(timer)
+    finally:
+        rc, out = stop(p)
+    assert rc == 0 and "Traceback" not in out, out[-3000:]
+
+
+def test_action_expert_holds_on_a_frozen_or_rewound_clock(ros):
+    node, spin = ros
+    robot = load_robot_config(FWD_CFG)
+    p = start("mu0_policy.nodes.action_expert_node", "-p", f"robot_config:={FWD_CFG}", "-p", "dry_run:=false",
+              "-p", "use_sim_time:=true", "-r", "__node:=expert_fz", "-r", "/joint_states:=/fz/joint_states",
+              "-r", "/mu0/traces:=/fz/traces", "-r", f"{robot.command_topic}:=/fz/commands",
+              "-r", f"{robot.gripper.topic}:=/fz/gripper", "-p", "estop_topic:=/fz/estop")
+    try:
+        got, diags = [], []
+        node.create_subscription(Float64MultiArray, "/fz/commands", lambda m: got.append((time.monotonic(), m)), REL)
+        node.create_subscription(DiagnosticArray, "/diagnostics", diags.append, REL)
+        clock_pub = node.create_publisher(Clock, "/clock", 10)
+        js_pub = node.create_publisher(JointState, "/fz/joint_states", 10)
+        tr_pub = node.create_publisher(TraceArray, "/fz/traces", REL)
+        kin = robot.build_kinematics()
+        ee = kin.ee_pose(RESET_Q)[:3, 3]
+        sim = {"t": 1000 * SEC, "run": True, "last": time.monotonic()}
+
+        def step():
+            wall = time.monotonic()
+            if sim["run"]:
+                sim["t"] += int((wall - sim["last"]) * SEC)
+                clock_pub.publish(Clock(clock=convert.ns_to_stamp(sim["t"])))
+            sim["last"] = wall
+            js = JointState()
+            js.header.stamp = convert.ns_to_stamp(sim["t"])
+            js.name = list(robot.joint_names) + ["gripper"]
+            js.position = [float(v) for v in RESET_Q] + [-1.0]
+            js_pub.publish(js)
+            tr_pub.publish(convert.trace_set_to_msg(trace_set(sim["t"], ee)))
+
+        timer = node.create_timer(0.02, step)
+        assert spin(30, until=lambda: len(got) >= 10), stop(p)[1][-2000:]
+        moving = [np.asarray(m.data) for _, m in got[-5:]]
+        assert any(not np.allclose(q, RESET_Q) for q in moving)      # it follows the trace
+        # /clock stops: the old node went quiet; now holds keep coming, settling on the measured pose
+        sim["run"] = False
+        freeze = time.monotonic()
+        spin(1.5)
+        during = [(t, np.asarray(m.data)) for t, m in got if t > freeze + 0.6]
+        assert len(during) >= 8, len(during)             # the steady-clock watchdog keeps ticking
+        assert all(np.allclose(q, during[-1][1]) for _, q in during)
+        assert np.all(np.abs(during[-1][1] - RESET_Q) <= 1e-9)
+        assert spin(5, until=lambda: int(diag_value(diags, "sim_sawyer_forward", "guard.hold_clock_frozen") or 0) > 0)
+        # the clock runs again: motion resumes
+        sim["run"] = True
+        sim["last"] = time.monotonic()
+        mark = time.monotonic()
+        assert spin(10, until=lambda: any(t > mark and not np.allclose(np.asarray(m.data), RESET_Q) for t, m in got))
+        # /clock jumps back 10 s: a hold, then motion once inputs on the new timeline arrive
+        sim["t"] -= 10 * SEC
+        assert spin(10, until=lambda: int(diag_value(diags, "sim_sawyer_forward", "guard.hold_clock_rewound") or 0) > 0)
+        mark = time.monotonic()
+        assert spin(10, until=lambda: any(t > mark and not np.allclose(np.asarray(m.data), RESET_Q) for t, m in got))
+        for _, m in got:
+            q = np.asarray(m.data)
+            assert np.all(np.isfinite(q)) and np.all(q >= robot.joints.lower) and np.all(q <= robot.joints.upper)
+        node.destroy_timer(timer)
+    finally:
+        rc, out = stop(p)
+    assert rc == 0 and "Traceback" not in out, out[-3000:]
+
+
+def frame_msgs(stamp_ns=None, sec=None, w=16, h=12):
+    intr = CameraIntrinsics.from_K(np.array([[20.0, 0, 8], [0, 20.0, 6], [0, 0, 1]]), w, h)
+    f = RGBDFrame(stamp_ns=0, frame_id="cam", color=np.zeros((h, w, 3), np.uint8),
+                  depth=np.ones((h, w), np.float32), intrinsics=intr)
+    msg = convert.frame_to_rgbd_msg(f)
+    for m in (msg.color, msg.depth, msg.camera_info):
+        if sec is None:
+            m.header.stamp = convert.ns_to_stamp(stamp_ns)
+        else:
+            m.header.stamp.sec, m.header.stamp.nanosec = sec, 0
+    return msg.color, msg.depth, msg.camera_info
+
+
+def test_rgbd_sync_survives_negative_and_far_future_stamps(ros):
+    node, spin = ros
+    p = start("mu0_perception.nodes.rgbd_sync", "-r", "__node:=sync_rb", "-p", "color_topic:=/rb/color",
+              "-p", "depth_topic:=/rb/depth", "-p", "camera_info_topic:=/rb/info", "-p", "output_topic:=/rb/rgbd")
+    try:
+        got = []
+        node.create_subscription(RGBD, "/rb/rgbd", got.append, REL)
+        pubs = [node.create_publisher(Image, "/rb/color", REL), node.create_publisher(Image, "/rb/depth", REL),
+                node.create_publisher(CameraInfo, "/rb/info", REL)]
+
+        def send(msgs):
+            for pub, m in zip(pubs, msgs):
+                pub.publish(m)
+
+        assert spin(20, until=lambda: all(pub.get_subscription_count() > 0 for pub in pubs))
+        spin(0.5)
+        send(frame_msgs(sec=-100))                                       # defect #3: old exit 2
+        spin(0.3)
+        send(frame_msgs(node.get_clock().now().nanoseconds + 3600 * SEC))  # defect #4: old blocked forever
+        spin(0.3)
+        for _ in range(40):
+            send(frame_msgs(node.get_clock().now().nanoseconds))
+            spin(1 / 30)
+        assert spin(5, until=lambda: len(got) >= 30), len(got)
+        assert p.poll() is None
+        assert all(convert.stamp_to_ns(m.header.stamp) > 0 for m in got)
+    finally:
+        rc, out = stop(p)
+    assert rc == 0 and "Traceback" not in out, out[-3000:]
