@@ -15,6 +15,8 @@ def tree(src):
     """data_files entries that keep the sub-directory layout of `src` under share/mu0/."""
     entries = {}
     for path in glob(f"{src}/**/*", recursive=True):
+        if "__pycache__" in path.split("/") or path.endswith(".pyc"):
+            continue
         if not path.endswith("/") and "." in path.rsplit("/", 1)[-1]:
             entries.setdefault(f"share/{PACKAGE}/{path.rsplit('/', 1)[0]}", []).append(path)
     return sorted(entries.items())

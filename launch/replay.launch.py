@@ -1,37 +1,51 @@
 """Replay a bag through sync -> mu0 -> expert with use_sim_time (the bag supplies /clock).
 
-    ros2 launch mu0 replay.launch.py bag:=/path/to/bag rate:=1.0
+    ros2 launch mu0 replay.launch.py bag:=/path/to/bag [rate:=1.0] [config:=...]
+
+`ros2 bag play --clock` plays the bag. The topics listed in the graph YAML's
+`mu0_graph.exclude_topics` (recorded commands) are not played: on Jazzy and later with
+`--exclude-topics`; on Humble, whose `ros2 bag play` has no exclude option, by passing every other
+topic of the bag (read from its metadata.yaml) to `--topics`.
 """
 import os
 import sys
 
-import yaml
-from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, ExecuteProcess, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _mu0_graph import graph_nodes  # noqa: E402
+from _mu0_graph import common_arguments, default_config, graph_actions, load_graph  # noqa: E402
+
+
+def play_command(bag, rate, exclude, distro=None):
+    """The `ros2 bag play` command line for this ROS distro (ROS_DISTRO when not given)."""
+    distro = (distro if distro is not None else os.environ.get("ROS_DISTRO", "")).lower()
+    cmd = ["ros2", "bag", "play", bag, "--clock", "--rate", str(rate)]
+    if not exclude:
+        return cmd
+    if distro in ("humble", "iron"):
+        import yaml
+
+        with open(os.path.join(bag, "metadata.yaml")) as handle:
+            info = (yaml.safe_load(handle) or {}).get("rosbag2_bagfile_information", {})
+        topics = [t["topic_metadata"]["name"] for t in info.get("topics_with_message_count", [])]
+        return cmd + ["--topics", *[t for t in topics if t not in set(exclude)]]
+    return cmd + ["--exclude-topics", *exclude]
 
 
 def _setup(context):
-    config = LaunchConfiguration("config").perform(context)
-    with open(config) as handle:
-        graph = (yaml.safe_load(handle) or {}).get("mu0_graph", {}).get("ros__parameters", {})
-    exclude = graph.get("exclude_topics", [])
-    play = ["ros2", "bag", "play", LaunchConfiguration("bag").perform(context), "--clock",
-            "--rate", LaunchConfiguration("rate").perform(context)]
-    if exclude:
-        play += ["--exclude-topics", *exclude]
-    return [*graph_nodes(config, use_sim_time=True), ExecuteProcess(cmd=play, output="screen")]
+    graph = load_graph(context)
+    exclude = graph.node_params("mu0_graph").get("exclude_topics", [])
+    play = play_command(LaunchConfiguration("bag").perform(context), LaunchConfiguration("rate").perform(context),
+                        exclude)
+    return [*graph_actions(context, graph), ExecuteProcess(cmd=play, output="screen")]
 
 
 def generate_launch_description():
-    share = get_package_share_directory("mu0")
     return LaunchDescription([
-        DeclareLaunchArgument("bag"),
+        DeclareLaunchArgument("bag", description="rosbag2 directory"),
         DeclareLaunchArgument("rate", default_value="1.0"),
-        DeclareLaunchArgument("config", default_value=os.path.join(share, "config", "mu0_replay.yaml")),
+        *common_arguments(default_config("replay")),
         OpaqueFunction(function=_setup),
     ])

@@ -20,9 +20,14 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+from mu0_core.resources import package_root, resolve
+
+REPO = package_root()                 # the source tree, or share/mu0 when installed
 CONFIG_DIR = REPO / "config"
 GRAPH_KEY = "mu0_graph"
+# parameters that name a resource file: made absolute (working directory, else the package's
+# source tree / share directory) so every node finds them from any working directory
+RESOURCE_PARAMS = {"mu0_node": ("model",), "action_expert": ("robot_config",)}
 NODE_MODULES = {
     "rgbd_sync": "mu0_perception.nodes.rgbd_sync",
     "realsense_camera": "mu0_perception.nodes.realsense_camera",
@@ -84,12 +89,39 @@ def load_graph_config(path, overrides=()) -> GraphConfig:
     if graph.get("use_sim_time"):
         for node in nodes:
             params.setdefault(node, {}).setdefault("ros__parameters", {})["use_sim_time"] = True
+    resolve_resource_params(params)
     return GraphConfig(path, params, list(nodes))
+
+
+def resolve_resource_params(params: dict) -> dict:
+    """In place: the RESOURCE_PARAMS values that exist (cwd or package root) become absolute paths;
+    `baseline:<name>` models and paths that exist nowhere stay as written (the node reports them)."""
+    for node, names in RESOURCE_PARAMS.items():
+        node_params = params.get(node, {}).get("ros__parameters", {})
+        for name in names:
+            value = node_params.get(name)
+            if isinstance(value, str) and value and ":" not in value:
+                found = resolve(value)
+                if found.exists():
+                    node_params[name] = str(found.resolve())
+    return params
+
+
+def write_params_file(config: GraphConfig, directory=None) -> Path:
+    """The merged parameters of `config` (overrides, use_sim_time, resolved paths) as a ROS 2
+    parameters file without the `mu0_graph` entry: what every node of the graph is given, by
+    `mu0 run` and by the launch files alike."""
+    import tempfile
+
+    handle = tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="mu0_params_", delete=False, dir=directory)
+    with handle:
+        yaml.safe_dump({k: v for k, v in config.params.items() if k != GRAPH_KEY}, handle)
+    return Path(handle.name)
 
 
 def resolve_config(name_or_path: str) -> Path:
     """A path, or a short name from config/ (`replay` -> config/mu0_replay.yaml)."""
-    p = Path(name_or_path)
+    p = resolve(name_or_path)
     if p.is_file():
         return p
     candidate = CONFIG_DIR / f"mu0_{name_or_path}.yaml"

@@ -27,14 +27,11 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 from mu0_app.graph_config import (GRAPH_KEY, NODE_MODULES, REPO, GraphConfig, GraphConfigError,  # noqa: F401
-                                  load_graph_config, resolve_config)
+                                  load_graph_config, resolve_config, write_params_file)
 
 
 class ProcessGraph:
@@ -52,10 +49,7 @@ class ProcessGraph:
         self._params_file = None
 
     def start(self) -> None:
-        handle = tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="mu0_params_", delete=False)
-        yaml.safe_dump({k: v for k, v in self.config.params.items() if k != GRAPH_KEY}, handle)
-        handle.close()
-        self._params_file = handle.name
+        self._params_file = str(write_params_file(self.config))
         env = dict(os.environ if self.env is None else self.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
         for node in self.config.nodes + ([self.driver] if self.driver and self.driver not in self.config.nodes else []):

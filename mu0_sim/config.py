@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "config" / "sim"
+from mu0_core.resources import share_path
+
+CONFIG_DIR = share_path("config/sim")   # source tree, or share/mu0 when installed
 EMBODIMENTS = ("sawyer_ee", "sawyer_joint")
 
 

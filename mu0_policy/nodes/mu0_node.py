@@ -22,6 +22,7 @@ The per-frame work is `mu0_policy.runtime.TracePipeline` (shared with offline re
 """
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 import time
@@ -37,6 +38,7 @@ from visualization_msgs.msg import MarkerArray
 
 from mu0_msgs.msg import RGBD, QueryPoints, TraceArray
 from mu0_msgs.srv import SetInstruction
+from mu0_core.resources import resolve
 from mu0_policy.runtime import PipelineConfig, TracePipeline, extrinsic_from_list
 from mu0_policy.predictors import make_predictor
 from mu0_ros import convert
@@ -96,7 +98,10 @@ class Mu0Node(LifecycleNode):
                                     num_entities=int(g("num_entities")), track_queries=bool(g("track_queries")),
                                     num_samples=int(g("num_samples")), seed=int(g("seed")),
                                     camera_to_base=extrinsic, base_frame_id=g("base_frame_id"))
-            predictor = make_predictor(g("model"), g("backend"), g("device"), g("dtype"))
+            model = g("model")
+            if not model.startswith("baseline:"):   # a checkpoint: cwd, else the source tree / share/mu0
+                model = str(resolve(model))
+            predictor = make_predictor(model, g("backend"), g("device"), g("dtype"))
             self.pipeline = TracePipeline(predictor, config, instruction=g("instruction") or "")
             self.period = float(g("expected_period"))
             if not self.period > 0:
@@ -280,7 +285,11 @@ class Mu0Node(LifecycleNode):
         self.diag_pub.publish(diagnostic_array_msg([status], self.get_clock().now().to_msg()))
 
 
-def main(argv: list[str] | None = None) -> int:
+def _interrupt(*_):
+    raise KeyboardInterrupt
+
+
+def _run(argv: list[str] | None) -> int:
     rclpy.init(args=argv)
     node = None
     try:
@@ -293,11 +302,24 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        # Ctrl-C in a terminal reaches the whole process group and `ros2 launch` then sends its own
+        # SIGINT: a second interrupt must not cut the cleanup short (traceback, death by signal)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if node is not None:
             node._free()
             node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit 0 on SIGINT / SIGTERM (also when interrupted while starting), 1 when autostart's
+    configure fails."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:
+        return 0
 
 
 if __name__ == "__main__":

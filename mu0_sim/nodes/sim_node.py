@@ -20,6 +20,7 @@ Camera and joint-state rates are in sim time. Run with use_sim_time clients list
 """
 from __future__ import annotations
 
+import signal
 import sys
 
 import rclpy
@@ -197,7 +198,11 @@ class SimArmNode(Node):
         return super().destroy_node()
 
 
-def main(argv: list[str] | None = None) -> int:
+def _interrupt(*_):
+    raise KeyboardInterrupt
+
+
+def _run(argv: list[str] | None) -> int:
     rclpy.init(args=argv)
     node = None
     try:
@@ -209,10 +214,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sim_arm: bad parameter: {exc}", file=sys.stderr)
         return 2
     finally:
+        # Ctrl-C reaches the whole process group and `ros2 launch` sends its own SIGINT too:
+        # a second interrupt must not cut the cleanup short
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit 0 on SIGINT / SIGTERM (also while starting), 2 on a bad parameter."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:
+        return 0
 
 
 if __name__ == "__main__":
