@@ -1,6 +1,7 @@
 """Checkpoint directories: model.safetensors + config.json (+ model.onnx after export).
 
-config.json = {"format": "mu0", "version": 1, "model": Mu0Config fields without the normaliser,
+config.json = {"format": "mu0", "version": 1, "model": Mu0Config fields without the normaliser (every
+one required and type-checked: a default never stands in for a trained setting),
 "normalizer": TraceNormalizer dict, "training": free-form provenance}. Frozen VLM weights are
 not stored (they load from `model.vlm_path`). Problems raise `CheckpointError` naming the file
 and the field.
@@ -77,7 +78,7 @@ def config_from_json(root: Path, doc: dict) -> Mu0Config:
     except (ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(path, "normalizer", str(exc)) from exc
     try:
-        return Mu0Config.from_dict({**model, "normalizer": norm})
+        return Mu0Config.from_dict({**model, "normalizer": norm}, strict=True)
     except (ValueError, TypeError) as exc:
         msg = str(exc)
         field = msg.split(":")[0].replace("Mu0Config.", "model.") if msg.startswith("Mu0Config.") else "model"

@@ -8,6 +8,7 @@ at half the VLM width) for GPU machines. Every field can be overridden.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 BACKBONES = ("compact", "vlm")
@@ -101,12 +102,42 @@ class Mu0Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Mu0Config":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
+    def required_fields(cls) -> tuple:
+        """The fields a stored config must give explicitly (all but the normaliser, which is stored
+        beside the model fields): a default must never silently stand in for a trained setting."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.name != "normalizer")
+
+    @classmethod
+    def from_dict(cls, d: dict, strict: bool = False) -> "Mu0Config":
+        """Build from a dict. `strict` (stored checkpoints): every required field must be present
+        and of its declared type; ValueError names the first field at fault as `Mu0Config.<field>`."""
+        if not isinstance(d, dict):
+            raise ValueError(f"Mu0Config: expected an object, got {type(d).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(fields))
         if unknown:
             raise ValueError(f"Mu0Config: unknown field(s) {unknown}")
+        if strict:
+            for name in cls.required_fields():
+                if name not in d:
+                    raise ValueError(f"Mu0Config.{name}: required field missing")
+            for name, value in d.items():
+                _check_type(name, fields[name].type, value)
         return cls(**d)
+
+
+_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "dict": (dict,)}
+
+
+def _check_type(name: str, annotation, value) -> None:
+    kinds = _TYPES.get(annotation if isinstance(annotation, str) else getattr(annotation, "__name__", ""))
+    if kinds is None:
+        return
+    ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+    if ok and float in kinds and not math.isfinite(value):
+        ok = False
+    if not ok:
+        raise ValueError(f"Mu0Config.{name}: expected {annotation}, got {value!r}")
 
 
 PRESETS = {
