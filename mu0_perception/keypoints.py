@@ -4,8 +4,9 @@ and the movement filter.
 Stages (after the μ_0 paper's TraceExtract, re-implemented for CPU):
 1. A `FeatureBackbone` turns each frame into a coarse feature grid. The CPU default
    (`LocalFeatureBackbone`) uses local appearance (Lab colour, gradient), depth and motion
-   (per-pixel temporal change over the episode); a pretrained backbone (DINOv2 via
-   `TransformersBackbone`) plugs in where weights and a GPU exist.
+   (per-pixel temporal change over the episode); a pretrained ViT (DINOv2 via
+   `TransformersBackbone`, from a local checkpoint directory) is selected with `make_backbone`
+   (`mu0 extract --backbone transformers --backbone-path DIR`).
 2. `cluster_entities` clusters the grid cells of several frames jointly (k-means), so entity ids
    are consistent over time.
 3. `allocate_quota` splits the keypoint budget over entities in proportion to their coverage,
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -89,22 +91,31 @@ class LocalFeatureBackbone(FeatureBackbone):
 
 
 class TransformersBackbone(FeatureBackbone):
-    """A pretrained ViT (e.g. DINOv2) from a local transformers checkpoint directory; patch tokens
-    become the grid. Meant for GPU machines with weights on disk (no hub access here)."""
+    """A pretrained ViT (e.g. DINOv2) from a local transformers checkpoint directory
+    (`config.json` + weights, as `save_pretrained` writes them); its patch tokens become the
+    feature grid. Frames are resized to image_size x image_size (a multiple of the patch size)
+    and normalised with the ImageNet mean / std. Tested on a tiny randomly initialised Dinov2
+    built from a transformers config (test/test_extract_backbone.py); with real DINOv2 weights on
+    disk (e.g. a `facebook/dinov2-small` snapshot) the same code runs, on a GPU with
+    device="cuda". Selected with `mu0 extract --backbone transformers --backbone-path DIR`."""
 
     def __init__(self, model_dir: str, device: str = "cpu", image_size: int = 224):
         import torch
         from transformers import AutoModel
 
         self.model = AutoModel.from_pretrained(model_dir).to(device).eval()
-        self.device, self.image_size = device, int(image_size)
+        self.device = device
         self.patch = int(getattr(self.model.config, "patch_size", 14))
-        self.name = f"transformers:{model_dir}"
+        self.image_size = max(self.patch, int(image_size) // self.patch * self.patch)
+        self.name = f"transformers:{Path(model_dir).name}"
         self._torch = torch
 
     def features(self, colors, depths=None):
         torch = self._torch
-        x = torch.as_tensor(np.asarray(colors), dtype=torch.float32, device=self.device)
+        colors = np.asarray(colors)
+        if colors.ndim != 4 or colors.shape[-1] != 3:
+            raise ValueError(f"colors must be (T, H, W, 3), got {colors.shape}")
+        x = torch.as_tensor(colors, dtype=torch.float32, device=self.device)
         x = x.permute(0, 3, 1, 2) / 255.0
         x = torch.nn.functional.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
                                             align_corners=False)
@@ -115,6 +126,27 @@ class TransformersBackbone(FeatureBackbone):
         g = self.image_size // self.patch
         tokens = out[:, -g * g:]  # drop CLS / register tokens
         return tokens.reshape(len(colors), g, g, -1).float().cpu().numpy()
+
+
+BACKBONES = ("local", "transformers")
+_LOADED: dict = {}
+
+
+def make_backbone(name: str = "local", cell_px: int = 8, model_dir: str = "", device: str = "cpu",
+                  image_size: int = 224) -> FeatureBackbone:
+    """The keypoint feature backbone by name: "local" (CPU, no weights) or "transformers"
+    (a local DINOv2-class checkpoint directory, `model_dir`). A transformers model is loaded once
+    per process and reused (a batch worker processes many episodes)."""
+    if name == "local":
+        return LocalFeatureBackbone(cell_px=cell_px)
+    if name == "transformers":
+        if not model_dir or not (Path(model_dir) / "config.json").is_file():
+            raise ValueError(f"backbone 'transformers' needs a model directory with config.json, got {model_dir!r}")
+        key = (str(Path(model_dir).resolve()), device, int(image_size))
+        if key not in _LOADED:
+            _LOADED[key] = TransformersBackbone(model_dir, device=device, image_size=image_size)
+        return _LOADED[key]
+    raise ValueError(f"backbone: unknown name {name!r}; one of {BACKBONES}")
 
 
 def cluster_entities(features: np.ndarray, num_entities: int = 8, seed: int = 0,

@@ -2,9 +2,14 @@
 
 `PointTracker` is the interface: given a clip and query points (each seeded in some frame), it
 returns a track and a visibility flag for every frame. The CPU default is OpenCV pyramidal
-Lucas-Kanade with a forward-backward consistency check (`LucasKanadeTracker`); learned trackers
-(CoTracker3, TAPIP3D) plug in on GPU machines by implementing the same method and registering a
-name with `register_tracker`.
+Lucas-Kanade with a forward-backward consistency check (`LucasKanadeTracker`), the only tracker
+shipped and registered ("lk").
+
+CoTracker3 / TAPIP3D are an INTERFACE TO FILL, not code in this repository: no loading code for
+them exists here and nothing about them is tested. A learned tracker is added by subclassing
+`PointTracker`, implementing `track` (the contract below) and decorating the class with
+`@register_tracker("name")`; the name then works in `ExtractConfig.tracker` and
+`mu0 extract --tracker name` (for a module outside this package, import it before the run).
 
 Pure numpy / OpenCV; no ROS.
 """
@@ -25,6 +30,10 @@ def register_tracker(name: str):
         cls.tracker_name = name
         return cls
     return deco
+
+
+def registered_trackers() -> list[str]:
+    return sorted(_TRACKERS)
 
 
 def make_tracker(name: str, **params) -> "PointTracker":

@@ -1,6 +1,15 @@
-"""`mu0 trace-extract`: a folder of bags (or frame folders) -> a TraceExtract dataset.
+"""`mu0 extract`: a folder of bags (or frame folders) -> a TraceExtract dataset.
 
-    python -m mu0_perception.trace_extract.cli BAGS_DIR OUT_DIR [--workers 2] [--width 320 --height 240]
+    mu0 extract BAGS_DIR OUT_DIR [--workers 2] [--width 320 --height 240]
+        [--backbone transformers --backbone-path DINOV2_DIR --backbone-device cuda]
+    (= python -m mu0_perception.trace_extract.cli ...)
+
+Keypoint features: `--backbone local` (CPU default, no weights) or `--backbone transformers`
+with a local DINOv2-class checkpoint directory. Point tracking: `--tracker` (registered names;
+the CPU Lucas-Kanade tracker "lk" is the only one shipped — CoTracker3 / TAPIP3D are an
+interface to fill, see mu0_perception/tracking.py). A batch job passes the same choices in the
+`ecfg` dict of `process_one` (ExtractConfig fields: backbone, backbone_path, backbone_device,
+tracker).
 
 Resumable: OUT_DIR/manifest.json records every input's status (done / skipped / failed + error).
 A re-run skips inputs already done, skipped or failed (use --retry-failed to try failed again);
@@ -13,11 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import sys
 import time
 import traceback
 from dataclasses import fields
 from pathlib import Path
 
+from mu0_perception import keypoints as kp
+from mu0_perception.tracking import registered_trackers
 from mu0_perception.trace_extract.dataset import SampleConfig, atomic_write_json, build_samples, finalize, stage_episode
 from mu0_perception.trace_extract.episode import EpisodeReadError, read_episode
 from mu0_perception.trace_extract.pipeline import ExtractConfig, LowCoverageError, extract_episode
@@ -88,7 +100,7 @@ def run(inputs: list[Path], out_dir: Path, ecfg: dict, scfg: dict, workers: int 
         todo.append((str(src), str(out_dir), ecfg, scfg))
     from tqdm import tqdm
 
-    bar = tqdm(total=len(todo), desc="trace-extract", unit="ep", disable=not progress)
+    bar = tqdm(total=len(todo), desc="extract", unit="ep", disable=not progress)
 
     def record(res):
         eps[res["source"]] = res
@@ -125,7 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--val-fraction", type=float, default=0.1)
     ap.add_argument("--heldout-tasks", default="", help="comma-separated task names kept out of train/val")
     ap.add_argument("--step-period", type=float, default=0.0125, help="seconds per frame (sim: 0.0125)")
-    ap.add_argument("--retry-failed", action="store_true")
+    ap.add_argument("--backbone", choices=kp.BACKBONES, default=ExtractConfig.backbone,
+                    help="keypoint features: local (CPU, no weights) | transformers (DINOv2-class, --backbone-path)")
+    ap.add_argument("--backbone-path", default="", help="transformers backbone: local checkpoint directory")
+    ap.add_argument("--backbone-device", default=ExtractConfig.backbone_device, help="transformers backbone: cpu | cuda")
+    ap.add_argument("--tracker", choices=sorted(registered_trackers()), default=ExtractConfig.tracker,
+                    help="2D point tracker (registered names)")
+    ap.add_argument("--retry-failed", action="store_true", help="re-run inputs the manifest records as failed")
     ap.add_argument("--no-progress", action="store_true")
     return ap
 
@@ -134,13 +152,21 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.workers < 1:
         raise SystemExit("--workers must be >= 1")
+    if args.backbone == "transformers":
+        try:  # fail at start, naming the directory, not once per episode
+            kp.make_backbone("transformers", model_dir=args.backbone_path, device=args.backbone_device)
+        except (ValueError, OSError) as exc:
+            print(f"error: --backbone-path: {exc}", file=sys.stderr)
+            return 2
     inputs = find_inputs(Path(args.inputs))
     if not inputs:
         print(f"no bags (metadata.yaml) or frame folders (intrinsics.json) under {args.inputs}")
         return 2
     ecfg = {f.name: getattr(ExtractConfig(), f.name) for f in fields(ExtractConfig)}
     ecfg.update(image_width=args.width, image_height=args.height, points_per_chunk=args.points_per_chunk,
-                chunk_size=args.chunk_size, min_coverage=args.min_coverage)
+                chunk_size=args.chunk_size, min_coverage=args.min_coverage, backbone=args.backbone,
+                backbone_path=str(Path(args.backbone_path).resolve()) if args.backbone_path else "",
+                backbone_device=args.backbone_device, tracker=args.tracker)
     scfg = dict(max_queries=args.max_queries, stride=args.stride, parameterization=args.parameterization)
     manifest = run(inputs, Path(args.out), ecfg, scfg, args.workers, args.retry_failed, not args.no_progress)
     recs = [manifest["episodes"][str(s)] for s in inputs if str(s) in manifest["episodes"]]

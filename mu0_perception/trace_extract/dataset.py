@@ -169,7 +169,7 @@ def stage_episode(out_dir, tr: EpisodeTraces, arrays: dict, captions: list, extr
                 num_samples=len(captions), captions=captions, coverage=tr.coverage,
                 pose_source=tr.pose_source, num_tracks=int(tr.valid.shape[1]),
                 num_moving=int(tr.moving.sum()), segments=[asdict(s) for s in tr.segments],
-                captioner=tr.captioner, timings=tr.timings, num_frames=int(tr.valid.shape[0]),
+                captioner=tr.captioner, backbone=tr.backbone, timings=tr.timings, num_frames=int(tr.valid.shape[0]),
                 **(extra or {}))
     if arrays:
         atomic_save_safetensors(d / f"{sid}.safetensors", arrays)

@@ -36,6 +36,10 @@ class ExtractConfig:
     motion_diff_threshold: float = 12.0   # grey-level change marking a pixel as changing
     min_points_per_entity: int = 4        # quota floor so small entities get points
     chunk_size: int = 8                   # re-seeding period in frames (paper: 60 at 10 fps)
+    backbone: str = "local"               # keypoint features: "local" (CPU) | "transformers" (DINOv2-class)
+    backbone_path: str = ""               # transformers: local checkpoint directory (config.json + weights)
+    backbone_device: str = "cpu"
+    backbone_image_size: int = 224
     tracker: str = "lk"
     fb_threshold_px: float = 1.0
     anchor_stride: int = 10               # global anchor frames for camera-motion estimation
@@ -79,6 +83,7 @@ class EpisodeTraces:
     segments: list = field(default_factory=list)
     timings: dict = field(default_factory=dict)   # stage -> seconds
     captioner: str = ""
+    backbone: str = ""          # name of the keypoint feature backbone used
 
 
 def _covered_mask(uv: np.ndarray, shape_hw, radius: int) -> np.ndarray:
@@ -191,7 +196,8 @@ def extract_episode(episode: Episode, config: ExtractConfig | None = None,
     W, H = cfg.image_width or W0, cfg.image_height or H0
     ep = episode.resized(W, H)
     T = ep.num_frames
-    backbone = backbone or kp.LocalFeatureBackbone(cell_px=cfg.cell_px)
+    backbone = backbone or kp.make_backbone(cfg.backbone, cell_px=cfg.cell_px, model_dir=cfg.backbone_path,
+                                            device=cfg.backbone_device, image_size=cfg.backbone_image_size)
     if tracker is None:
         tracker = make_tracker(cfg.tracker, fb_threshold_px=cfg.fb_threshold_px)
         small_tracker = (make_tracker("lk", fb_threshold_px=cfg.fb_threshold_px,
@@ -317,4 +323,5 @@ def extract_episode(episode: Episode, config: ExtractConfig | None = None,
 
     return EpisodeTraces(ep.episode_id, ep.instruction, ep.task, ep.intrinsics, xyz_world, valid,
                          all_uv, entity_id.astype(np.int32), seed_frame, moving, poses, source, pose_ok,
-                         static, coverage, segments, timings, captioner.name)
+                         static, coverage, segments, timings, captioner.name,
+                         getattr(backbone, "name", type(backbone).__name__))
