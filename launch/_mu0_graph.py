@@ -16,7 +16,7 @@ import shutil
 import tempfile
 
 from launch.actions import DeclareLaunchArgument, EmitEvent, LogInfo, RegisterEventHandler
-from launch.event_handlers import OnShutdown
+from launch.event_handlers import OnProcessExit, OnShutdown
 from launch.substitutions import LaunchConfiguration
 
 EXECUTABLES = {"rgbd_sync": "rgbd_sync", "realsense_camera": "realsense_camera", "mu0_node": "mu0_node",
@@ -81,8 +81,11 @@ def graph_actions(context, graph, skip=()):
         if name in skip:
             continue
         if name != "mu0_node":
-            actions.append(Node(package="mu0", executable=EXECUTABLES[name], name=name, output="screen",
-                                parameters=[params_file]))
+            node = Node(package="mu0", executable=EXECUTABLES[name], name=name, output="screen",
+                        parameters=[params_file])
+            actions.append(node)
+            if name == "realsense_camera":
+                actions.append(RegisterEventHandler(OnProcessExit(target_action=node, on_exit=_camera_exit)))
             continue
         node = LifecycleNode(package="mu0", executable="mu0_node", name="mu0_node", namespace="",
                              output="screen", parameters=[params_file])
@@ -105,6 +108,14 @@ def graph_actions(context, graph, skip=()):
         actions.append(Node(package="rviz2", executable="rviz2", output="screen",
                             arguments=["-d", str(share_path("config/rviz/mu0.rviz"))]))
     return actions
+
+
+def _camera_exit(event, context):
+    if event.returncode == 0:
+        return None
+    return LogInfo(msg=f"mu0: no camera - realsense_camera exited with code {event.returncode} (reason above). "
+                       "Connect a RealSense (pyrealsense2), or start realsense-ros with use_realsense_ros:=true; "
+                       "the rest of the graph keeps running and waits for /camera/camera/... frames")
 
 
 def default_config(name):
