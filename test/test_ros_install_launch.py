@@ -20,7 +20,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 import time
@@ -28,26 +27,10 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED_ROS2 = REPO.parent / "shared" / "ros2"
-pytestmark = pytest.mark.skipif(not (SHARED_ROS2 / "setup.sh").is_file(),
-                                reason=f"{SHARED_ROS2} absent: no colcon / launch / launch_ros to test the ROS "
-                                       "install path with (on a ROS install, follow the README instead)")
+from ros_install_env import REPO, extras_prefix, in_ros_env, requires_shared_ros2
+
+pytestmark = requires_shared_ros2
 NODES = ("sim_arm", "rgbd_sync", "mu0_node", "action_expert")
-
-
-def extras_prefix() -> Path:
-    """PREFIX of ../shared/ros2/setup.sh (idempotent: ~90 s once, ~1 s after), outside the git tree."""
-    prefix = Path(os.environ.get("MU0_ROS2_EXTRAS", Path(tempfile.gettempdir()) / "mu0_ros2_extras"))
-    subprocess.run(["bash", str(SHARED_ROS2 / "setup.sh"), str(prefix)], check=True, capture_output=True,
-                   text=True, timeout=900)
-    return prefix
-
-
-def in_ros_env(prefix: Path, command: str, **kwargs):
-    """Run `command` in bash with the extras' env.sh sourced (and whatever the caller adds)."""
-    return subprocess.run(["bash", "-c", f"source {prefix}/env.sh && {command}"], capture_output=True, text=True,
-                          **kwargs)
 
 
 def source_files() -> list[str]:

@@ -26,6 +26,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
@@ -33,19 +34,29 @@ from rclpy.exceptions import ParameterUninitializedException
 from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 from visualization_msgs.msg import MarkerArray
 
 from mu0_msgs.msg import RGBD, QueryPoints, TraceArray
 from mu0_msgs.srv import SetInstruction
 from mu0_core.resources import resolve
+from mu0_core.tf_tree import TfTree, TransformUnavailable
 from mu0_policy.runtime import PipelineConfig, TracePipeline, extrinsic_from_list
-from mu0_policy.predictors import make_predictor
+from mu0_policy.predictors import DeviceUnavailableWarning, backend_report, describe_backend, make_predictor
 from mu0_ros import convert
 from mu0_ros.diagnostics import RuntimeMonitor, diagnostic_array_msg
 from mu0_ros.qos import QosEventMonitor, latched_qos, latest_only_qos, reliable_qos
 
-WARN_COUNTERS = ("dropped_frames", "malformed_rgbd", "failed_frames", "bad_queries", "no_instruction")
+try:   # on a ROS install; the pip-wheel environment has no tf2_msgs (then camera_to_base is the only source)
+    from tf2_msgs.msg import TFMessage
+except ImportError:  # pragma: no cover - depends on the install
+    TFMessage = None
+
+WARN_COUNTERS = ("dropped_frames", "malformed_rgbd", "failed_frames", "bad_queries", "no_instruction",
+                 "tf_unavailable")
+TF_STATIC_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                           durability=DurabilityPolicy.TRANSIENT_LOCAL)     # what tf2_ros uses for /tf_static
 
 
 class Mu0Node(LifecycleNode):
@@ -71,6 +82,9 @@ class Mu0Node(LifecycleNode):
         p("input_topic", "/mu0/rgbd")
         p("diagnostics_period", 1.0)
         p("autostart", True)
+        p("require_device", False)
+        p("publish_camera_tf", True)
+        p("tf_max_age", 0.5)
         self.monitor = RuntimeMonitor("mu0: mu0_node")
         self.qos_events = QosEventMonitor(self)
         self.pipeline: TracePipeline | None = None
@@ -82,6 +96,12 @@ class Mu0Node(LifecycleNode):
         self._entities = []
         self.period = 0.1
         self.traces_pub = self.camera_traces_pub = self.markers_pub = self.diag_pub = None
+        self.tf_tree: TfTree | None = None      # camera -> base from /tf_static + /tf (no camera_to_base)
+        self._tf_lock = threading.Lock()
+        self._static_extrinsic = None           # camera_to_base parameter, published on /tf_static
+        self._published_static_for = None
+        self.tf_static_pub = None
+        self.tf_subs = []
 
     # ------------------------------------------------------------------ lifecycle transitions
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -101,18 +121,27 @@ class Mu0Node(LifecycleNode):
             model = g("model")
             if not model.startswith("baseline:"):   # a checkpoint: cwd, else the source tree / share/mu0
                 model = str(resolve(model))
-            predictor = make_predictor(model, g("backend"), g("device"), g("dtype"))
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", DeviceUnavailableWarning)
+                predictor = make_predictor(model, g("backend"), g("device"), g("dtype"),
+                                           require_device=bool(g("require_device")))
+            self.backend = getattr(predictor, "backend_report", None) or backend_report(predictor, g("backend"), g("device"))
+            for w in caught:
+                if issubclass(w.category, DeviceUnavailableWarning):
+                    self.get_logger().warning(f"{w.message} - running anyway (set require_device to refuse)")
             self.pipeline = TracePipeline(predictor, config, instruction=g("instruction") or "")
             self.period = float(g("expected_period"))
             if not self.period > 0:
                 raise ValueError(f"parameter expected_period must be > 0, got {self.period}")
             warm_ms = self.pipeline.warmup()
+            self.tf_max_age_ns = int(float(g("tf_max_age")) * 1e9)
         except Exception as exc:  # CheckpointError / ValueError name the file and field
             self.get_logger().error(f"configure failed: {exc}")
             self.pipeline = None
             return TransitionCallbackReturn.FAILURE
-        self.get_logger().info(f"loaded {predictor.model_id} ({g('model')}, {g('backend')}/{g('device')}), "
+        self.get_logger().info(f"loaded {predictor.model_id} ({model}, {describe_backend(self.backend)}), "
                                f"warm-up {warm_ms:.1f} ms")
+        self._setup_tf(extrinsic, bool(g("publish_camera_tf")), g("base_frame_id"))
         self.traces_pub = self.create_lifecycle_publisher(TraceArray, "/mu0/traces", reliable_qos(5))
         self.camera_traces_pub = self.create_lifecycle_publisher(TraceArray, "/mu0/traces_camera", reliable_qos(5))
         self.markers_pub = self.create_lifecycle_publisher(MarkerArray, "/mu0/trace_markers", reliable_qos(5))
@@ -130,6 +159,64 @@ class Mu0Node(LifecycleNode):
         self._worker = threading.Thread(target=self._work, name="mu0_worker", daemon=True)
         self._worker.start()
         return TransitionCallbackReturn.SUCCESS
+
+    def _setup_tf(self, extrinsic, publish: bool, base_frame: str) -> None:
+        """One source of truth for camera -> base: the camera_to_base parameter (then published on
+        /tf_static for RViz and other nodes), else the TF tree (/tf_static + /tf)."""
+        self._static_extrinsic, self._published_static_for, self.tf_tree = extrinsic, None, None
+        if extrinsic is not None:
+            if publish and TFMessage is not None:
+                self.tf_static_pub = self.create_publisher(TFMessage, "/tf_static", TF_STATIC_QOS)
+            self.get_logger().info(f"camera -> {base_frame}: parameter camera_to_base"
+                                   + (" (published on /tf_static)" if self.tf_static_pub else ""))
+            return
+        if TFMessage is None:
+            self.get_logger().warning("no camera_to_base and no tf2_msgs to read TF with: traces in the camera "
+                                      "frame only")
+            return
+        self.tf_tree = TfTree()
+        self.tf_subs = [self.create_subscription(TFMessage, "/tf_static", lambda m: self._on_tf(m, True), TF_STATIC_QOS),
+                        self.create_subscription(TFMessage, "/tf", lambda m: self._on_tf(m, False), 100)]
+        self.get_logger().info(f"camera -> {base_frame}: from TF (/tf_static, /tf)")
+
+    def _on_tf(self, msg, static: bool) -> None:
+        with self._tf_lock:
+            for t in msg.transforms:
+                try:
+                    self.tf_tree.set_transform(t.header.frame_id, t.child_frame_id,
+                                               convert.transform_to_rigid(t.transform),
+                                               convert.stamp_to_ns(t.header.stamp), static)
+                except ValueError as exc:
+                    self.get_logger().warning(f"ignored a TF edge: {exc}", throttle_duration_sec=5.0)
+
+    def _publish_static_tf(self, camera_frame: str, stamp) -> None:
+        """The camera_to_base parameter as base_frame -> camera frame on /tf_static (once per frame id)."""
+        if self.tf_static_pub is None or self._published_static_for == camera_frame or not camera_frame:
+            return
+        from geometry_msgs.msg import TransformStamped
+
+        t = TransformStamped()
+        t.header.stamp = stamp
+        t.header.frame_id = self.pipeline.config.base_frame_id
+        t.child_frame_id = camera_frame
+        t.transform = convert.rigid_to_transform(self._static_extrinsic)
+        self.tf_static_pub.publish(TFMessage(transforms=[t]))
+        self._published_static_for = camera_frame
+
+    def _camera_to_base(self, frame) -> bool:
+        """Set the pipeline's extrinsic for this frame from TF; False (frame skipped) when unavailable."""
+        if self.tf_tree is None:
+            return True
+        try:
+            with self._tf_lock:
+                T = self.tf_tree.lookup(self.pipeline.config.base_frame_id, frame.frame_id,
+                                        now_ns=frame.stamp_ns, max_age_ns=self.tf_max_age_ns)
+        except TransformUnavailable as exc:
+            self.monitor.count("tf_unavailable")
+            self.get_logger().warning(f"skipped a frame: {exc}", throttle_duration_sec=5.0)
+            return False
+        self.pipeline.config.camera_to_base = T
+        return True
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Start processing frames; lifecycle publishers go live. SUCCESS."""
@@ -164,6 +251,13 @@ class Mu0Node(LifecycleNode):
         if getattr(self, "diag_pub", None) is not None:
             self.destroy_publisher(self.diag_pub)
             self.diag_pub = None
+        if getattr(self, "tf_static_pub", None) is not None:
+            self.destroy_publisher(self.tf_static_pub)
+            self.tf_static_pub = None
+        for sub in getattr(self, "tf_subs", []):
+            self.destroy_subscription(sub)
+        self.tf_subs = []
+        self.tf_tree = None
         if getattr(self, "instruction_srv", None) is not None:
             self.destroy_service(self.instruction_srv)
             self.instruction_srv = None
@@ -253,6 +347,10 @@ class Mu0Node(LifecycleNode):
             return
         age_ms = (self.get_clock().now().nanoseconds - frame.stamp_ns) / 1e6
         self.monitor.record("frame_age_ms", age_ms)
+        if self._static_extrinsic is not None:
+            self._publish_static_tf(frame.frame_id, msg.header.stamp)
+        elif not self._camera_to_base(frame):
+            return
         out = pipeline.process(frame)
         if out is None:
             self.monitor.count("frames_without_queries")
@@ -281,6 +379,9 @@ class Mu0Node(LifecycleNode):
         status.values["active"] = str(self._active)
         if self.pipeline is not None:
             status.values["model_id"] = self.pipeline.predictor.model_id
+            status.values["backend"] = describe_backend(self.backend)
+            status.values["providers"] = ",".join(self.backend["providers"]) or "-"
+            status.values["device"] = self.backend["device"]
             status.values["instruction"] = self.pipeline.instruction
         self.diag_pub.publish(diagnostic_array_msg([status], self.get_clock().now().to_msg()))
 
