@@ -75,6 +75,7 @@ class RGBDSyncNode(Node):
                                f"-> {output_topic} (slop {slop * 1e3:.0f} ms, queue {queue_size}, {reliability})")
 
     def _on_message(self, stream: str, msg) -> None:
+        self.monitor.count(f"in_{stream}")      # every message delivered, whatever becomes of it
         try:
             self._handle(stream, msg)
         except Exception as exc:  # noqa: BLE001 - one message never stops the node

@@ -85,7 +85,8 @@ class ActionExpertNode(LifecycleNode):
         self.drops = DropCounter()
         self.camera_to_command_ms = deque(maxlen=1000)
         self.counts = {"malformed_traces": 0, "malformed_joint_states": 0, "malformed_estop": 0, "published": 0,
-                       "dry_run_logged": 0, "estop_messages": 0, "watchdog_ticks": 0, "callback_errors": 0}
+                       "dry_run_logged": 0, "estop_messages": 0, "watchdog_ticks": 0, "callback_errors": 0,
+                       "in_traces": 0, "in_joint_states": 0}
         self._last_tick_wall = time.monotonic()
         self.command_pub = self.gripper_pub = self.diag_pub = None
 
@@ -142,7 +143,9 @@ class ActionExpertNode(LifecycleNode):
         # a steady-clock watchdog: ticks (-> a hold) when the node clock stops, e.g. a frozen /clock
         add("timer", self.create_timer(robot.control_dt, self._on_watchdog,
                                        clock=Clock(clock_type=ClockType.STEADY_TIME)))
-        add("timer", self.create_timer(diag_period, self._publish_diagnostics))
+        # diagnostics on the steady clock too: they must keep coming when /clock stops
+        add("timer", self.create_timer(diag_period, self._publish_diagnostics,
+                                       clock=Clock(clock_type=ClockType.STEADY_TIME)))
         self.get_logger().info(
             f"robot {robot.robot} ({path}): expert {robot.expert_name}, "
             f"{robot.command_interface} -> {robot.command_topic} at {robot.control_rate_hz:g} Hz, "
@@ -219,6 +222,7 @@ class ActionExpertNode(LifecycleNode):
         return self.get_clock().now().nanoseconds
 
     def _on_traces(self, msg):
+        self.counts["in_traces"] += 1
         try:
             if self.runner is None:
                 return
@@ -230,6 +234,7 @@ class ActionExpertNode(LifecycleNode):
             self._dropped("traces", err)
 
     def _on_joint_state(self, msg):
+        self.counts["in_joint_states"] += 1
         try:
             if self.runner is None:
                 return
