@@ -85,7 +85,13 @@ class TraceSource:
 
 
 class PredictedTraces(TraceSource):
-    def __init__(self, model: str, max_queries: int = 32, queries: str = "automatic", backend: str = "torch"):
+    """μ_0 through the runtime's TracePipeline. With `robot`, the gripper is also queried where the
+    arm's forward kinematics (of the measured joints) puts it, as mu0_node does with a robot config."""
+
+    def __init__(self, model: str, max_queries: int = 32, queries: str = "automatic", backend: str = "torch",
+                 robot=None):
+        self.kin = None if robot is None else robot.build_kinematics()
+        self.arm = None if robot is None else list(robot.joint_names)
         from mu0_policy.predictors import make_predictor
         from mu0_policy.runtime import PipelineConfig, TracePipeline
 
@@ -100,8 +106,14 @@ class PredictedTraces(TraceSource):
         from mu0_core.frames import RGBDFrame
         from mu0_sim.record import COLOR_FRAME
 
+        from mu0_policy.runtime import gripper_query
+
         self.pipeline.config.camera_to_base = obs.T_base_cam
-        out = self.pipeline.process(RGBDFrame(obs.stamp_ns, COLOR_FRAME, obs.color, obs.depth, obs.intrinsics))
+        extra = None
+        if self.kin is not None:
+            q = np.array([obs.joint_positions[obs.joint_names.index(n)] for n in self.arm])
+            extra = gripper_query(self.kin.ee_pose(q)[:3, 3], obs.T_base_cam, obs.intrinsics)
+        out = self.pipeline.process(RGBDFrame(obs.stamp_ns, COLOR_FRAME, obs.color, obs.depth, obs.intrinsics), extra)
         if out is None or out.base_traces is None:
             return empty_trace_set(obs.stamp_ns, env.instruction)
         return out.base_traces
@@ -145,12 +157,13 @@ class NoTraces(TraceSource):
         return empty_trace_set(obs.stamp_ns, env.instruction)
 
 
-def make_trace_source(model: str, max_queries: int = 32, queries: str = "automatic", backend: str = "torch"):
+def make_trace_source(model: str, max_queries: int = 32, queries: str = "automatic", backend: str = "torch",
+                      robot=None):
     if model == GROUND_TRUTH:
         return GroundTruthTraces()
     if model == NO_TRACES:
         return NoTraces()
-    return PredictedTraces(model, max_queries, queries, backend)
+    return PredictedTraces(model, max_queries, queries, backend, robot)
 
 
 # ------------------------------------------------------------------------------------ the loop
@@ -300,7 +313,8 @@ class EvalReport:
 def evaluate(robot_path: str, tasks: list, seeds: list, model: str, out_dir=None, expert: str | None = None,
              max_steps: int = 300, trace_every: int = 8, width: int = 160, height: int = 120,
              camera: str = "corner", max_queries: int = 32, queries: str = "automatic",
-             videos: bool = True, progress: bool = True, backend: str = "torch") -> EvalReport:
+             videos: bool = True, progress: bool = True, backend: str = "torch",
+             gripper_query: bool = True) -> EvalReport:
     from tqdm import tqdm
 
     from mu0_policy.experts.base import make_expert
@@ -309,7 +323,8 @@ def evaluate(robot_path: str, tasks: list, seeds: list, model: str, out_dir=None
     robot = robot_for_eval(robot_path, expert)
     expert_name = SCRIPTED if expert == SCRIPTED else robot.expert_name
     expert_label = expert or f"{robot.expert_name} ({robot.expert_params.get('checkpoint', '')})"
-    source = make_trace_source(model, max_queries, queries, backend) if expert_name != SCRIPTED else NoTraces()
+    source = (make_trace_source(model, max_queries, queries, backend, robot if gripper_query else None)
+              if expert_name != SCRIPTED else NoTraces())
     the_expert = None if expert_name == SCRIPTED else make_expert(robot)
     if getattr(the_expert, "cfg", None) is not None and not the_expert.cfg.use_traces and model != NO_TRACES:
         source = NoTraces()     # the no-trace expert never looks at traces: do not pay for μ_0
@@ -444,6 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", default="160x120")
     p.add_argument("--max-queries", type=int, default=32)
     p.add_argument("--no-video", action="store_true")
+    p.add_argument("--no-gripper-query", action="store_true",
+                   help="do not ask μ_0 about the gripper at its kinematic position (automatic queries only)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--live", action="store_true",
@@ -473,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         report = evaluate(args.robot, tasks, seeds, args.model, args.out, args.expert, args.max_steps,
                           args.trace_every, w, h, max_queries=args.max_queries, videos=not args.no_video,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, gripper_query=not args.no_gripper_query)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -61,6 +61,23 @@ def extrinsic_from_list(values, where: str = "camera_to_base") -> RigidTransform
         raise ValueError(f"{where}: {exc}") from None
 
 
+GRIPPER_QUERY_ID = 2 ** 31     # stable id of the kinematics-seeded gripper query (above the tracker's ids)
+
+
+def gripper_query(ee_position_base, T_base_cam: RigidTransform, intrinsics, entity: str = "gripper") -> QuerySet:
+    """The gripper as a query: its position from the robot's forward kinematics (base frame)
+    projected into the camera. Empty when it falls outside the image or behind the camera."""
+    from mu0_core.camera import project
+
+    uv, z = project(T_base_cam.inverse().apply(np.asarray(ee_position_base, float).reshape(1, 3)), intrinsics)
+    u, v = uv[0]
+    inside = np.isfinite(u) and np.isfinite(v) and z[0] > 0 and 0 <= u <= intrinsics.width - 1 \
+        and 0 <= v <= intrinsics.height - 1
+    if not inside:
+        return QuerySet(np.zeros(0, np.uint32), np.zeros((0, 2), np.float32), [])
+    return QuerySet(np.array([GRIPPER_QUERY_ID], np.uint32), np.array([[u, v]], np.float32), [entity])
+
+
 @dataclass
 class PipelineOutput:
     stamp_ns: int
@@ -122,13 +139,21 @@ class TracePipeline:
         self.predictor.predict([request], num_samples=self.config.num_samples, seed=self.config.seed)
         return (time.perf_counter() - start) * 1e3
 
-    def process(self, frame: RGBDFrame) -> PipelineOutput | None:
-        """Traces for one frame; None when there is nothing to predict (no instruction / queries)."""
+    def process(self, frame: RGBDFrame, extra_queries: QuerySet | None = None) -> PipelineOutput | None:
+        """Traces for one frame; None when there is nothing to predict (no instruction / queries).
+
+        `extra_queries` are asked about in this frame on top of the tracked ones (e.g. the gripper
+        where the robot's kinematics puts it: `gripper_query`); their ids must stay stable across
+        frames for their history, and must not collide with the tracker's (use ids >= 2**31)."""
         if not self.instruction:
             return None
         timings = {}
         t0 = time.perf_counter()
         queries = self.tracker.update(frame.color, frame.depth)
+        if extra_queries is not None and len(extra_queries):
+            queries = QuerySet(np.concatenate([queries.query_ids, extra_queries.query_ids]),
+                               np.concatenate([queries.pixels, extra_queries.pixels]),
+                               [*queries.entities, *extra_queries.entities])
         width, height = frame.intrinsics.width, frame.intrinsics.height
         z = sample_depth_at(frame.depth, queries.pixels) if len(queries) else np.zeros(0, np.float32)
         has_depth = np.isfinite(z) & (z > 0)

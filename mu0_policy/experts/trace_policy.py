@@ -67,6 +67,8 @@ class TracePolicyConfig:
     trace_offsets: list = field(default_factory=lambda: list(TRACE_OFFSETS))
     flow_steps: int = 10
     gripper_entities: list = field(default_factory=lambda: ["gripper", "hand"])
+    gripper_query: bool = False      # trained on traces where μ_0 was also asked about the gripper
+                                     # at its kinematic position (the runtime should do the same)
 
     REQUIRED = ("robot", "interface", "joint_names", "action_dim", "state_dim", "horizon", "control_dt",
                 "use_traces", "head", "dim", "layers", "heads", "max_traces", "trace_offsets")

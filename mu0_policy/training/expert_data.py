@@ -178,10 +178,17 @@ def model_key(model: str) -> str:
     return model.replace(":", "_").replace("/", "_")
 
 
-def predicted_traces(ep: DemoEpisode, pipeline, trace_every: int) -> CachedTraces:
-    """Run the frozen μ_0 (a fresh `TracePipeline`) over the frames the runtime would process."""
+def predicted_traces(ep: DemoEpisode, pipeline, trace_every: int, robot=None) -> CachedTraces:
+    """Run the frozen μ_0 (a fresh `TracePipeline`) over the frames the runtime would process.
+
+    With `robot` (a RobotConfig), the gripper is also queried where the arm's forward kinematics
+    puts it in each frame (`runtime.gripper_query`), as the runtime does with a robot config."""
     from mu0_core.frames import RGBDFrame
+    from mu0_policy.runtime import gripper_query
     from mu0_sim.record import COLOR_FRAME
+
+    kin = None if robot is None else robot.build_kinematics()
+    arm = None if robot is None else [ep.joint_names.index(n) for n in robot.joint_names]
 
     pipeline.reset()
     pipeline.set_instruction(ep.instruction or ep.task)
@@ -190,7 +197,10 @@ def predicted_traces(ep: DemoEpisode, pipeline, trace_every: int) -> CachedTrace
     horizon = None
     for s in range(0, ep.num_steps, trace_every):
         frame = RGBDFrame(int(ep.stamps_ns[s]), COLOR_FRAME, ep.color[s], ep.depth[s], ep.intrinsics)
-        out = pipeline.process(frame)
+        extra = None
+        if kin is not None:
+            extra = gripper_query(kin.ee_pose(ep.joint_positions[s, arm])[:3, 3], ep.T_base_cam, ep.intrinsics)
+        out = pipeline.process(frame, extra)
         steps.append(s)
         if out is None or out.base_traces is None:
             sets.append((np.zeros((0, 1, 3)), np.zeros((0, 1)), []))
@@ -210,9 +220,10 @@ def cache_path(bag: Path, key: str, trace_every: int, cache_dir: Path | None) ->
 
 
 def load_or_make_traces(ep: DemoEpisode, model: str, trace_every: int, cache_dir=None,
-                        pipeline_factory=None) -> CachedTraces:
-    """Cached traces for one episode (computed and written atomically when missing)."""
-    key = model_key(model)
+                        pipeline_factory=None, gripper_robot=None) -> CachedTraces:
+    """Cached traces for one episode (computed and written atomically when missing). With
+    `gripper_robot`, μ_0 is also asked about the gripper (kinematics-seeded query)."""
+    key = model_key(model) + ("-gq" if gripper_robot is not None and model != GT_MODEL else "")
     path = cache_path(ep.path, key, trace_every, cache_dir)
     if path.is_file():
         z = np.load(path, allow_pickle=False)
@@ -220,7 +231,7 @@ def load_or_make_traces(ep: DemoEpisode, model: str, trace_every: int, cache_dir
     if model == GT_MODEL:
         ct = ground_truth_traces(ep, trace_every)
     else:
-        ct = predicted_traces(ep, pipeline_factory(), trace_every)
+        ct = predicted_traces(ep, pipeline_factory(), trace_every, gripper_robot)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
     np.savez_compressed(tmp, steps=ct.steps, counts=ct.counts, samples=ct.samples, validity=ct.validity,
@@ -283,7 +294,8 @@ def episode_samples(ep: DemoEpisode, traces: CachedTraces, robot, kinematics, ho
 
 
 def build_samples(bags, robot, model: str, horizon: int, max_traces: int, trace_every: int,
-                  gripper_entities, cache_dir=None, pipeline_factory=None, progress: bool = True) -> ExpertSamples:
+                  gripper_entities, cache_dir=None, pipeline_factory=None, progress: bool = True,
+                  gripper_query: bool = True) -> ExpertSamples:
     """Samples from many demo bags (failed demos are skipped)."""
     from tqdm import tqdm
 
@@ -295,7 +307,8 @@ def build_samples(bags, robot, model: str, horizon: int, max_traces: int, trace_
         ep = read_demo_bag(bag)
         if not ep.success:
             continue
-        ct = load_or_make_traces(ep, model, trace_every, cache_dir, pipeline_factory)
+        ct = load_or_make_traces(ep, model, trace_every, cache_dir, pipeline_factory,
+                                 robot if gripper_query else None)
         st, tr, m, a = episode_samples(ep, ct, robot, kin, horizon, max_traces, gripper_entities)
         text = ep.instruction or ep.task
         if text not in texts:
