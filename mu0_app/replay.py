@@ -3,9 +3,19 @@
 `replay_offline` runs the same core objects the nodes run — `RGBDAssembler` (rgbd_sync),
 `TracePipeline` (mu0_node) and, when the graph has an action expert, its expert + safety guard —
 in-process, message by message in log-time order. The output bag holds every input message
-unchanged plus /mu0/traces (base frame when an extrinsic is known), /mu0/traces_camera,
-/mu0/trace_markers and the expert's commands, each written at the log time of the message that
-completed its camera frame. Same bag + same config -> byte-identical added messages.
+unchanged plus /mu0/traces (base frame when an extrinsic is known, else the camera frame),
+/mu0/traces_camera, /mu0/trace_markers and the expert's commands, each written at the log time of
+the message that completed its camera frame. Same bag + same config -> byte-identical added
+messages.
+
+Any rosbag2 is an input: sqlite3 or mcap storage, our sim bags or a bag of a user's own camera
+(`ros2 bag record` of realsense-ros: rgb8 colour, aligned 16UC1 depth, camera_info, plus whatever
+else was recorded — topics of message types we do not know are copied with the bag's own message
+definition). The expert stage runs only when the graph lists an `action_expert`, a camera
+extrinsic is known (mu0_node.camera_to_base, the bag's episode.json, or the robot config's
+camera_to_base) and the bag has the robot (its joint-state topic); otherwise it is skipped and the
+summary says why (`ReplaySummary.expert`). A camera-only bag thus gives traces in the camera
+frame, markers and the overlay.
 """
 from __future__ import annotations
 
@@ -52,22 +62,49 @@ class ReplaySummary:
     commands: int = 0
     faults: dict = field(default_factory=dict)
     overlay: str | None = None
+    frame_id: str = ""            # frame of /mu0/traces
+    expert: str = ""              # "ran: ..." or "skipped: <why>"
+    not_copied: list = field(default_factory=list)   # input topics of unknown type without a definition
 
     def describe(self) -> str:
         faults = ", ".join(f"{k}={v}" for k, v in self.faults.items() if v) or "none"
         return (f"replayed {self.bag_in} -> {self.bag_out}: {self.frames} frames, {self.trace_sets} trace sets "
-                f"({self.traces} traces), {self.commands} commands; dropped: {faults}"
-                + (f"; overlay {self.overlay}" if self.overlay else ""))
+                f"({self.traces} traces, frame {self.frame_id or '-'}), {self.commands} commands; "
+                f"expert stage {self.expert}; dropped: {faults}"
+                + (f"; not copied (unknown type, no definition in the bag): {', '.join(self.not_copied)}"
+                   if self.not_copied else "")
+                + (f"; overlay {self.overlay}" if self.overlay else "")
+                + ("; no instruction, so no traces: the bag has no /mu0/instruction — give one with "
+                   "--set mu0_node.instruction='...'" if self.faults.get("no_instruction") else ""))
 
 
 def _graph_params(config, overrides=()) -> dict:
-    """node -> parameters from a graph YAML path (or an already-loaded dict of node params)."""
+    """node -> parameters from a graph YAML path (or an already-loaded dict of node params).
+
+    Only the nodes the graph lists (`mu0_graph.nodes`) are part of it: an `action_expert` section
+    of a graph whose nodes are [rgbd_sync, mu0_node] is not a robot."""
     if config is None:
         return {}
     if isinstance(config, dict):
         return config
     graph = load_graph_config(config, overrides)
-    return {node: graph.node_params(node) for node in graph.params}
+    listed = set(graph.nodes) | {"mu0_graph"}
+    return {node: graph.node_params(node) for node in graph.params if node in listed}
+
+
+def _expert_plan(params: dict, node_params: dict, topics: set):
+    """(ExpertStage or None, 'ran: ...' / 'skipped: <why>') for this graph and bag."""
+    expert_params = params.get("action_expert")
+    if not expert_params:
+        return None, "skipped: the graph has no action_expert (no robot)"
+    stage = ExpertStage(expert_params)
+    robot = stage.robot
+    if not node_params.get("camera_to_base") and robot.camera_to_base is None:
+        return None, ("skipped: no camera extrinsic (T_base_cam) — set mu0_node.camera_to_base or the robot "
+                      "config's camera_to_base (sim bags carry it in episode.json)")
+    if robot.joint_state_topic not in topics:
+        return None, f"skipped: the bag has no robot (no {robot.joint_state_topic} messages)"
+    return stage, f"ran: {robot.robot} -> {robot.command_topic}"
 
 
 def replay_offline(bag_in, bag_out, config=None, overrides=(), overlay_path=None, progress: bool = True,
@@ -101,13 +138,16 @@ def replay_offline(bag_in, bag_out, config=None, overrides=(), overlay_path=None
                               float(sync_params["min_valid_depth_fraction"]))
     streams = {sync_params["color_topic"]: "color", sync_params["depth_topic"]: "depth",
                sync_params["camera_info_topic"]: "info"}
-    expert = ExpertStage(params["action_expert"]) if params.get("action_expert") else None
     renamed = {t: f"/recorded{t}" for t in params.get("mu0_graph", {}).get("exclude_topics", [])}
     store = convert.mu0_typestore()
     summary = ReplaySummary(str(bag_in), str(bag_out))
+    summary.frame_id = pipeline.config.base_frame_id if pipeline.config.camera_to_base is not None else ""
     overlay_frames = []
     entities: list[str] = []
     with Reader(bag_in) as reader, Writer(bag_out, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        topics_in = {c.topic for c in reader.connections if c.msgcount > 0}
+        expert, summary.expert = _expert_plan(params, node_params, topics_in)
+        joint_topic = expert.robot.joint_state_topic if expert is not None else None
         out_conns = {}
 
         def connection(topic, msgtype):
@@ -118,12 +158,29 @@ def replay_offline(bag_in, bag_out, config=None, overrides=(), overlay_path=None
         def write(topic, msgtype, log_time, msg):
             writer.write(connection(topic, msgtype), log_time, store.serialize_cdr(msg, msgtype))
 
+        def copy_connection(c):
+            """The input connection in the output bag: our typestore's definition when it knows
+            the type, else the bag's own (e.g. realsense2_camera_msgs/msg/Extrinsics)."""
+            topic = renamed.get(c.topic, c.topic)
+            if topic in out_conns:
+                return
+            if c.msgtype in store.fielddefs:
+                connection(topic, c.msgtype)
+                return
+            msgdef = getattr(c.msgdef, "data", c.msgdef) if c.msgdef is not None else None
+            if msgdef and c.digest:
+                out_conns[topic] = writer.add_connection(topic, c.msgtype, msgdef=msgdef, rihs01=c.digest)
+            else:
+                summary.not_copied.append(c.topic)
+
         for c in reader.connections:
-            connection(renamed.get(c.topic, c.topic), c.msgtype)
+            copy_connection(c)
         total = sum(c.msgcount for c in reader.connections)
         for conn, log_time, raw in tqdm(reader.messages(), total=total, desc="offline replay", unit="msg",
                                         disable=not progress):
-            writer.write(out_conns[renamed.get(conn.topic, conn.topic)], log_time, raw)
+            out_conn = out_conns.get(renamed.get(conn.topic, conn.topic))
+            if out_conn is not None:
+                writer.write(out_conn, log_time, raw)
             if expert is not None:
                 for tick_ns, msg in expert.advance(log_time, store):
                     write(expert.topic, expert.msgtype, tick_ns, msg)
@@ -131,7 +188,7 @@ def replay_offline(bag_in, bag_out, config=None, overrides=(), overlay_path=None
             if conn.topic == "/mu0/instruction":
                 pipeline.set_instruction(store.deserialize_cdr(raw, conn.msgtype).data)
                 continue
-            if conn.topic == "/joint_states":
+            if conn.topic == joint_topic:
                 if expert is not None:
                     expert.on_joint_state(store.deserialize_cdr(raw, conn.msgtype))
                 continue
@@ -145,9 +202,12 @@ def replay_offline(bag_in, bag_out, config=None, overrides=(), overlay_path=None
                     continue
                 out = pipeline.process(frame)
                 if out is None:
+                    if not pipeline.instruction:
+                        summary.faults["no_instruction"] = summary.faults.get("no_instruction", 0) + 1
                     continue
                 summary.trace_sets += 1
                 summary.traces += len(out.published)
+                summary.frame_id = out.published.frame_id
                 write("/mu0/traces", "mu0_msgs/msg/TraceArray", log_time, convert.trace_set_to_msg(out.published, store))
                 write("/mu0/traces_camera", "mu0_msgs/msg/TraceArray", log_time,
                       convert.trace_set_to_msg(out.camera_traces, store))
