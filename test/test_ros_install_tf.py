@@ -13,7 +13,7 @@ import json
 import sys
 import textwrap
 
-from ros_install_env import REPO, extras_prefix, in_ros_env, popen_in_ros_env, requires_shared_ros2
+from ros_install_env import REPO, extras_prefix, in_ros_env, requires_shared_ros2
 
 pytestmark = requires_shared_ros2
 
@@ -106,4 +106,42 @@ def test_extrinsic_parameter_is_published_on_tf_static(tmp_path):
     assert result["frames"] == ["base_link"] and result["max_err"] < 1e-4, result
     published = [e for e in result["tf_static"] if e[:2] == ["base_link", "camera_color_optical_frame"]]
     assert published, result
+    assert result["exit"] == 0
+
+
+SIM_SCRIPT = textwrap.dedent('''
+    import json, subprocess, sys, time
+    import rclpy
+    from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+    from tf2_msgs.msg import TFMessage
+    static_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                            durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    proc = subprocess.Popen([sys.executable, "-m", "mu0_sim.nodes.sim_node", "--ros-args",
+                             "-p", "publish_camera_tf:=true", "-p", "width:=64", "-p", "height:=48"])
+    rclpy.init()
+    node = rclpy.create_node("sim_tf_probe")
+    seen = {"tf": set(), "tf_static": set()}
+    node.create_subscription(TFMessage, "/tf", lambda m: seen["tf"].update((t.header.frame_id, t.child_frame_id) for t in m.transforms), 10)
+    node.create_subscription(TFMessage, "/tf_static", lambda m: seen["tf_static"].update((t.header.frame_id, t.child_frame_id) for t in m.transforms), static_qos)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and not (seen["tf"] and seen["tf_static"]):
+        rclpy.spin_once(node, timeout_sec=0.1)
+    for _ in range(10):
+        rclpy.spin_once(node, timeout_sec=0.05)
+    proc.send_signal(2)
+    print(json.dumps({k: sorted(v) for k, v in seen.items()} | {"exit": proc.wait(timeout=20)}))
+''')
+
+
+def test_sim_publishes_arm_links_and_camera_on_tf(tmp_path):
+    from mu0_sim.record import BASE_FRAME, COLOR_FRAME
+
+    prefix = extras_prefix()
+    (tmp_path / "sim_tf.py").write_text(SIM_SCRIPT)
+    out = in_ros_env(prefix, f"cd {REPO} && {sys.executable} {tmp_path / 'sim_tf.py'}", timeout=180)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    children = {child for parent, child in result["tf"] if parent == BASE_FRAME}
+    assert "hand" in children and len(children) >= 7, result      # base .. hand of the Sawyer
+    assert [BASE_FRAME, COLOR_FRAME] in result["tf_static"], result
     assert result["exit"] == 0

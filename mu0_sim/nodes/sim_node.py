@@ -11,6 +11,11 @@ Subscribes, by embodiment:
                 /gripper_controller/commands (std_msgs/Float64MultiArray [closure -1 open .. 1 closed])
   sawyer_ee:    /mu0/sim/ee_delta (std_msgs/Float64MultiArray [dx, dy, dz, gripper])
 Service ~/reset (std_srvs/Trigger) starts a new episode (next seed).
+TF (where tf2_msgs is importable, i.e. on a ROS install): the arm's links (every body from the
+base to the `hand`, each as base_link -> <body>) on /tf with the joint states, so RViz's TF display
+shows the arm; with `publish_camera_tf` (default false: in the sim graph mu0_node publishes the
+configured camera_to_base, one source of truth) also base_link -> the colour optical frame, on
+/tf_static for a fixed camera.
 
 mode:=realtime  physics advances on a wall-clock timer (step period / real_time_factor), holding
                 the latest command, like a real arm.
@@ -42,6 +47,11 @@ from mu0_ros import convert
 from mu0_sim.control import CommandState
 from mu0_sim.env import DEFAULT_CAMERA, STEP_PERIOD_NS, SawyerSimEnv
 from mu0_sim.record import BASE_FRAME, COLOR_FRAME, TOPICS
+
+try:   # ROS installs; the pip-wheel environment has no tf2_msgs (then no TF is published)
+    from tf2_msgs.msg import TFMessage
+except ImportError:  # pragma: no cover - depends on the install
+    TFMessage = None
 
 WARN_THROTTLE_S = 5.0
 
@@ -107,6 +117,8 @@ class SimArmNode(Node):
             self.create_subscription(Float64MultiArray, robot.command_topics.get(
                 "ee_delta", TOPICS["ee_delta"]), self._on_ee_delta, 10)
         self.create_service(Trigger, "~/reset", self._on_reset)
+        self._setup_tf(bool(self.declare_parameter("publish_tf", True).value),
+                       bool(self.declare_parameter("publish_camera_tf", False).value))
         self._obs = self.env.observe(render=False)
         self._publish(self._obs, camera=True, joints=True)
         self.pub_instruction.publish(convert.string_msg(self.env.instruction))
@@ -182,6 +194,8 @@ class SimArmNode(Node):
             self.pub_joints.publish(convert.joint_state_msg(t, obs.joint_names, obs.joint_positions,
                                                          obs.joint_velocities))
             self.pub_success.publish(convert.bool_msg(obs.success))
+        if (joints or camera) and (self.tf_pub is not None or self.tf_static_pub is not None):
+            self._publish_tf(t, camera)
         if camera:
             color, depth = self.env.renderer.render(self.env.data)
             header = make_header(t, COLOR_FRAME)
@@ -192,6 +206,57 @@ class SimArmNode(Node):
             self.pub_depth_info.publish(camera_info_from_intrinsics(self.env.intrinsics, header))
             self.pub_pose.publish(convert.pose_stamped_msg(t, BASE_FRAME, self.env.camera_pose()))
             self.pub_truth.publish(dict_to_named_points(dict(zip(obs.point_names, obs.points)), t, BASE_FRAME))
+
+    # -------------------------------------------------------------- TF
+    def _setup_tf(self, links: bool, camera: bool) -> None:
+        self.tf_pub = self.tf_static_pub = None
+        self._camera_tf_static_sent = False
+        self.publish_camera_tf = camera and TFMessage is not None
+        if TFMessage is None or not (links or camera):
+            return
+        model = self.env.model
+        self._link_ids = []
+        if links:
+            body = model.body("hand").id
+            while body > 0:                       # hand -> ... -> base, up to (not incl.) the world
+                self._link_ids.insert(0, body)
+                body = int(model.body_parentid[body])
+            self.tf_pub = self.create_publisher(TFMessage, "/tf", 10)
+        if self.publish_camera_tf:
+            latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                                 durability=DurabilityPolicy.TRANSIENT_LOCAL)
+            self.tf_static_pub = self.create_publisher(TFMessage, "/tf_static", latched)
+            if self.tf_pub is None:
+                self.tf_pub = self.create_publisher(TFMessage, "/tf", 10)
+
+    def _transform(self, stamp_ns: int, child: str, T):
+        from geometry_msgs.msg import TransformStamped
+
+        t = TransformStamped()
+        t.header = make_header(stamp_ns, BASE_FRAME)
+        t.child_frame_id = child
+        t.transform = convert.rigid_to_transform(T)
+        return t
+
+    def _publish_tf(self, stamp_ns: int, camera: bool) -> None:
+        from mu0_core.camera import RigidTransform
+
+        model, data = self.env.model, self.env.data
+        T_base_world = self.env.T_world_base.inverse()
+        out = []
+        for body in self._link_ids if self.tf_pub is not None else ():
+            w, x, y, z = data.xquat[body]
+            T = T_base_world @ RigidTransform.from_quat_xyzw([x, y, z, w], data.xpos[body])
+            out.append(self._transform(stamp_ns, model.body(body).name, T))
+        if camera and self.publish_camera_tf:
+            T_cam = self._transform(stamp_ns, COLOR_FRAME, self.env.camera_pose())
+            if self.env.camera_motion is not None:
+                out.append(T_cam)
+            elif not self._camera_tf_static_sent:
+                self.tf_static_pub.publish(TFMessage(transforms=[T_cam]))
+                self._camera_tf_static_sent = True
+        if out:
+            self.tf_pub.publish(TFMessage(transforms=out))
 
     def destroy_node(self):
         self.env.close()
