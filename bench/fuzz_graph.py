@@ -2,8 +2,8 @@
 
 The graph runs one process per node, as `mu0 run` starts it: rgbd_sync, action_expert (sim Sawyer,
 forward_position, NOT dry-run) and, unless `--targets` leaves it out, mu0_node (a baseline
-predictor). This process plays everything else: the camera and the arm (valid background input at
-30 Hz / 50 Hz), and the fuzzer, which sends `--messages` messages (default 10,000) per subscriber
+predictor, `queries: given`). This process plays everything else: the camera and the arm (valid background input at
+30 Hz / 50 Hz, query points at 10 Hz), and the fuzzer, which sends `--messages` messages (default 10,000) per subscriber
 and message type, cycling through the field classes
 
     sizes      height / width / step / horizon_steps / array counts: 0, 1, huge (2^31-1, 2^32-1)
@@ -409,6 +409,7 @@ def run(args) -> dict:
     if "mu0_node" in targets:
         procs["mu0_node"] = Proc("fuzz_mu0_node", "mu0_policy.nodes.mu0_node",
                                  ["-p", "model:=baseline:constant_velocity", "-p", "diagnostics_period:=0.5",
+                                  "-p", "queries:=given",
                                   "-r", "/mu0/traces:=/fuzz/mu0_traces", "-r", "/mu0/traces_camera:=/fuzz/mu0_traces_camera",
                                   "-r", "/mu0/trace_markers:=/fuzz/markers"], logdir, env)
 
@@ -454,6 +455,8 @@ def run(args) -> dict:
                 pubs["joint_states"].publish(make_joint_state(bg_rng, t, "valid", robot.joint_names, RESET_Q))
                 if k % 5 == 0:
                     pubs["traces"].publish(make_traces(bg_rng, t, "valid", ee))
+                    if "mu0_node" in targets:
+                        pubs["queries"].publish(make_queries(bg_rng, t, "valid"))
                 if k % 2 == 0 and "rgbd_sync" in targets:
                     pubs["color"].publish(make_image(bg_rng, t, "valid", "color"))
                     pubs["depth"].publish(make_image(bg_rng, t, "valid", "depth"))
@@ -533,6 +536,7 @@ def run(args) -> dict:
             ("rgbd_sync", "camera_info"): diags.get("rgbd_sync", "in_info", None),
             ("action_expert", "traces"): diags.get("action_expert", "in_traces", None),
             ("action_expert", "joint_states"): diags.get("action_expert", "in_joint_states", None),
+            ("mu0_node", "rgbd"): diags.get("mu0_node", "received_frames", None),
         }
         stream_of = {"color": "color", "depth": "depth", "camera_info": "info"}
         drops = {(t, kind): diags.sum_prefix(t, f"dropped.{stream_of.get(kind, kind)}.")
@@ -560,6 +564,7 @@ def run(args) -> dict:
                          over_rate=checker.over_rate if bad else 0, served_after=bool(served.get(t)),
                          exit=rc, traceback=tb, dropped_counted=drops.get((t, kind))))
     result = dict(seed=args.seed, messages_per_type=args.messages, fuzz_s=round(fuzz_s, 1), rows=rows,
+                  diagnostics=diags.values,
                   commands_checked=checker.n, gripper_commands_checked=checker.n_grip, logdir=str(logdir),
                   clean=all(r["crashes"] == 0 and r["out_of_limit"] == 0 and r["nan"] == 0 and r["over_rate"] == 0
                             and r["served_after"] and r["exit"] == 0 and not r["traceback"] for r in rows))
