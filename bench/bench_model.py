@@ -1,6 +1,6 @@
 """μ_0 model benchmarks (print numbers; nothing here asserts a time).
 
-    python bench/bench_model.py                      # latency of checkpoints/mu0_small on this CPU
+    python bench/bench_model.py [--reps 30] [--threads 1]   # latency of checkpoints/mu0_small on this CPU
     python bench/bench_model.py --metrics checkpoints/mu0_small/eval/metrics.json   # + quality targets
     python bench/bench_model.py --full --device cuda # full config (SmolVLM2-2.2B-sized, random init), bf16
 
@@ -146,7 +146,13 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--smoke", action="store_true", help="with --full: toy sizes (checks the benchmark on a CPU)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch intra-op threads (0 = torch's default; 1 on a shared, loaded CPU)")
     args = p.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.full:
         bench_full(args.device, args.queries, args.samples, args.reps, args.batch, args.smoke)
     else:

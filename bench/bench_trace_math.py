@@ -1,11 +1,13 @@
 """Benchmark the trace-math core: B-spline decode / fit (256 traces x 33 steps) and the metrics
-table over 10k traces, numpy vs torch. Prints time per call; asserts nothing about speed.
+table over 10k traces, numpy vs torch. Prints the median time per call over --repeats calls;
+asserts nothing about speed.
 
     python bench/bench_trace_math.py [--traces 10000] [--samples 5] [--torch-threads 1]
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import numpy as np
@@ -16,13 +18,14 @@ from mu0_core import bspline
 
 
 def time_call(fn, repeats: int) -> float:
+    """Median seconds per call over `repeats` calls (after one warm-up call)."""
     fn()  # warm-up (caches, allocator)
-    best = float("inf")
+    times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     Bt = torch.as_tensor(B, dtype=torch.float32)
 
     print(f"trace math benchmark (torch {torch.__version__}, {torch.get_num_threads()} thread(s))")
-    print(f"{'operation':44s} {'numpy':>12s} {'torch':>12s}")
+    print(f"{'operation (median of ' + str(args.repeats) + ' calls)':44s} {'numpy':>12s} {'torch':>12s}")
     rows = [
         (f"decode {args.batch} x 33 (D=10, C=3)",
          lambda: bspline.decode(ctrl, B), lambda: bspline.decode_torch(ct, Bt)),
