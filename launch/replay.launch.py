@@ -18,27 +18,16 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _mu0_graph import common_arguments, default_config, graph_actions, load_graph  # noqa: E402
 
 
-def play_command(bag, rate, exclude, distro=None):
-    """The `ros2 bag play` command line for this ROS distro (ROS_DISTRO when not given)."""
-    distro = (distro if distro is not None else os.environ.get("ROS_DISTRO", "")).lower()
-    cmd = ["ros2", "bag", "play", bag, "--clock", "--rate", str(rate)]
-    if not exclude:
-        return cmd
-    if distro in ("humble", "iron"):
-        import yaml
-
-        with open(os.path.join(bag, "metadata.yaml")) as handle:
-            info = (yaml.safe_load(handle) or {}).get("rosbag2_bagfile_information", {})
-        topics = [t["topic_metadata"]["name"] for t in info.get("topics_with_message_count", [])]
-        return cmd + ["--topics", *[t for t in topics if t not in set(exclude)]]
-    return cmd + ["--exclude-topics", *exclude]
-
-
 def _setup(context):
+    from mu0_app.launcher import bag_play_command, episode_overrides
+
     graph = load_graph(context)
+    sim_extrinsic = episode_overrides(LaunchConfiguration("bag").perform(context), graph)   # a sim bag's episode.json
+    if sim_extrinsic:
+        graph = load_graph(context, sim_extrinsic)
     exclude = graph.node_params("mu0_graph").get("exclude_topics", [])
-    play = play_command(LaunchConfiguration("bag").perform(context), LaunchConfiguration("rate").perform(context),
-                        exclude)
+    play = bag_play_command(LaunchConfiguration("bag").perform(context), LaunchConfiguration("rate").perform(context),
+                            exclude)
     return [*graph_actions(context, graph), ExecuteProcess(cmd=play, output="screen")]
 
 

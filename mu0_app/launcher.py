@@ -124,6 +124,24 @@ def run_graph(config_path, overrides=(), duration_s: float | None = None, driver
     return graph.wait(duration_s)
 
 
+def bag_play_command(bag, rate, exclude=(), distro: str | None = None) -> list[str]:
+    """`ros2 bag play BAG --clock --rate R` without the `exclude` topics, for this ROS distro
+    (ROS_DISTRO when not given): Jazzy and later have `--exclude-topics`; Humble (and Iron) do not,
+    there every other topic of the bag (from its metadata.yaml) goes to `--topics`."""
+    import yaml
+
+    distro = (distro if distro is not None else os.environ.get("ROS_DISTRO", "")).lower()
+    cmd = ["ros2", "bag", "play", str(bag), "--clock", "--rate", str(rate)]
+    exclude = list(exclude or ())
+    if not exclude:
+        return cmd
+    if distro in ("humble", "iron"):
+        info = (yaml.safe_load((Path(bag) / "metadata.yaml").read_text()) or {}).get("rosbag2_bagfile_information", {})
+        topics = [t["topic_metadata"]["name"] for t in info.get("topics_with_message_count", [])]
+        return cmd + ["--topics", *[t for t in topics if t not in set(exclude)]]
+    return cmd + ["--exclude-topics", *exclude]
+
+
 def episode_overrides(bag, graph: GraphConfig) -> list[str]:
     """The sim's camera extrinsic (episode.json T_base_cam) for mu0_node, unless the config sets one."""
     import json

@@ -144,7 +144,7 @@ def replay_offline(bag_in, bag_out, config=None, overrides=(), overlay_path=None
     summary.frame_id = pipeline.config.base_frame_id if pipeline.config.camera_to_base is not None else ""
     overlay_frames = []
     entities: list[str] = []
-    with Reader(bag_in) as reader, Writer(bag_out, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+    with Reader(bag_in) as reader, Writer(bag_out, version=8, storage_plugin=StoragePlugin.MCAP) as writer:  # v8: Humble reads it too (v9 writes QoS as a YAML list)
         topics_in = {c.topic for c in reader.connections if c.msgcount > 0}
         expert, summary.expert = _expert_plan(params, node_params, topics_in)
         joint_topic = expert.robot.joint_state_topic if expert is not None else None

@@ -131,7 +131,7 @@ def record_episode_result(task, seed, out_dir, embodiment="sawyer_ee", camera=DE
     cam_pose0 = obs.T_base_cam
     success_steps = 0
     steps = 0
-    with Writer(bag_dir, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+    with Writer(bag_dir, version=8, storage_plugin=StoragePlugin.MCAP) as writer:  # v8: Humble reads it too (v9 writes QoS as a YAML list)
         conns = {}
         for k in keys:
             qos = [_transient_local_qos()] if k == "instruction" else ()
