@@ -184,3 +184,23 @@ def test_transformers_backbone_from_the_cli_and_a_batch_job(bags, tiny_dinov2, t
                      "--backbone-path", str(tmp_path / "nope")]) == 2
     assert "--backbone-path" in capsys.readouterr().err
     assert SampleConfig(stride=8).stride == 8
+
+
+def test_view_dataset_draws_the_traces_over_the_images(bags, tmp_path, capsys):
+    import cv2
+    import imageio.v2 as imageio
+
+    from mu0_perception.trace_extract import viewer
+    from mu0_policy.training.data import TraceDataset
+
+    src = tmp_path / "in"
+    shutil.copytree(bags / "pick-place-v3_1", src / "pp")
+    assert cli.main([str(src), str(tmp_path / "ds"), *ARGS]) == 0
+    assert viewer.main([str(tmp_path / "ds"), "--out", str(tmp_path / "v.png"), "--samples", "0:1"]) == 0
+    png = imageio.imread(tmp_path / "v.png")[..., :3]
+    raw = np.asarray(TraceDataset(tmp_path / "ds", "all")[0]["color"])
+    assert png.shape == (2 * raw.shape[0], 2 * raw.shape[1], 3)
+    plain = cv2.resize(raw, (png.shape[1], png.shape[0]), interpolation=cv2.INTER_NEAREST)
+    assert (np.abs(png.astype(int) - plain).sum(-1) > 60).mean() > 0.005     # traces drawn on it
+    assert viewer.main([str(tmp_path / "ds"), "--out", str(tmp_path / "v.mp4")]) == 0
+    assert (tmp_path / "v.mp4").stat().st_size > 1000
