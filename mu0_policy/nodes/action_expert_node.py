@@ -7,8 +7,9 @@ A lifecycle node (rclpy.lifecycle), as ros2_control controllers are:
 * activate   — commands go out (a new command stream: it starts from the measured joints).
 * deactivate — one explicit hold is sent, then nothing until activated again.
 * cleanup / shutdown — everything is destroyed.
-With `autostart` true (the default) the node configures and activates itself, so `mu0 sim` / `mu0 run`
-work without a lifecycle manager; with `autostart:=false` a manager drives it
+With `autostart` true (the default) the node configures and activates itself when it is built
+(console script or in-process), so `mu0 sim` / `mu0 run` work without a lifecycle manager, and
+`trigger_configure()` / `trigger_activate()` on an already configured / active node return SUCCESS; with `autostart:=false` a manager drives it
 (`ros2 lifecycle set /action_expert configure` ...). A bad config with autostart exits 2.
 
 Parameters
@@ -89,8 +90,27 @@ class ActionExpertNode(LifecycleNode):
                        "in_traces": 0, "in_joint_states": 0}
         self._last_tick_wall = time.monotonic()
         self.command_pub = self.gripper_pub = self.diag_pub = None
+        self.configured = None   # with autostart: whether configure succeeded
+        if self.get_parameter("autostart").value:
+            # configure + activate right here, so a node built in-process behaves like the console script
+            self.configured = self.trigger_configure() == TransitionCallbackReturn.SUCCESS
+            if self.configured:
+                self.trigger_activate()
 
     # --------------------------------------------------------------------------------- lifecycle
+    def trigger_configure(self):
+        """As LifecycleNode's, but SUCCESS when already configured (e.g. by autostart), so in-process
+        callers that configure explicitly work with either autostart setting."""
+        if self.runner is not None:
+            return TransitionCallbackReturn.SUCCESS
+        return super().trigger_configure()
+
+    def trigger_activate(self):
+        """As LifecycleNode's, but SUCCESS when already active."""
+        if self._active:
+            return TransitionCallbackReturn.SUCCESS
+        return super().trigger_activate()
+
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         g = lambda name: self.get_parameter(name).value  # noqa: E731
         path = g("robot_config")
@@ -356,11 +376,9 @@ def main(argv: list[str] | None = None) -> int:
     code = 0
     try:
         node = ActionExpertNode()
-        if node.get_parameter("autostart").value:
-            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-                print(f"action_expert: {node.config_error}", file=sys.stderr)
-                return 2
-            node.trigger_activate()
+        if node.configured is False:
+            print(f"action_expert: {node.config_error}", file=sys.stderr)
+            return 2
         code = spin_until_shutdown(node)
     except KeyboardInterrupt:
         code = 0
