@@ -277,3 +277,29 @@ def test_rgbd_sync_survives_negative_and_far_future_stamps(ros):
     finally:
         rc, out = stop(p)
     assert rc == 0 and "Traceback" not in out, out[-3000:]
+
+
+@pytest.mark.parametrize("module,args", [
+    ("mu0_perception.nodes.rgbd_sync", ["-r", "__node:=sync_sig"]),
+    ("mu0_policy.nodes.action_expert_node", ["-p", f"robot_config:={FWD_CFG}", "-r", "__node:=expert_sig"]),
+])
+@pytest.mark.parametrize("signals", [(signal.SIGINT, signal.SIGINT), (signal.SIGTERM,)])
+def test_nodes_exit_0_on_sigint_twice_or_sigterm(module, args, signals):
+    """Ctrl-C reaches the whole process group and `ros2 launch` sends its own SIGINT: a second
+    interrupt during cleanup must not turn into a traceback or a death by signal."""
+    p = start(module, *args)
+    try:
+        deadline = time.monotonic() + 30
+        out = ""
+        while time.monotonic() < deadline and p.poll() is None:
+            time.sleep(0.5)
+            if time.monotonic() > deadline - 26:   # running for a few seconds
+                break
+        for sig in signals:
+            p.send_signal(sig)
+            time.sleep(0.02)
+        out, _ = p.communicate(timeout=20)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0 and "Traceback" not in out, (p.returncode, out[-3000:])

@@ -14,6 +14,7 @@ node clock jumps backwards (`mu0 replay BAG --loop` with use_sim_time) the sync 
 """
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 import time
@@ -156,30 +157,42 @@ class RGBDSyncNode(Node):
         self.diag_pub.publish(diagnostic_array_msg([status], self.get_clock().now().to_msg()))
 
 
-def main(argv: list[str] | None = None) -> int:
+def _interrupt(*_):
+    raise KeyboardInterrupt
+
+
+def _run(argv: list[str] | None) -> int:
     rclpy.init(args=argv)
     node = None
     code = 0
     try:
         node = RGBDSyncNode()
+        code = spin_until_shutdown(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        code = 0
     except ValueError as exc:
         print(f"rgbd_sync: bad parameter: {exc}", file=sys.stderr)
-        rclpy.try_shutdown()
-        return 2
-    except (KeyboardInterrupt, ExternalShutdownException):
-        rclpy.try_shutdown()
-        return 0
-    try:
-        code = spin_until_shutdown(node)
-    except KeyboardInterrupt:
-        code = 0
+        code = 2
     finally:
-        try:
-            node.destroy_node()
-        except Exception:  # noqa: BLE001 - exiting anyway
-            pass
+        # Ctrl-C reaches the whole process group and `ros2 launch` sends its own SIGINT too:
+        # a second interrupt must not cut the cleanup short
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if node is not None:
+            try:
+                node.destroy_node()
+            except Exception:  # noqa: BLE001 - exiting anyway
+                pass
         rclpy.try_shutdown()
     return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit 0 on SIGINT / SIGTERM (also while starting), 2 on a bad parameter."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:
+        return 0
 
 
 if __name__ == "__main__":

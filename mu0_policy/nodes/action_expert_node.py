@@ -35,6 +35,7 @@ The logic lives in mu0_policy.experts.runner.ExpertRunner (no ROS there).
 """
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 import time
@@ -46,6 +47,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import ParameterUninitializedException
+from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -370,7 +372,11 @@ class ActionExpertNode(LifecycleNode):
             self.get_logger().error(f"diagnostics failed: {err}", throttle_duration_sec=5.0)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _interrupt(*_):
+    raise KeyboardInterrupt
+
+
+def _run(argv: list[str] | None) -> int:
     rclpy.init(args=argv if argv is not None else sys.argv)
     node = None
     code = 0
@@ -380,9 +386,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"action_expert: {node.config_error}", file=sys.stderr)
             return 2
         code = spin_until_shutdown(node)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, ExternalShutdownException):
         code = 0
     finally:
+        # Ctrl-C in a terminal reaches the whole process group and `ros2 launch` then sends its own
+        # SIGINT: a second interrupt must not cut the cleanup short (traceback, death by signal)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if node is not None:
             try:
                 node._free()
@@ -391,6 +400,15 @@ def main(argv: list[str] | None = None) -> int:
                 pass
         rclpy.try_shutdown()
     return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit 0 on SIGINT / SIGTERM (also while starting), 2 on a bad robot config."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:
+        return 0
 
 
 if __name__ == "__main__":
