@@ -147,12 +147,15 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--smoke", action="store_true", help="with --full: toy sizes (checks the benchmark on a CPU)")
     p.add_argument("--threads", type=int, default=0,
-                   help="torch intra-op threads (0 = torch's default; 1 on a shared, loaded CPU)")
+                   help="torch and onnxruntime intra-op threads (0 = their defaults; 1 on a shared, loaded CPU)")
     args = p.parse_args(argv)
     if args.threads:
+        import os
+
         import torch
 
         torch.set_num_threads(args.threads)
+        os.environ["MU0_ORT_THREADS"] = str(args.threads)    # onnxruntime's intra-op threads too
     if args.full:
         bench_full(args.device, args.queries, args.samples, args.reps, args.batch, args.smoke)
     else:
