@@ -180,3 +180,15 @@ def test_expert_stage_runs_only_with_a_robot_and_an_extrinsic_and_says_why_when_
     s = replay_offline(sim_bag, tmp_path / "e", {"mu0_node": node, "action_expert": robot}, progress=False)
     assert s.expert.startswith("ran: ") and s.commands > 0
     assert json.loads((tmp_path / "e" / "episode.json").read_text())["T_base_cam"]
+
+
+def test_trace_extract_reads_the_realsense_sqlite3_bag(sim_bag, tmp_path):
+    from mu0_perception.trace_extract.episode import read_bag
+
+    bag = tmp_path / "rs"
+    rs = realsense_bag(sim_bag, bag, StoragePlugin.SQLITE3)
+    ep = read_bag(bag)
+    assert ep.num_frames == len(rs["stamps"]) and ep.image_size == (160, 120)
+    assert ep.T_world_cam is None                    # no pose, no episode.json: TraceExtract estimates it
+    assert ep.intrinsics.fx == rs["intrinsics"].fx
+    np.testing.assert_allclose(ep.depth[0], rs["depth_m"][rs["stamps"][0]], atol=1e-6, equal_nan=True)
