@@ -303,3 +303,40 @@ def test_nodes_exit_0_on_sigint_twice_or_sigterm(module, args, signals):
         if p.poll() is None:
             p.kill()
     assert p.returncode == 0 and "Traceback" not in out, (p.returncode, out[-3000:])
+
+
+def test_rgbd_sync_resets_on_a_backwards_clock_jump(ros):
+    """`mu0 replay BAG --loop` with use_sim_time: /clock and the stamps restart each pass; the old
+    sync dropped every frame after the first pass as out of order."""
+    node, spin = ros
+    p = start("mu0_perception.nodes.rgbd_sync", "-r", "__node:=sync_loop", "-p", "use_sim_time:=true",
+              "-p", "color_topic:=/lp/color", "-p", "depth_topic:=/lp/depth", "-p", "camera_info_topic:=/lp/info",
+              "-p", "output_topic:=/lp/rgbd", "-p", "diagnostics_period:=0.2")
+    try:
+        got, diags = [], []
+        node.create_subscription(RGBD, "/lp/rgbd", got.append, REL)
+        node.create_subscription(DiagnosticArray, "/diagnostics", diags.append, REL)
+        clock_pub = node.create_publisher(Clock, "/clock", 10)
+        pubs = [node.create_publisher(Image, "/lp/color", REL), node.create_publisher(Image, "/lp/depth", REL),
+                node.create_publisher(CameraInfo, "/lp/info", REL)]
+        assert spin(20, until=lambda: all(pub.get_subscription_count() > 0 for pub in pubs))
+        spin(0.5)
+
+        def one_pass(start_ns, n=30):
+            for k in range(n):
+                t = start_ns + k * SEC // 30
+                clock_pub.publish(Clock(clock=convert.ns_to_stamp(t)))
+                spin(0.005)
+                for pub, m in zip(pubs, frame_msgs(t)):
+                    pub.publish(m)
+                spin(1 / 30)
+
+        one_pass(100 * SEC)
+        assert spin(5, until=lambda: len(got) >= 25), len(got)
+        first = len(got)
+        one_pass(100 * SEC)                                  # the bag loops: the same stamps again
+        assert spin(5, until=lambda: len(got) - first >= 25), len(got) - first
+        assert spin(5, until=lambda: int(diag_value(diags, "rgbd_sync", "time_jump_resets") or 0) >= 1)
+    finally:
+        rc, out = stop(p)
+    assert rc == 0 and "Traceback" not in out, out[-3000:]
