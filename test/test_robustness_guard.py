@@ -326,3 +326,18 @@ def test_runner_emits_only_safe_commands_for_any_expert_joint_states_and_clock(f
                 if prev_grip is not None:
                     assert abs(cmd.gripper - prev_grip) <= g.max_step_delta + 1e-12
                 prev_grip = cmd.gripper
+
+
+def test_out_of_order_traces_are_refused_unless_the_clock_was_rewound(fwd_robot):
+    runner = ExpertRunner(fwd_robot)
+    start = np.array([0.0, 0.6, 0.2])
+    now = 100 * SEC
+    runner.update_traces(trace_set(now, start), now)
+    with pytest.raises(ValueError, match="out of order"):
+        runner.update_traces(trace_set(now - SEC // 2, start), now)        # one late message: refused
+    assert runner._traces.stamp_ns == now
+    runner.update_traces(trace_set(now + SEC // 10, start), now + SEC // 10)
+    # the clock jumped back 10 s (a looping bag): the traces in use are from the abandoned timeline
+    back = now - 10 * SEC
+    runner.update_traces(trace_set(back, start), back)
+    assert runner._traces.stamp_ns == back

@@ -73,8 +73,10 @@ class ExpertRunner:
         self.act_ms: list = []     # latency of expert.act, for diagnostics / benchmarks
 
     # ------------------------------------------------------------------------- inputs
-    def update_traces(self, traces: TraceSet) -> None:
-        """Take a new TraceSet; ValueError (nothing changes) when it cannot be used."""
+    def update_traces(self, traces: TraceSet, now_ns: int | None = None) -> None:
+        """Take a new TraceSet; ValueError (nothing changes) when it cannot be used. With the node
+        clock `now_ns`, traces older than the ones in use are refused (out of order), unless those are
+        from an abandoned timeline (ahead of the clock by more than the trace timeout: a rewound clock)."""
         samples = np.asarray(traces.samples, dtype=float)
         if not np.all(np.isfinite(samples)):
             raise ValueError("traces.samples: non-finite coordinates")
@@ -96,6 +98,11 @@ class ExpertRunner:
         stamp = int(traces.stamp_ns)
         if stamp < 0:
             raise ValueError(f"traces.stamp: negative ({stamp} ns)")
+        cur = self._traces
+        if now_ns is not None and cur is not None and stamp < cur.stamp_ns \
+                and cur.stamp_ns - int(now_ns) <= self.guard.settings.trace_timeout_s * 1e9:
+            raise ValueError(f"traces.stamp: {(cur.stamp_ns - stamp) * 1e-9:.3f} s older than the traces in use "
+                             "(out of order)")
         self._traces = _Traces(stamp, samples, validity, list(traces.entities),
                                np.asarray(traces.query_ids), step_period, str(traces.instruction))
         self._traces_wall_ns = time.monotonic_ns()

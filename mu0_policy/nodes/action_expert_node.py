@@ -249,9 +249,10 @@ class ActionExpertNode(LifecycleNode):
             if self.runner is None:
                 return
             traces = convert.trace_msg_to_set(msg)
-            convert.check_stamp(traces.stamp_ns, self._now(), self.max_future_s)
+            now = self._now()
+            convert.check_stamp(traces.stamp_ns, now, self.max_future_s)
             with self._lock:
-                self.runner.update_traces(traces)
+                self.runner.update_traces(traces, now)
         except Exception as err:  # noqa: BLE001 - one message never stops the node
             self._dropped("traces", err)
 
