@@ -102,12 +102,45 @@ def graph_actions(context, graph, skip=()):
                 target_lifecycle_node=node, start_state="configuring", goal_state="unconfigured",
                 entities=[LogInfo(msg="mu0_node: configure FAILED (reason in its log above); it stays unconfigured "
                                       "- fix the parameter, then `ros2 lifecycle set /mu0_node configure`")])),
-            change(Transition.TRANSITION_CONFIGURE),
+            *_configure_with_retry(node, change(Transition.TRANSITION_CONFIGURE),
+                                   lambda: change(Transition.TRANSITION_CONFIGURE)),
         ]
     if _arg(context, "rviz").lower() == "true":
         actions.append(Node(package="rviz2", executable="rviz2", output="screen",
                             arguments=["-d", str(share_path("config/rviz/mu0.rviz"))]))
     return actions
+
+
+CONFIGURE_RETRY_S = 20.0
+CONFIGURE_RETRIES = 5
+
+
+def _configure_with_retry(node, first, again):
+    """Emit configure; if the node shows no lifecycle transition at all within CONFIGURE_RETRY_S,
+    ask again (up to CONFIGURE_RETRIES times). A service request sent right after
+    `wait_for_service` can be lost while DDS is still matching the endpoints (seen here on a loaded
+    machine: launch then waits forever for the response). A repeated request that arrives after
+    the first one worked is refused by the node as an invalid transition, which changes nothing."""
+    from launch.actions import OpaqueFunction, TimerAction
+    from launch_ros.event_handlers import OnStateTransition
+
+    seen = {"transition": False, "tries": 0}
+
+    def saw_transition(context):
+        seen["transition"] = True
+        return []
+
+    def check(context):
+        if seen["transition"] or seen["tries"] >= CONFIGURE_RETRIES:
+            return []
+        seen["tries"] += 1
+        return [LogInfo(msg=f"mu0_node: no lifecycle transition {CONFIGURE_RETRY_S:.0f} s after the configure request; "
+                            f"asking again ({seen['tries']}/{CONFIGURE_RETRIES})"),
+                again(), TimerAction(period=CONFIGURE_RETRY_S, actions=[OpaqueFunction(function=check)])]
+
+    return [RegisterEventHandler(OnStateTransition(target_lifecycle_node=node,
+                                                   entities=[OpaqueFunction(function=saw_transition)])),
+            first, TimerAction(period=CONFIGURE_RETRY_S, actions=[OpaqueFunction(function=check)])]
 
 
 def _camera_exit(event, context):

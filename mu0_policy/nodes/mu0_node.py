@@ -33,6 +33,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.lifecycle.node import LifecycleNodeMixin
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
@@ -104,6 +105,18 @@ class Mu0Node(LifecycleNode):
         self.tf_subs = []
 
     # ------------------------------------------------------------------ lifecycle transitions
+    def _LifecycleNodeMixin__change_state(self, transition_id: int) -> TransitionCallbackReturn:
+        """Every transition request goes through here (the change_state service, trigger_*).
+        rclpy raises out of the service callback, killing the node, on a transition that is not
+        valid in the current state (a second `ros2 lifecycle set /mu0_node configure`, a repeated
+        launch request): refuse it (success false) instead."""
+        available = {t[0] for t in self._state_machine.available_transitions}
+        if transition_id not in available:
+            self.get_logger().warning(f"refused lifecycle transition {transition_id}: not valid in state "
+                                      f"{self._state_machine.current_state[1]!r}")
+            return TransitionCallbackReturn.FAILURE
+        return LifecycleNodeMixin._LifecycleNodeMixin__change_state(self, transition_id)
+
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Load + warm up the predictor, create endpoints. SUCCESS, or FAILURE with the reason logged."""
         g = lambda name: self.get_parameter(name).value  # noqa: E731
