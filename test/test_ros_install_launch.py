@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ros_install_env import REPO, extras_prefix, in_ros_env, requires_shared_ros2
 
@@ -191,3 +192,61 @@ def test_arm_launch_reports_missing_camera(workspace, tmp_path):
     assert reported, out[-4000:]
     assert re.search(r"realsense_camera.*(No device connected|cannot open the camera|pyrealsense2)", out), out[-4000:]
     assert "/scaled_joint_trajectory_controller/joint_trajectory" in out and "dry_run=True" in out
+
+
+DESCRIBE = textwrap.dedent("""
+    # what replay.launch.py would start, without starting it (no `ros2 bag` CLI here)
+    import json, sys, yaml
+    from launch import LaunchContext
+    from launch.actions import DeclareLaunchArgument, ExecuteProcess, LogInfo, OpaqueFunction
+    from ros2launch.api import get_share_file_path_from_package
+    from launch.launch_description_sources import get_launch_description_from_python_launch_file
+    path = get_share_file_path_from_package(package_name="mu0", file_name="replay.launch.py")
+    description = get_launch_description_from_python_launch_file(path)
+    context = LaunchContext()
+    for item in sys.argv[1:]:
+        key, value = item.split(":=", 1)
+        context.launch_configurations[key] = value
+    actions = []
+    for entity in description.entities:
+        if isinstance(entity, DeclareLaunchArgument):
+            entity.execute(context)
+        elif isinstance(entity, OpaqueFunction):
+            actions += entity.execute(context) or []
+    params_file = next(a.msg[0].text.rsplit(" ", 1)[-1] for a in actions if isinstance(a, LogInfo)
+                       and "parameters" in a.msg[0].text)
+    play = next(a for a in actions if type(a) is ExecuteProcess)
+    print(json.dumps({"params": yaml.safe_load(open(params_file)),
+                      "play": [c[0].text if hasattr(c[0], "text") else str(c[0]) for c in play.cmd],
+                      "nodes": sorted(type(a).__name__ for a in actions)}))
+""")
+
+
+def test_replay_launch_honours_the_graph_yaml_and_the_bag(workspace, tmp_path):
+    prefix, ws = workspace
+    bag = tmp_path / "bag"
+    bag.mkdir()
+    (bag / "metadata.yaml").write_text(yaml.safe_dump({"rosbag2_bagfile_information": {"version": 8,
+        "topics_with_message_count": [{"topic_metadata": {"name": t}} for t in
+                                      ("/camera/camera/color/image_raw", "/mu0/sim/ee_delta")]}}))
+    (bag / "episode.json").write_text(json.dumps({"T_base_cam": {"translation": [1.0, 2.0, 3.0],
+                                                                 "quat_xyzw": [0.0, 0.0, 0.0, 1.0]}}))
+    (tmp_path / "describe.py").write_text(DESCRIBE)
+    out = {}
+    for distro in ("jazzy", "humble"):
+        run = in_ros_env(prefix, f"source {ws}/install/setup.bash && cd {tmp_path} && ROS_DISTRO={distro} "
+                                 f"python describe.py bag:={bag} rate:=0.5", timeout=120)
+        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+        out[distro] = json.loads(run.stdout.strip().splitlines()[-1])
+    params = out["jazzy"]["params"]
+    for node in ("rgbd_sync", "mu0_node", "action_expert"):
+        assert params[node]["ros__parameters"]["use_sim_time"] is True, node       # mu0_replay.yaml says so
+    mu0 = params["mu0_node"]["ros__parameters"]
+    assert mu0["camera_to_base"] == [1.0, 2.0, 3.0, 0.0, 0.0, 0.0, 1.0]            # the sim bag's extrinsic
+    assert mu0["autostart"] is False and mu0["model"].endswith("share/mu0/checkpoints/mu0_small")
+    assert params["action_expert"]["ros__parameters"]["robot_config"].endswith(
+        "share/mu0/config/robots/sim_sawyer_joint.yaml")
+    assert "LifecycleNode" in out["jazzy"]["nodes"]
+    jazzy, humble = out["jazzy"]["play"], out["humble"]["play"]
+    assert jazzy[:5] == ["ros2", "bag", "play", str(bag), "--clock"] and "--exclude-topics" in jazzy
+    assert "--exclude-topics" not in humble and humble[humble.index("--topics") + 1:] == ["/camera/camera/color/image_raw"]
