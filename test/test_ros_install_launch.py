@@ -201,10 +201,10 @@ DESCRIBE = textwrap.dedent("""
     from launch.actions import DeclareLaunchArgument, ExecuteProcess, LogInfo, OpaqueFunction
     from ros2launch.api import get_share_file_path_from_package
     from launch.launch_description_sources import get_launch_description_from_python_launch_file
-    path = get_share_file_path_from_package(package_name="mu0", file_name="replay.launch.py")
+    path = get_share_file_path_from_package(package_name="mu0", file_name=sys.argv[1])
     description = get_launch_description_from_python_launch_file(path)
     context = LaunchContext()
-    for item in sys.argv[1:]:
+    for item in sys.argv[2:]:
         key, value = item.split(":=", 1)
         context.launch_configurations[key] = value
     actions = []
@@ -215,10 +215,12 @@ DESCRIBE = textwrap.dedent("""
             actions += entity.execute(context) or []
     params_file = next(a.msg[0].text.rsplit(" ", 1)[-1] for a in actions if isinstance(a, LogInfo)
                        and "parameters" in a.msg[0].text)
-    play = next(a for a in actions if type(a) is ExecuteProcess)
+    play = next((a for a in actions if type(a) is ExecuteProcess), None)
     print(json.dumps({"params": yaml.safe_load(open(params_file)),
-                      "play": [c[0].text if hasattr(c[0], "text") else str(c[0]) for c in play.cmd],
-                      "nodes": sorted(type(a).__name__ for a in actions)}))
+                      "play": [c[0].text if hasattr(c[0], "text") else str(c[0]) for c in play.cmd] if play else [],
+                      "nodes": sorted(type(a).__name__ for a in actions),
+                      "executables": sorted(getattr(a, "node_executable", "") for a in actions
+                                            if hasattr(a, "node_executable"))}))
 """)
 
 
@@ -235,7 +237,7 @@ def test_replay_launch_honours_the_graph_yaml_and_the_bag(workspace, tmp_path):
     out = {}
     for distro in ("jazzy", "humble"):
         run = in_ros_env(prefix, f"source {ws}/install/setup.bash && cd {tmp_path} && ROS_DISTRO={distro} "
-                                 f"python describe.py bag:={bag} rate:=0.5", timeout=120)
+                                 f"python describe.py replay.launch.py bag:={bag} rate:=0.5", timeout=120)
         assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
         out[distro] = json.loads(run.stdout.strip().splitlines()[-1])
     params = out["jazzy"]["params"]
@@ -250,3 +252,17 @@ def test_replay_launch_honours_the_graph_yaml_and_the_bag(workspace, tmp_path):
     jazzy, humble = out["jazzy"]["play"], out["humble"]["play"]
     assert jazzy[:5] == ["ros2", "bag", "play", str(bag), "--clock"] and "--exclude-topics" in jazzy
     assert "--exclude-topics" not in humble and humble[humble.index("--topics") + 1:] == ["/camera/camera/color/image_raw"]
+
+
+def test_arm_launch_robot_description_and_realsense_ros(workspace, tmp_path):
+    prefix, ws = workspace
+    (tmp_path / "describe.py").write_text(DESCRIBE)
+    run = in_ros_env(prefix, f"source {ws}/install/setup.bash && cd {tmp_path} && python describe.py arm.launch.py "
+                             "robot:=ur5e robot_description:=true use_realsense_ros:=true use_sim_time:=false",
+                     timeout=120)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["executables"] == ["action_expert", "mu0_node", "realsense2_camera_node", "rgbd_sync",
+                                  "robot_state_publisher"]
+    assert out["params"]["action_expert"]["ros__parameters"]["robot_config"].endswith("share/mu0/config/robots/ur5e.yaml")
+    assert out["params"]["rgbd_sync"]["ros__parameters"]["use_sim_time"] is False
