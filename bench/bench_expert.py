@@ -77,7 +77,30 @@ def main(argv: list[str] | None = None) -> int:
             runner._plan = None
             runner.tick(10 * SEC)
         print(f"  runner re-plan tick     {timed(replan, n)}")
+    bench_learned(n)
     return 0
+
+
+def bench_learned(n: int) -> None:
+    """The learned expert (trace_policy): act() = features + network, per backend, 32 traces."""
+    import dataclasses
+    from pathlib import Path
+
+    for cfg, ckpt in (("config/robots/sim_sawyer_ee.yaml", "checkpoints/expert_sawyer_ee"),
+                      ("config/robots/sim_sawyer_joint.yaml", "checkpoints/expert_sawyer_joint")):
+        if not (Path(ckpt) / "model.onnx").is_file():
+            print(f"== {ckpt}: missing (bash scripts/train_experts.sh)")
+            continue
+        base = load_robot_config(cfg)
+        print(f"== trace_policy {ckpt} on {base.robot} (chunk of {base.chunk_horizon} ticks)")
+        for backend in ("onnxruntime", "torch"):
+            robot = dataclasses.replace(base, expert_name="trace_policy",
+                                        expert_params={"checkpoint": ckpt, "backend": backend})
+            expert = make_expert(robot)
+            q = SAWYER_Q
+            obs = observation(robot, q, expert.kinematics.ee_pose(q)[:3, 3], n_traces=32)
+            obs.instruction = "open the drawer"
+            print(f"  act() {backend:<12} {timed(lambda: expert.act(obs), n)}")
 
 
 if __name__ == "__main__":

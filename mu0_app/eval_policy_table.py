@@ -1,6 +1,7 @@
 """One success table (markdown + bar chart) from `scripts/eval_experts.sh` results.
 
     python -m mu0_app.eval_policy_table out/eval_experts     -> out/eval_experts/success_table.{md,png}
+    python -m mu0_app.eval_policy_table --merge PART_DIR... OUT_DIR   (one row evaluated in parallel parts)
 
 Reads <dir>/<embodiment>/<row>/success.json; rows are μ_0 + learned expert, the no-trace ablation,
 the ground-truth-trace expert, the geometric trace_follower on μ_0 traces, the scripted expert.
@@ -80,8 +81,27 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def merge(parts: list, out: Path) -> dict:
+    """One success.json/.md from evaluations of the same row over disjoint seed sets (run in parallel)."""
+    from mu0_app.eval_policy import EpisodeOutcome, EvalReport
+
+    docs = [json.loads((Path(p) / "success.json").read_text()) for p in parts]
+    report = EvalReport(docs[0]["robot"], docs[0]["model"], docs[0]["expert"])
+    for d in docs:
+        report.outcomes += [EpisodeOutcome(**e) for e in d["episodes"]]
+    report.outcomes.sort(key=lambda o: (o.task, o.seed))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "success.json").write_text(json.dumps(report.to_json(), indent=1))
+    (out / "success.md").write_text(report.markdown())
+    return report.to_json()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--merge":      # --merge PART PART ... OUT
+        merge(argv[1:-1], Path(argv[-1]))
+        print((Path(argv[-1]) / "success.md").read_text())
+        return 0
     root = Path(argv[0] if argv else "out/eval_experts")
     results = load(root)
     if not results:

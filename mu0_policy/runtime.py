@@ -78,6 +78,35 @@ def gripper_query(ee_position_base, T_base_cam: RigidTransform, intrinsics, enti
     return QuerySet(np.array([GRIPPER_QUERY_ID], np.uint32), np.array([[u, v]], np.float32), [entity])
 
 
+class GripperSeeder:
+    """Where the gripper is, for `gripper_query`: forward kinematics of the latest joint state of
+    the robot in `config/robots/<robot>.yaml` (mu0_node's optional `robot_config`)."""
+
+    def __init__(self, robot):
+        self.robot = robot
+        self.kinematics = robot.build_kinematics()
+        if self.kinematics is None:
+            raise ValueError(f"{robot.path}: kinematics.source 'none': the gripper cannot be located")
+        self._q = {}
+
+    def update_joint_state(self, names, positions) -> None:
+        pos = np.asarray(positions, float).reshape(-1)
+        for n, p in zip(names, pos):
+            if n in self.robot.joint_names and np.isfinite(p):
+                self._q[n] = float(p)
+
+    def ee_position(self):
+        if not all(n in self._q for n in self.robot.joint_names):
+            return None
+        return self.kinematics.ee_pose(np.array([self._q[n] for n in self.robot.joint_names]))[:3, 3]
+
+    def query(self, T_base_cam: RigidTransform | None, intrinsics) -> QuerySet | None:
+        ee = self.ee_position()
+        if ee is None or T_base_cam is None:
+            return None
+        return gripper_query(ee, T_base_cam, intrinsics, self.robot.gripper_entity)
+
+
 @dataclass
 class PipelineOutput:
     stamp_ns: int

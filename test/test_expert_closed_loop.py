@@ -21,15 +21,16 @@ from mu0_msgs.msg import TraceArray
 from mu0_policy.experts import load_robot_config
 from mu0_ros import convert
 
+from robot_configs import follower_config
 from test_expert_node import trace_set
 
 DIRECTION = np.array([0.0, 0.06, 0.04])     # toward the table centre and up, within the hand's box
 
 
 @pytest.mark.parametrize("embodiment,cfg", [
-    ("sawyer_joint", "config/robots/sim_sawyer_joint.yaml"),
-    ("sawyer_joint", "config/robots/sim_sawyer_forward.yaml"),
-    ("sawyer_ee", "config/robots/sim_sawyer_ee.yaml"),
+    ("sawyer_joint", follower_config("sim_sawyer_joint", hold_orientation=True)),
+    ("sawyer_joint", follower_config("sim_sawyer_forward", hold_orientation=True)),
+    ("sawyer_ee", follower_config("sim_sawyer_ee", max_ee_speed=0.4)),
 ])
 def test_commands_move_the_sim_arm_along_the_trace(embodiment, cfg):
     robot = load_robot_config(cfg)

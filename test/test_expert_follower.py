@@ -8,6 +8,7 @@ import yaml
 
 from mu0_policy.experts import (ActionChunk, ActionExpert, ExpertObservation, RobotConfigError,
                                 available_experts, load_robot_config, make_expert, register_expert)
+from robot_configs import follower_config
 
 RESET_Q = np.array([1.889, -0.576, -0.977, 1.642, 0.943, 1.044, 2.293])
 SEC = 1_000_000_000
@@ -16,14 +17,15 @@ SEC = 1_000_000_000
 @pytest.mark.parametrize("path", sorted(glob.glob("config/robots/*.yaml")))
 def test_every_shipped_robot_config_loads_and_builds_its_expert(path):
     robot = load_robot_config(path)
-    assert robot.safety.dry_run is True                      # shipped configs never start live
+    # real-robot configs never start live; simulated arms command by default (the sim is the robot)
+    assert robot.safety.dry_run is (not robot.robot.startswith("sim_"))
     expert = make_expert(robot)
     assert isinstance(expert, ActionExpert) and expert.kinematics.chain.dof >= 6
     assert robot.chunk_execute <= robot.chunk_horizon
 
 
 def write_cfg(tmp_path, mutate):
-    data = yaml.safe_load(open("config/robots/sim_sawyer_joint.yaml"))
+    data = yaml.safe_load(open(follower_config("sim_sawyer_joint")))
     mutate(data)
     p = tmp_path / "robot.yaml"
     p.write_text(yaml.safe_dump(data))
@@ -96,7 +98,7 @@ def observation(robot, q, traces, entities, trace_age_s=0.0, step_period=0.05, v
 
 @pytest.fixture(scope="module")
 def joint_robot():
-    return load_robot_config("config/robots/sim_sawyer_joint.yaml")
+    return load_robot_config(follower_config("sim_sawyer_joint", hold_orientation=True))
 
 
 def line(start, direction, n=33):
@@ -160,7 +162,7 @@ def test_follower_speed_limit(joint_robot):
 
 
 def test_follower_ee_delta_interface_produces_deltas():
-    robot = load_robot_config("config/robots/sim_sawyer_ee.yaml")
+    robot = load_robot_config(follower_config("sim_sawyer_ee", max_ee_speed=0.4))
     expert = make_expert(robot)
     ee = expert.kinematics.ee_pose(RESET_Q)[:3, 3]
     d = np.array([0.0, 0.1, -0.05])
@@ -177,7 +179,7 @@ def test_runner_commands_carry_the_camera_stamp_of_their_traces(joint_robot):
     from mu0_policy.experts.runner import ExpertRunner
     from mu0_core.traces import TraceSet
 
-    robot = load_robot_config("config/robots/sim_sawyer_forward.yaml")
+    robot = load_robot_config(follower_config("sim_sawyer_forward", hold_orientation=True))
     runner = ExpertRunner(robot, guard=None)
     runner.guard.dry_run = False
     q = RESET_Q.copy()

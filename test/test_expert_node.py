@@ -24,11 +24,12 @@ from mu0_msgs.msg import TraceArray
 from mu0_policy.experts import load_robot_config
 from mu0_core.traces import TraceSet
 from mu0_ros import convert
+from robot_configs import follower_config
 
 RESET_Q = np.array([1.889, -0.576, -0.977, 1.642, 0.943, 1.044, 2.293])   # the 7 arm joints
 GRIPPER_Q = -1.0                                                           # /joint_states "gripper" (own interface)
-FWD_CFG = "config/robots/sim_sawyer_forward.yaml"
-JTC_CFG = "config/robots/sim_sawyer_joint.yaml"
+FWD_CFG = follower_config("sim_sawyer_forward", hold_orientation=True)
+JTC_CFG = follower_config("sim_sawyer_joint", hold_orientation=True)
 DIRECTION = np.array([0.1, 0.0, -0.05])
 
 
@@ -55,6 +56,10 @@ def start_node(cfg, *args):
 def graph():
     robot = load_robot_config(FWD_CFG)
     kin = robot.build_kinematics()
+    # a context of its own: a test elsewhere that left the default context initialised cannot break this one
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    node = None
     procs = {
         # live forward-position node with its own e-stop topic
         "fwd": start_node(FWD_CFG, "-p", "dry_run:=false", "-p", "estop_topic:=/fwd/estop",
@@ -63,62 +68,64 @@ def graph():
         "jtc": start_node(JTC_CFG, "-p", "dry_run:=false", "-r", "__node:=expert_jtc",
                           "-p", "estop_topic:=/jtc/estop"),
         # the shipped default: dry-run; its command topic is remapped so only it could publish there
-        "dry": start_node(JTC_CFG, "-r", "__node:=expert_dry",
+        "dry": start_node(JTC_CFG, "-p", "dry_run:=true", "-r", "__node:=expert_dry",
                           "-r", "/joint_trajectory_controller/joint_trajectory:=/dry/joint_trajectory"),
     }
-    rclpy.init()
-    node = rclpy.create_node("expert_test_graph")
-    got = {"fwd": [], "jtc": [], "dry": [], "diag": [], "grip": []}
-    rel = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
-    node.create_subscription(Float64MultiArray, robot.command_topic, lambda m: got["fwd"].append((time.monotonic(), m)), rel)
-    node.create_subscription(JointTrajectory, "/joint_trajectory_controller/joint_trajectory",
-                             lambda m: got["jtc"].append((time.monotonic(), m)), rel)
-    node.create_subscription(JointTrajectory, "/dry/joint_trajectory", lambda m: got["dry"].append(m), rel)
-    node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: got["diag"].append(m), rel)
-    node.create_subscription(Float64MultiArray, robot.gripper.topic, lambda m: got["grip"].append(m), rel)
-    pubs = {
-        "js": node.create_publisher(JointState, "/joint_states", 10),
-        "traces": node.create_publisher(TraceArray, "/mu0/traces", rel),
-        "estop": node.create_publisher(Bool, "/fwd/estop", rel),
-    }
-    ex = SingleThreadedExecutor()
-    ex.add_node(node)
-    state = {"q": RESET_Q.copy(), "nan_traces": False, "nan_js": False, "send": True}
-    ee = kin.ee_pose(RESET_Q)[:3, 3]
+    try:
+        node = rclpy.create_node("expert_test_graph", context=ctx)
+        got = {"fwd": [], "jtc": [], "dry": [], "diag": [], "grip": []}
+        rel = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+        node.create_subscription(Float64MultiArray, robot.command_topic, lambda m: got["fwd"].append((time.monotonic(), m)), rel)
+        node.create_subscription(JointTrajectory, "/joint_trajectory_controller/joint_trajectory",
+                                 lambda m: got["jtc"].append((time.monotonic(), m)), rel)
+        node.create_subscription(JointTrajectory, "/dry/joint_trajectory", lambda m: got["dry"].append(m), rel)
+        node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: got["diag"].append(m), rel)
+        node.create_subscription(Float64MultiArray, robot.gripper.topic, lambda m: got["grip"].append(m), rel)
+        pubs = {
+            "js": node.create_publisher(JointState, "/joint_states", 10),
+            "traces": node.create_publisher(TraceArray, "/mu0/traces", rel),
+            "estop": node.create_publisher(Bool, "/fwd/estop", rel),
+        }
+        ex = SingleThreadedExecutor(context=ctx)
+        ex.add_node(node)
+        state = {"q": RESET_Q.copy(), "nan_traces": False, "nan_js": False, "send": True}
+        ee = kin.ee_pose(RESET_Q)[:3, 3]
 
-    def publish_inputs():
-        now = node.get_clock().now().nanoseconds
-        q = state["q"].copy()
-        if state["nan_js"]:
-            q[2] = np.nan
-        js = JointState()
-        js.header.stamp = convert.ns_to_stamp(now)
-        js.name = list(robot.joint_names) + ["gripper"]
-        js.position = [float(v) for v in q] + [GRIPPER_Q]
-        pubs["js"].publish(js)
-        if state["send"]:
-            pubs["traces"].publish(convert.trace_set_to_msg(trace_set(now, ee, nan=state["nan_traces"])))
+        def publish_inputs():
+            now = node.get_clock().now().nanoseconds
+            q = state["q"].copy()
+            if state["nan_js"]:
+                q[2] = np.nan
+            js = JointState()
+            js.header.stamp = convert.ns_to_stamp(now)
+            js.name = list(robot.joint_names) + ["gripper"]
+            js.position = [float(v) for v in q] + [GRIPPER_Q]
+            pubs["js"].publish(js)
+            if state["send"]:
+                pubs["traces"].publish(convert.trace_set_to_msg(trace_set(now, ee, nan=state["nan_traces"])))
 
-    node.create_timer(0.05, publish_inputs)
+        node.create_timer(0.05, publish_inputs)
 
-    def spin(seconds, until=None):
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            ex.spin_once(timeout_sec=0.02)
-            if until is not None and until():
-                return True
-        return until is None or until()
+        def spin(seconds, until=None):
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                ex.spin_once(timeout_sec=0.02)
+                if until is not None and until():
+                    return True
+            return until is None or until()
 
-    yield dict(node=node, got=got, pubs=pubs, spin=spin, state=state, kin=kin, ee=ee, robot=robot, procs=procs)
-    for p in procs.values():
-        p.terminate()
-    for name, p in procs.items():
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-    node.destroy_node()
-    rclpy.shutdown()
+        yield dict(node=node, got=got, pubs=pubs, spin=spin, state=state, kin=kin, ee=ee, robot=robot, procs=procs)
+    finally:   # also when the set-up failed: never leave node processes running
+        for p in procs.values():
+            p.terminate()
+        for name, p in procs.items():
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if node is not None:
+            node.destroy_node()
+        rclpy.shutdown(context=ctx)
 
 
 def test_live_node_publishes_guarded_commands_toward_the_trace(graph):

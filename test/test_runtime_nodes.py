@@ -27,12 +27,13 @@ from mu0_perception.sync import FAULTS  # noqa: E402
 from mu0_policy.nodes.mu0_node import Mu0Node  # noqa: E402
 from mu0_ros import convert  # noqa: E402
 from mu0_ros.qos import latched_qos, make_qos, reliable_qos  # noqa: E402
+from robot_configs import follower_config
 
 W, H = 128, 96
 INTR = CameraIntrinsics(W, H, 100.0, 100.0, 63.5, 47.5)
 COLOR, DEPTH, INFO = ("/camera/camera/color/image_raw", "/camera/camera/aligned_depth_to_color/image_raw",
                       "/camera/camera/color/camera_info")
-ROBOT = "config/robots/sim_sawyer_joint.yaml"
+ROBOT = follower_config("sim_sawyer_joint", hold_orientation=True)
 HOME = [0.0, -1.2, 0.0, 2.0, 0.0, 0.7, 0.0, -1.0]
 JOINTS = ["right_j0", "right_j1", "right_j2", "right_j3", "right_j4", "right_j5", "right_j6", "gripper"]
 
