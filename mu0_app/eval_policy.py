@@ -381,6 +381,7 @@ def live_episode(robot_path: str, task: str, seed: int, model: str, max_steps: i
         f"sim_arm.task={canonical_task(task)}", f"sim_arm.seed={int(seed)}", f"sim_arm.embodiment={emb}",
         f"sim_arm.width={width}", f"sim_arm.height={height}", f"sim_arm.camera_rate_hz={camera_rate_hz}",
         f"action_expert.robot_config={robot_path}", "action_expert.dry_run=false", f"mu0_node.model={model}",
+        f"mu0_node.robot_config={robot_path}",
         "mu0_node.max_queries=32", *overrides])
     graph = ProcessGraph(config, log_dir=Path(log_dir) if log_dir else None)
     t0 = time.perf_counter()

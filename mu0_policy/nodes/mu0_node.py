@@ -36,6 +36,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.lifecycle.node import LifecycleNodeMixin
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 from visualization_msgs.msg import MarkerArray
 
@@ -86,6 +87,9 @@ class Mu0Node(LifecycleNode):
         p("require_device", False)
         p("publish_camera_tf", True)
         p("tf_max_age", 0.5)
+        # optional: the robot's config; the gripper is then also queried where the arm's forward
+        # kinematics (from /joint_states) puts it in each frame, as the learned experts were trained
+        p("robot_config", "")
         self.monitor = RuntimeMonitor("mu0: mu0_node")
         self.qos_events = QosEventMonitor(self)
         self.pipeline: TracePipeline | None = None
@@ -103,6 +107,8 @@ class Mu0Node(LifecycleNode):
         self._published_static_for = None
         self.tf_static_pub = None
         self.tf_subs = []
+        self.gripper_seeder = None
+        self.joint_state_sub = None
 
     # ------------------------------------------------------------------ lifecycle transitions
     def _LifecycleNodeMixin__change_state(self, transition_id: int) -> TransitionCallbackReturn:
@@ -166,6 +172,8 @@ class Mu0Node(LifecycleNode):
             String, "/mu0/instruction", self._on_instruction, latched_qos(),
             event_callbacks=self.qos_events.subscription("/mu0/instruction"))
         self.queries_sub = self.create_subscription(QueryPoints, "/mu0/queries", self._on_queries, reliable_qos(5))
+        if g("robot_config"):
+            self._setup_gripper_seeder(g("robot_config"))
         self.instruction_srv = self.create_service(SetInstruction, "~/set_instruction", self._on_set_instruction)
         self.diag_timer = self.create_timer(float(g("diagnostics_period")), self._report)
         self._stop = False
@@ -216,6 +224,25 @@ class Mu0Node(LifecycleNode):
         self.tf_static_pub.publish(TFMessage(transforms=[t]))
         self._published_static_for = camera_frame
 
+    def _setup_gripper_seeder(self, path: str) -> None:
+        from mu0_policy.experts.robot_config import load_robot_config
+        from mu0_policy.runtime import GripperSeeder
+
+        robot = load_robot_config(str(resolve(path)))
+        self.gripper_seeder = GripperSeeder(robot)
+        # best effort: matches joint-state publishers of either reliability
+        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5, reliability=ReliabilityPolicy.BEST_EFFORT)
+        self.joint_state_sub = self.create_subscription(JointState, robot.joint_state_topic, self._on_joint_state, qos)
+        self.get_logger().info(f"gripper queried at its kinematic position ({robot.robot}, {path})")
+
+    def _on_joint_state(self, msg) -> None:
+        try:
+            with self._tf_lock:
+                self.gripper_seeder.update_joint_state(list(msg.name), list(msg.position))
+        except Exception as exc:  # a malformed joint state must not stop the node
+            self.monitor.count("malformed_joint_states")
+            self.get_logger().warning(f"dropped a joint state: {exc!r}", throttle_duration_sec=5.0)
+
     def _camera_to_base(self, frame) -> bool:
         """Set the pipeline's extrinsic for this frame from TF; False (frame skipped) when unavailable."""
         if self.tf_tree is None:
@@ -253,7 +280,8 @@ class Mu0Node(LifecycleNode):
         if self._worker is not None and self._worker is not threading.current_thread():
             self._worker.join(timeout=5.0)
         self._worker = None
-        for name in ("rgbd_sub", "instruction_sub", "queries_sub"):
+        self.gripper_seeder = None
+        for name in ("rgbd_sub", "instruction_sub", "queries_sub", "joint_state_sub"):
             if getattr(self, name, None) is not None:
                 self.destroy_subscription(getattr(self, name))
                 setattr(self, name, None)
@@ -364,7 +392,11 @@ class Mu0Node(LifecycleNode):
             self._publish_static_tf(frame.frame_id, msg.header.stamp)
         elif not self._camera_to_base(frame):
             return
-        out = pipeline.process(frame)
+        extra = None
+        if self.gripper_seeder is not None:
+            with self._tf_lock:
+                extra = self.gripper_seeder.query(pipeline.config.camera_to_base, frame.intrinsics)
+        out = pipeline.process(frame, extra)
         if out is None:
             self.monitor.count("frames_without_queries")
             return
