@@ -53,23 +53,24 @@ def test_mu0_node_logs_and_publishes_the_providers_and_require_device_fails_conf
 
     from mu0_policy.nodes.mu0_node import Mu0Node
 
-    rclpy.init()
+    ctx = rclpy.Context()          # its own context: independent of what other tests left in the default one
+    rclpy.init(context=ctx)
     try:
         def node(**extra):
             params = {"model": str(CHECKPOINT), "backend": "onnx", "device": "cuda", "autostart": False,
                       "diagnostics_period": 0.2, **extra}
-            return Mu0Node(parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+            return Mu0Node(parameter_overrides=[Parameter(k, value=v) for k, v in params.items()], context=ctx)
 
         strict = node(require_device=True)
         assert strict.trigger_configure() == TransitionCallbackReturn.FAILURE
         strict.destroy_node()
 
         lenient = node()
-        probe = rclpy.create_node("backend_probe")
+        probe = rclpy.create_node("backend_probe", context=ctx)
         got = []
         probe.create_subscription(DiagnosticArray, "/diagnostics", got.append, 10)
         assert lenient.trigger_configure() == TransitionCallbackReturn.SUCCESS
-        executor = rclpy.executors.SingleThreadedExecutor()
+        executor = rclpy.executors.SingleThreadedExecutor(context=ctx)
         executor.add_node(lenient)
         executor.add_node(probe)
         deadline = time.monotonic() + 20
@@ -87,4 +88,4 @@ def test_mu0_node_logs_and_publishes_the_providers_and_require_device_fails_conf
         lenient.destroy_node()
         probe.destroy_node()
     finally:
-        rclpy.try_shutdown()
+        rclpy.try_shutdown(context=ctx)

@@ -19,14 +19,15 @@ def test_invalid_transition_over_the_service_is_refused_not_fatal():
 
     from mu0_policy.nodes.mu0_node import Mu0Node
 
-    rclpy.init()
+    ctx = rclpy.Context()          # its own context: independent of what other tests left in the default one
+    rclpy.init(context=ctx)
     try:
         node = Mu0Node(parameter_overrides=[Parameter("model", value="baseline:zero_motion"),
-                                            Parameter("autostart", value=False)])
-        client_node = rclpy.create_node("lifecycle_client")
+                                            Parameter("autostart", value=False)], context=ctx)
+        client_node = rclpy.create_node("lifecycle_client", context=ctx)
         change = client_node.create_client(ChangeState, "/mu0_node/change_state")
         get = client_node.create_client(GetState, "/mu0_node/get_state")
-        executor = SingleThreadedExecutor()
+        executor = SingleThreadedExecutor(context=ctx)
         executor.add_node(node)
         executor.add_node(client_node)
 
@@ -54,4 +55,4 @@ def test_invalid_transition_over_the_service_is_refused_not_fatal():
         client_node.destroy_node()
         node.destroy_node()
     finally:
-        rclpy.try_shutdown()
+        rclpy.try_shutdown(context=ctx)
