@@ -378,7 +378,8 @@ TARGETS = {
 
 
 def run(args) -> dict:
-    os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
+    # a ROS domain of its own (not the caller's): a node left over from elsewhere must not join in
+    os.environ["ROS_DOMAIN_ID"] = str(args.domain if args.domain is not None else 120 + os.getpid() % 100)
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
@@ -474,6 +475,10 @@ def run(args) -> dict:
                 break
             time.sleep(0.2)
         pubs["instruction"].publish(String(data="reach the block"))
+        foreign = node.count_publishers(robot.command_topic) - int("action_expert" in targets)
+        if foreign > 0:
+            raise RuntimeError(f"{foreign} other publisher(s) on {robot.command_topic} in ROS domain "
+                               f"{os.environ['ROS_DOMAIN_ID']}: the command checks would mix streams")
         bg.start()
         time.sleep(args.warmup_s)
         rng = np.random.default_rng(args.seed)
@@ -593,6 +598,7 @@ def main(argv=None):
     ap.add_argument("--recover-s", type=float, default=15.0)
     ap.add_argument("--quick", action="store_true", help="reduced seeded run: 400 messages per type, no mu0_node")
     ap.add_argument("--logdir", default=None)
+    ap.add_argument("--domain", type=int, default=None, help="ROS_DOMAIN_ID (default: 120 + pid % 100, never the caller's)")
     ap.add_argument("--json", default=None, help="also write the result here")
     args = ap.parse_args(argv)
     if args.quick:

@@ -43,7 +43,8 @@ def rss_mib(pid: int) -> float | None:
 
 
 def run(args) -> dict:
-    os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
+    # a ROS domain of its own (not the caller's): a node left over from elsewhere must not join in
+    os.environ["ROS_DOMAIN_ID"] = str(args.domain if args.domain is not None else 120 + os.getpid() % 100)
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
@@ -212,6 +213,7 @@ def main(argv=None):
     ap.add_argument("--model", default="checkpoints/mu0_small")
     ap.add_argument("--size", default="160x120")
     ap.add_argument("--logdir", default=None)
+    ap.add_argument("--domain", type=int, default=None, help="ROS_DOMAIN_ID (default: 120 + pid % 100, never the caller's)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     r = run(args)

@@ -26,7 +26,7 @@ def test_fuzz_graph_quick(tmp_path):
 
 
 def test_faults_quick(tmp_path):
-    p, r = run_bench("faults.py", tmp_path)
+    p, r = run_bench("faults.py", tmp_path, "--slack-s", "0.5")   # a shared machine: scheduling slack
     assert p.returncode == 0 and r["clean"], p.stdout
     held = {row["scenario"]: row for row in r["rows"]}
     for name in ("kill_upstream", "stop_joint_states", "freeze_clock", "rewind_clock", "estop"):

@@ -58,9 +58,10 @@ def stop(p):
 
 @pytest.fixture(scope="module")
 def ros():
-    rclpy.init()
-    node = rclpy.create_node("robustness_test_graph")
-    ex = SingleThreadedExecutor()
+    ctx = rclpy.Context()      # its own context: a test elsewhere that leaked the default one cannot break it
+    rclpy.init(context=ctx)
+    node = rclpy.create_node("robustness_test_graph", context=ctx)
+    ex = SingleThreadedExecutor(context=ctx)
     ex.add_node(node)
 
     def spin(seconds, until=None):
@@ -71,9 +72,11 @@ def ros():
                 return True
         return until is None or until()
 
-    yield node, spin
-    node.destroy_node()
-    rclpy.shutdown()
+    try:
+        yield node, spin
+    finally:
+        node.destroy_node()
+        rclpy.shutdown(context=ctx)
 
 
 REL = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
