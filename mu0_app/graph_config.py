@@ -27,7 +27,7 @@ CONFIG_DIR = REPO / "config"
 GRAPH_KEY = "mu0_graph"
 # parameters that name a resource file: made absolute (working directory, else the package's
 # source tree / share directory) so every node finds them from any working directory
-RESOURCE_PARAMS = {"mu0_node": ("model",), "action_expert": ("robot_config",)}
+RESOURCE_PARAMS = {"mu0_node": ("model", "robot_config"), "action_expert": ("robot_config",)}
 NODE_MODULES = {
     "rgbd_sync": "mu0_perception.nodes.rgbd_sync",
     "realsense_camera": "mu0_perception.nodes.realsense_camera",

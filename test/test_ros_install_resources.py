@@ -63,6 +63,8 @@ def test_graph_params_carry_use_sim_time_and_absolute_resources(tmp_path, monkey
     for node in graph.nodes:
         assert params[node]["ros__parameters"]["use_sim_time"] is True, node
     assert params["mu0_node"]["ros__parameters"]["model"] == str(REPO / "checkpoints" / "mu0_small")
+    robot = params["mu0_node"]["ros__parameters"].get("robot_config")
+    assert robot is None or Path(robot).is_absolute()
     assert params["action_expert"]["ros__parameters"]["robot_config"] == \
         str(REPO / "config" / "robots" / "sim_sawyer_joint.yaml")
     arm = load_graph_config(resources.share_path("config/mu0_arm.yaml"), ["mu0_node.model=baseline:zero_motion"])
