@@ -383,7 +383,13 @@ def live_episode(robot_path: str, task: str, seed: int, model: str, max_steps: i
         f"action_expert.robot_config={robot_path}", "action_expert.dry_run=false", f"mu0_node.model={model}",
         f"mu0_node.robot_config={robot_path}",
         "mu0_node.max_queries=32", *overrides])
-    graph = ProcessGraph(config, log_dir=Path(log_dir) if log_dir else None)
+    # the sim (and its /clock) starts only once mu0_node and the expert are up: the episode must not
+    # run while mu0_node is still loading its model (and a sim reset would rewind /clock)
+    from mu0_app.graph_config import GraphConfig
+
+    logs = Path(log_dir) if log_dir else None
+    graph = ProcessGraph(GraphConfig(config.path, config.params, [n for n in config.nodes if n != "sim_arm"]), log_dir=logs)
+    sim_graph = ProcessGraph(GraphConfig(config.path, config.params, ["sim_arm"]), log_dir=logs)
     t0 = time.perf_counter()
     state = {"success": False, "clock": None, "start": None}
     if not rclpy.ok():
@@ -403,7 +409,18 @@ def live_episode(robot_path: str, task: str, seed: int, model: str, max_steps: i
     graph.start()
     steps = 0
     try:
-        while time.perf_counter() - t0 < wall_timeout_s and not state["success"]:
+        # ready: mu0_node configured (its /mu0/traces publisher exists after the model's warm-up)
+        # and the expert built (its command publisher exists after the checkpoint loaded)
+        while time.perf_counter() - t0 < wall_timeout_s and not (
+                node.count_publishers("/mu0/traces") > 0 and node.count_publishers(robot.command_topic) > 0):
+            ex.spin_once(timeout_sec=0.1)
+            dead = {n: p.poll() for n, p in graph.children.items() if p.poll() is not None}
+            if dead:
+                raise RuntimeError(f"live graph: node(s) exited {dead} (logs: {log_dir})")
+        sim_graph.start()
+        graph.children.update(sim_graph.children)
+        t_episode = time.perf_counter()
+        while time.perf_counter() - t_episode < wall_timeout_s and not state["success"]:
             ex.spin_once(timeout_sec=0.05)
             if any(p.poll() not in (None, 0) for p in graph.children.values()):
                 dead = {n: p.poll() for n, p in graph.children.items() if p.poll() is not None}
@@ -413,7 +430,7 @@ def live_episode(robot_path: str, task: str, seed: int, model: str, max_steps: i
                 if steps >= max_steps:
                     break
     finally:
-        codes = graph.stop()
+        codes = {**sim_graph.stop(), **graph.stop()}
         ex.remove_node(node)
         node.destroy_node()
     return EpisodeOutcome(canonical_task(task), int(seed), bool(state["success"]), steps, {},

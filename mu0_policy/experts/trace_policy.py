@@ -467,6 +467,8 @@ class TracePolicyExpert(ActionExpert):
         self.seed = int(seed)
         self._rng = np.random.default_rng(self.seed)
         self._text_cache: dict = {}
+        # load the sentence encoder now: loading it at the first act() would stall a control loop
+        self.embed("")
 
     def reset(self) -> None:
         self._rng = np.random.default_rng(self.seed)
