@@ -356,12 +356,6 @@ def trace_msg_to_set(msg) -> TraceSet:
     samples = np.zeros((n, horizon + 1, 3))
     validity = np.zeros((n, horizon + 1), dtype=np.float32)
     for i, tr in enumerate(msg.traces):
-        if len(tr.samples) != horizon + 1:
-            raise ValueError(f"traces[{i}].samples: {len(tr.samples)} samples, expected horizon_steps+1 = {horizon + 1}")
-        if len(tr.validity) != horizon + 1:
-            raise ValueError(f"traces[{i}].validity: {len(tr.validity)} values, expected {horizon + 1}")
-        if len(tr.control_points) != num_ctrl or int(tr.degree) != degree or len(tr.knots) != len(knots):
-            raise ValueError(f"traces[{i}]: spline (degree/knots/control_points) differs from traces[0]")
         ctrl[i] = _points_to_numpy(tr.control_points, f"traces[{i}].control_points")
         samples[i] = _points_to_numpy(tr.samples, f"traces[{i}].samples")
         v = np.asarray(tr.validity, dtype=np.float32)
