@@ -32,7 +32,6 @@ from ros_install_env import REPO, extras_prefix, in_ros_env, requires_shared_ros
 
 pytestmark = requires_shared_ros2
 NODES = ("sim_arm", "rgbd_sync", "mu0_node", "action_expert")
-OURS = ("sim_arm", "mu0_node")    # rgbd_sync and action_expert: maintained in issue 13's work
 
 
 def source_files() -> list[str]:
@@ -167,16 +166,9 @@ def test_sim_launch_from_install_traces_commands_and_clean_sigint(workspace, tmp
     # every resource came from the installed share dir
     assert "share/mu0/checkpoints/mu0_small" in out and "share/mu0/config/robots/sim_sawyer_joint.yaml" in out, out
     assert "mu0_node configured; activating" in out                            # lifecycle driven by the launch
-    clean = {node: bool(re.search(rf"\[{node}-\d+\]: process has finished cleanly", out)) for node in NODES}
     assert "SIGTERM" not in out, out[-6000:]                  # nothing needed more than launch's 5 s SIGINT grace
-    for node in OURS:                                         # nodes this test's owner maintains
-        assert clean[node], (node, out[-6000:])
-        assert not re.search(rf"\[{node}-\d+\] Traceback", out), (node, out[-6000:])
-    unclean = sorted(node for node, ok in clean.items() if not ok)
-    if unclean:
-        pytest.xfail(f"{unclean} died of the second SIGINT (Ctrl-C reaches the process group, then launch sends "
-                     "its own) during cleanup: issue 12 #4 for these nodes; fix: ignore SIGINT in their cleanup "
-                     "and return 0 on KeyboardInterrupt, as mu0_node/sim_arm do")
+    for node in NODES:
+        assert re.search(rf"\[{node}-\d+\]: process has finished cleanly", out), (node, out[-6000:])
     assert "Traceback" not in out and "has died" not in out, out[-6000:]
     assert code == 0, out[-3000:]
 
