@@ -12,9 +12,10 @@ from mu0_app.graph_config import resolve_config
 from mu0_app.launcher import _overrides_arg, replay_live
 from mu0_app.replay import render_overlay_from_bag, replay_offline
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL_DIR = ROOT / "checkpoints" / "mu0_small"
-CLOSED_LOOP_ROBOT = ROOT / "config" / "robots" / "sim_sawyer_ee.yaml"
+from mu0_core.resources import share_path
+
+DEFAULT_MODEL_DIR = share_path("checkpoints/mu0_small")       # the source tree, or share/mu0 when installed
+CLOSED_LOOP_ROBOT = share_path("config/robots/sim_sawyer_ee.yaml")
 
 
 def closed_loop(out_dir, robot=CLOSED_LOOP_ROBOT, task: str = "drawer-close", seed: int = 100,

@@ -173,7 +173,11 @@ def robot_for_eval(robot_path: str, expert: str | None):
 
     from mu0_policy.experts.robot_config import load_robot_config
 
-    robot = load_robot_config(robot_path)
+    from mu0_core.resources import resolve
+
+    robot = load_robot_config(str(resolve(robot_path)))
+    if expert and expert != SCRIPTED and resolve(expert).is_dir():
+        expert = str(resolve(expert))
     if expert and expert != SCRIPTED:
         if Path(expert).is_dir():
             params = {**robot.expert_params, "checkpoint": str(Path(expert).resolve())} \
@@ -320,6 +324,10 @@ def evaluate(robot_path: str, tasks: list, seeds: list, model: str, out_dir=None
     from mu0_policy.experts.base import make_expert
     from mu0_sim.env import SawyerSimEnv, canonical_task
 
+    from mu0_core.resources import resolve
+
+    if model not in (GROUND_TRUTH, NO_TRACES) and not model.startswith("baseline:"):
+        model = str(resolve(model))       # a checkpoint: the working directory, else the source tree / share/mu0
     robot = robot_for_eval(robot_path, expert)
     expert_name = SCRIPTED if expert == SCRIPTED else robot.expert_name
     expert_label = expert or f"{robot.expert_name} ({robot.expert_params.get('checkpoint', '')})"
@@ -392,9 +400,9 @@ def live_episode(robot_path: str, task: str, seed: int, model: str, max_steps: i
     sim_graph = ProcessGraph(GraphConfig(config.path, config.params, ["sim_arm"]), log_dir=logs)
     t0 = time.perf_counter()
     state = {"success": False, "clock": None, "start": None}
-    if not rclpy.ok():
-        rclpy.init()
-    node = rclpy.create_node(f"eval_policy_probe_{int(seed)}")
+    context = rclpy.Context()      # a context of its own: nothing leaks into the caller's rclpy
+    rclpy.init(context=context)
+    node = rclpy.create_node(f"eval_policy_probe_{int(seed)}", context=context)
     node.create_subscription(Bool, "/mu0/sim/success", lambda m: state.__setitem__("success", state["success"] or bool(m.data)), 10)
 
     def on_clock(m):
@@ -404,7 +412,7 @@ def live_episode(robot_path: str, task: str, seed: int, model: str, max_steps: i
             state["start"] = ns
 
     node.create_subscription(Clock, "/clock", on_clock, 10)
-    ex = SingleThreadedExecutor()
+    ex = SingleThreadedExecutor(context=context)
     ex.add_node(node)
     graph.start()
     steps = 0
@@ -433,6 +441,8 @@ def live_episode(robot_path: str, task: str, seed: int, model: str, max_steps: i
         codes = {**sim_graph.stop(), **graph.stop()}
         ex.remove_node(node)
         node.destroy_node()
+        ex.shutdown()
+        rclpy.try_shutdown(context=context)
     return EpisodeOutcome(canonical_task(task), int(seed), bool(state["success"]), steps, {},
                           {"exit_codes": {k: v for k, v in codes.items()}}, None, time.perf_counter() - t0)
 

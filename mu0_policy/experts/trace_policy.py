@@ -423,11 +423,13 @@ def onnx_parity(path, samples: int = 8, seed: int = 0) -> float:
 def resolve_checkpoint(path: str, robot_path: str) -> Path:
     """A checkpoint path as written in a robot YAML: absolute, relative to the working directory,
     or relative to the directory holding config/ (the source tree or the installed share dir)."""
-    p = Path(path)
-    if p.is_absolute() or p.exists():
+    from mu0_core.resources import resolve
+
+    p = resolve(path)                  # absolute, the working directory, the source tree / share/mu0
+    if p.exists():
         return p
     root = Path(robot_path).resolve().parent.parent.parent   # <root>/config/robots/<robot>.yaml
-    cand = root / p
+    cand = root / path
     return cand if cand.exists() else p
 
 
