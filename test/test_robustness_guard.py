@@ -277,7 +277,8 @@ def _expert_output(draw_rows, J):
 
 @pytest.fixture(scope="module")
 def fwd_robot():
-    return load_robot_config("config/robots/sim_sawyer_forward.yaml")
+    from robot_configs import follower_config
+    return load_robot_config(follower_config("sim_sawyer_forward"))
 
 
 @HYP

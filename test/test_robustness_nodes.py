@@ -31,9 +31,10 @@ from mu0_core.frames import RGBDFrame
 from mu0_msgs.msg import RGBD, Trace, TraceArray
 from mu0_policy.experts import load_robot_config
 from mu0_ros import convert
+from robot_configs import follower_config
 from test_robustness_guard import trace_set
 
-FWD_CFG = "config/robots/sim_sawyer_forward.yaml"
+FWD_CFG = follower_config("sim_sawyer_forward")   # the geometric expert: commands follow the given trace
 RESET_Q = np.array([1.889, -0.576, -0.977, 1.642, 0.943, 1.044, 2.293])
 SEC = 1_000_000_000
 CONFIGURE, ACTIVATE, DEACTIVATE = 1, 3, 4
