@@ -162,8 +162,12 @@ def test_ee_hold_is_zero_motion_and_nan_never_passes():
     assert out.hold and S.STALE_JOINT_STATES in out.reasons
 
 
-def test_guard_from_robot_config_defaults_to_dry_run():
-    robot = load_robot_config("config/robots/sim_sawyer_joint.yaml")
-    g = SafetyGuard.from_robot(robot)
-    assert g.dry_run and g.limits.names == tuple(robot.joint_names)
-    assert np.allclose(g._step, np.minimum(robot.joints.max_step_delta, robot.joints.max_velocity / robot.control_rate_hz))
+def test_guard_from_robot_config_follows_its_dry_run_and_limits():
+    # a real robot's config stays dry-run; the simulated arm's commands by default
+    for path, dry in (("config/robots/ur5e.yaml", True), ("config/robots/sim_sawyer_joint.yaml", False)):
+        robot = load_robot_config(path)
+        g = SafetyGuard.from_robot(robot)
+        assert g.dry_run == dry == robot.safety.dry_run and g.limits.names == tuple(robot.joint_names)
+        assert np.allclose(g._step, np.minimum(robot.joints.max_step_delta,
+                                               robot.joints.max_velocity / robot.control_rate_hz))
+    assert SafetyGuard.from_robot(load_robot_config("config/robots/sim_sawyer_forward.yaml")).streaming
