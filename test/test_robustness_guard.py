@@ -6,6 +6,8 @@ position limits, and within the per-tick step limit of the previously COMMANDED 
 measured one); the gripper value obeys the same rules. Issue 13 defects #2 and #5 have direct
 regression tests below (they failed on the old guard).
 """
+import os
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -25,7 +27,9 @@ VMAX = np.array([1.0, 0.5, 2.0])
 MAXSTEP = np.array([0.2, 0.2, 0.04])
 STEP = np.minimum(MAXSTEP, VMAX * DT)
 EPS = 1e-9
-HYP = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# MU0_HYPOTHESIS_EXAMPLES=2000 for a deeper search than the suite's default
+HYP = settings(max_examples=int(os.environ.get("MU0_HYPOTHESIS_EXAMPLES", "100")), deadline=None, suppress_health_check=[HealthCheck.too_slow],
+               database=None)   # no .hypothesis/ example database in the working tree
 
 
 def make_guard(streaming=False, **kw):
