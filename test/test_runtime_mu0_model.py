@@ -93,7 +93,8 @@ def test_bundled_mu0_in_the_node_graph_matches_the_offline_core():
             assert ts.frame_id == "camera_color_optical_frame" and 0 < len(ts) <= 16
             assert np.isfinite(ts.samples).all() and ts.samples.shape[1] == 33
             # camera frame: every trace starts at its query pixel at the depth there
-            z = np.where((ts.pixels[:, 1] >= 50) & (ts.pixels[:, 1] < 70), np.nan, 0.9)
+            # (queries within the depth window's reach of the box edge, 3 px, may sample either depth)
+            z = np.where((ts.pixels[:, 1] >= 47) & (ts.pixels[:, 1] < 73), np.nan, 0.9)
             far = np.isfinite(z)
             np.testing.assert_allclose(ts.positions[far], deproject(ts.pixels[far], z[far], INTR), atol=2e-3)
             np.testing.assert_allclose(ts.samples[:, 0], ts.positions, atol=1e-6)
