@@ -98,7 +98,7 @@ def test_traces_in_base_frame_from_static_tf_without_extrinsic_parameter(tmp_pat
     assert result["base"] >= 3 and result["pairs"] >= 1, result
     assert result["frames"] == ["base_link"], result
     assert result["max_err"] < 1e-4, result
-    assert result["exit"] == 0
+    assert result["exit"] == 0, out.stderr[-4000:]
 
 
 def test_extrinsic_parameter_is_published_on_tf_static(tmp_path):
@@ -106,7 +106,7 @@ def test_extrinsic_parameter_is_published_on_tf_static(tmp_path):
     assert result["frames"] == ["base_link"] and result["max_err"] < 1e-4, result
     published = [e for e in result["tf_static"] if e[:2] == ["base_link", "camera_color_optical_frame"]]
     assert published, result
-    assert result["exit"] == 0
+    assert result["exit"] == 0, out.stderr[-4000:]
 
 
 SIM_SCRIPT = textwrap.dedent('''
@@ -144,4 +144,4 @@ def test_sim_publishes_arm_links_and_camera_on_tf(tmp_path):
     children = {child for parent, child in result["tf"] if parent == BASE_FRAME}
     assert "hand" in children and len(children) >= 7, result      # base .. hand of the Sawyer
     assert [BASE_FRAME, COLOR_FRAME] in result["tf_static"], result
-    assert result["exit"] == 0
+    assert result["exit"] == 0, out.stderr[-4000:]

@@ -139,27 +139,27 @@ class SimArmNode(Node):
         try:
             names, pos, times = convert.joint_trajectory_to_points(msg)
             self.commands.set_joint_trajectory(names, pos, times, self._obs.stamp_ns)
-        except ValueError as e:
+        except Exception as e:  # noqa: BLE001 - one bad message must never stop the robot
             return self._drop("JointTrajectory", e)
         self._after_command()
 
     def _on_forward(self, msg) -> None:
         try:
             self.commands.set_forward_positions(convert.float64_array_to_numpy(msg))
-        except ValueError as e:
+        except Exception as e:  # noqa: BLE001 - one bad message must never stop the robot
             return self._drop("forward position command", e)
         self._after_command()
 
     def _on_gripper(self, msg) -> None:
         try:
             self.commands.set_gripper(convert.float64_array_to_numpy(msg))
-        except ValueError as e:
+        except Exception as e:  # noqa: BLE001 - one bad message must never stop the robot
             return self._drop("gripper command", e)
 
     def _on_ee_delta(self, msg) -> None:
         try:
             self.commands.set_ee_delta(convert.float64_array_to_numpy(msg))
-        except ValueError as e:
+        except Exception as e:  # noqa: BLE001 - one bad message must never stop the robot
             return self._drop("EE delta", e)
         self._after_command()
 
@@ -263,7 +263,12 @@ class SimArmNode(Node):
         return super().destroy_node()
 
 
+_INTERRUPTED = False
+
+
 def _interrupt(*_):
+    global _INTERRUPTED
+    _INTERRUPTED = True
     raise KeyboardInterrupt
 
 
@@ -276,14 +281,24 @@ def _run(argv: list[str] | None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except ValueError as exc:
+        if _INTERRUPTED:
+            return 0
         print(f"sim_arm: bad parameter: {exc}", file=sys.stderr)
         return 2
+    except Exception:
+        # an interrupt that lands inside rclpy's C++ (taking a message) surfaces as a RuntimeError
+        # ("Unable to convert call argument"): after a stop request that is a clean stop
+        if not _INTERRUPTED:
+            raise
     finally:
         # Ctrl-C reaches the whole process group and `ros2 launch` sends its own SIGINT too:
         # a second interrupt must not cut the cleanup short
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         if node is not None:
-            node.destroy_node()
+            try:
+                node.destroy_node()
+            except Exception as exc:  # noqa: BLE001 - cleanup after a stop must not turn into a failure
+                print(f"sim_arm: cleanup: {exc!r}", file=sys.stderr)
         rclpy.try_shutdown()
     return 0
 
@@ -291,6 +306,7 @@ def _run(argv: list[str] | None) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Exit 0 on SIGINT / SIGTERM (also while starting), 2 on a bad parameter."""
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         return _run(argv)
     except KeyboardInterrupt:
