@@ -141,7 +141,7 @@ def test_bundled_joint_expert_finishes_drawer_close_with_mu0_traces():
 
 
 def test_bundled_expert_finishes_through_the_live_graph_over_dds(tmp_path):
-    o = live_episode(EE_ROBOT, "drawer-close", 100, "checkpoints/mu0_small", max_steps=400,
-                     wall_timeout_s=150, log_dir=tmp_path)
+    o = live_episode(EE_ROBOT, "drawer-close", 100, "checkpoints/mu0_small", max_steps=800,
+                     wall_timeout_s=200, log_dir=tmp_path, real_time_factor=0.5)
     assert o.success, f"not finished after {o.steps} sim steps; logs in {tmp_path}"
     assert eval_policy.embodiment_of(load_robot_config(EE_ROBOT)) == "sawyer_ee"

@@ -29,6 +29,7 @@ import signal
 import sys
 
 import rclpy
+from rclpy.clock import Clock as SteadyClockSource, ClockType
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -123,7 +124,9 @@ class SimArmNode(Node):
         self._publish(self._obs, camera=True, joints=True)
         self.pub_instruction.publish(convert.string_msg(self.env.instruction))
         if self.mode == "realtime":
-            self.create_timer(step_s / rtf, self._tick)
+            # the sim IS the clock source: its stepping timer runs on the steady wall clock, never
+            # on the /clock it publishes itself (with use_sim_time that would either race ahead or stall)
+            self.create_timer(step_s / rtf, self._tick, clock=SteadyClockSource(clock_type=ClockType.STEADY_TIME))
         self.get_logger().info(
             f"sim_arm: {self.env.task} ({p['embodiment']}, {p['camera']} {p['width']}x{p['height']}), "
             f"mode {self.mode}, camera every {self.camera_every} steps, joint_states every "
