@@ -129,7 +129,10 @@ class Launch:
             time.sleep(0.5)
         return bool(re.search(pattern, self.output))
 
-    def interrupt(self, timeout: float = 30.0) -> tuple[int, str]:
+    def interrupt(self, timeout: float = 45.0, settle_s: float = 5.0) -> tuple[int, str]:
+        # let in-flight lifecycle requests (launch_ros waits on their responses) complete first: a
+        # Ctrl-C within a moment of `activate` can leave launch waiting for a reply that never comes
+        time.sleep(settle_s)
         os.killpg(self.proc.pid, signal.SIGINT)
         try:
             self.proc.wait(timeout=timeout)
