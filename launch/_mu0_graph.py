@@ -111,7 +111,7 @@ def graph_actions(context, graph, skip=()):
     return actions
 
 
-CONFIGURE_RETRY_S = 60.0   # a loaded 2-core machine was seen taking 25 s to configure (model + encoder load)
+CONFIGURE_RETRY_S = 20.0
 CONFIGURE_RETRIES = 5
 
 
