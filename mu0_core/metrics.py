@@ -14,11 +14,12 @@ Definitions (following the paper and the authors' evaluation code, Yoonkyo/mu0):
 - Spaces: "uv" = normalised image coordinates in [-1, 1]; "uvz" = normalised uv plus metric depth
   (the paper's 3D numbers mix the two units this way); "xyz" = metres in the camera frame.
 
-Moving-point filter: the paper keeps a point if its trace diameter exceeds 40 px with depth
-weighted by 0.1. Here traces are in normalised uv, so the diameter is the largest distance
-between two valid steps in (u_n, v_n, 0.1 * depth_m) and the threshold is 40 px expressed in
-normalised units of a 640-px-wide image: 2 * 40 / 640 = 0.125 (see ``threshold_from_pixels``
-for other widths).
+Moving-point filter (the ONE rule, used by TraceExtract, training and these tables; the
+authors' ``compute_is_moving``): a point moves if the diameter of its trace in (u px, v px,
+0.1 * depth in metres) over its first 64 steps exceeds 5 % of the image diagonal. Traces here are
+in normalised uv, so ``moving_mask`` converts them to pixels with the image size (default: a
+640x480 reference image, where the threshold is 40 px). ``trace_diameter`` (normalised units) is
+a plain geometric helper.
 
 Everything is vectorised over traces (the DP runs along anti-diagonals, batched over all traces
 and samples); ``backend="torch"`` runs the same code on torch tensors.
@@ -32,7 +33,10 @@ DEFAULT_HORIZONS = (8, 16, 32)
 DEFAULT_TOPK = (1, 5)
 PAPER_MOVING_THRESHOLD_PX = 40.0
 REFERENCE_WIDTH_PX = 640
+REFERENCE_IMAGE_SIZE = (640, 480)  # (W, H) assumed by ``moving_mask`` when no image size is given
 DEFAULT_DEPTH_WEIGHT = 0.1
+MOVING_DIAGONAL_FRACTION = 0.05    # threshold = 5 % of the image diagonal (40 px at 640x480)
+MOVING_MAX_STEPS = 64              # the diameter looks at a trace's first 64 steps
 
 
 def threshold_from_pixels(pixels: float = PAPER_MOVING_THRESHOLD_PX, width: int = REFERENCE_WIDTH_PX) -> float:
@@ -94,12 +98,69 @@ def trace_diameter(gt_uvz, valid=None, depth_weight: float = DEFAULT_DEPTH_WEIGH
     return out
 
 
-def moving_mask(gt_uvz, valid=None, threshold: float = DEFAULT_MOVING_THRESHOLD,
-                depth_weight: float = DEFAULT_DEPTH_WEIGHT) -> np.ndarray:
-    """(M, H+1, C) ground truth -> (M,) bool: the trace's diameter exceeds ``threshold``."""
-    if not (np.isfinite(threshold) and threshold >= 0):
-        raise ValueError(f"threshold must be finite and >= 0, got {threshold}")
-    return trace_diameter(gt_uvz, valid, depth_weight) > threshold
+def moving_threshold_px(width: float, height: float, fraction: float = MOVING_DIAGONAL_FRACTION) -> float:
+    """The moving threshold in pixels: ``fraction`` of the image diagonal (sqrt((W/20)^2 + (H/20)^2)
+    for the default 5 %)."""
+    if not (np.isfinite(width) and width > 0 and np.isfinite(height) and height > 0):
+        raise ValueError(f"image size must be positive, got {width}x{height}")
+    if not (np.isfinite(fraction) and fraction >= 0):
+        raise ValueError(f"fraction must be finite and >= 0, got {fraction}")
+    return float(fraction) * float(np.hypot(width, height))
+
+
+def moving_points(uv_px, depth_m, valid, image_size, fraction: float = MOVING_DIAGONAL_FRACTION,
+                  depth_weight: float = DEFAULT_DEPTH_WEIGHT, max_steps: int | None = MOVING_MAX_STEPS,
+                  return_diameter: bool = False):
+    """THE moving-point filter (TraceExtract, training data, metrics).
+
+    uv_px (..., T, 2) pixels, depth_m (..., T) metres, valid (..., T) bool, image_size (W, H).
+    A trace moves if the largest distance between two of its valid steps among the first
+    ``max_steps`` (None = all) in (u px, v px, depth_weight * depth m) exceeds ``fraction`` of the
+    image diagonal. Depth in metres is added to pixels unscaled (as the authors do), so depth
+    alone practically never makes a point move. Returns (...,) bool (and the diameters in px).
+    """
+    uv = np.asarray(uv_px, dtype=np.float64)
+    z = np.asarray(depth_m, dtype=np.float64)
+    v = np.asarray(valid).astype(bool)
+    if uv.ndim < 2 or uv.shape[-1] != 2 or z.shape != uv.shape[:-1] or v.shape != uv.shape[:-1]:
+        raise ValueError(f"uv_px must be (..., T, 2) with depth_m and valid (..., T); got {uv.shape}, "
+                         f"{z.shape}, {v.shape}")
+    if not (np.isfinite(depth_weight) and depth_weight >= 0):
+        raise ValueError(f"depth_weight must be finite and >= 0, got {depth_weight}")
+    W, H = image_size
+    thr = moving_threshold_px(W, H, fraction)
+    if max_steps is not None:
+        uv, z, v = uv[..., :max_steps, :], z[..., :max_steps], v[..., :max_steps]
+    p = np.concatenate([uv, (depth_weight * z)[..., None]], axis=-1)
+    v = v & np.isfinite(p).all(-1)
+    lead = p.shape[:-2]
+    T = p.shape[-2]
+    diam = trace_diameter(np.where(v[..., None], p, 0.0).reshape(-1, T, 3), v.reshape(-1, T),
+                          depth_weight=1.0).reshape(lead) if T else np.zeros(lead)
+    out = diam > thr
+    return (out, diam) if return_diameter else out
+
+
+def moving_mask(gt_uvz, valid=None, image_size=None, fraction: float = MOVING_DIAGONAL_FRACTION,
+                depth_weight: float = DEFAULT_DEPTH_WEIGHT, max_steps: int | None = MOVING_MAX_STEPS,
+                threshold: float | None = None) -> np.ndarray:
+    """(M, H+1, 3) normalised uvz ground truth -> (M,) bool: :func:`moving_points` in the pixels of
+    an image of ``image_size`` (W, H) (None = the 640x480 reference).
+
+    ``threshold`` (legacy): a diameter threshold in normalised (u_n, v_n, w * depth) units instead
+    of the paper's rule (kept for callers that need a scale-free cut)."""
+    g, v = _check_gt_valid(gt_uvz, valid, "gt_uvz")
+    if threshold is not None:
+        if not (np.isfinite(threshold) and threshold >= 0):
+            raise ValueError(f"threshold must be finite and >= 0, got {threshold}")
+        return trace_diameter(g, v, depth_weight) > threshold
+    if g.shape[-1] != 3:
+        raise ValueError(f"gt_uvz must have 3 channels (u_n, v_n, depth_m), got {g.shape[-1]}")
+    from mu0_core.camera import normalized_to_pixels
+
+    size = REFERENCE_IMAGE_SIZE if image_size is None else tuple(image_size)
+    return moving_points(normalized_to_pixels(g[..., :2], *size), g[..., 2], v, size, fraction,
+                         depth_weight, max_steps)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -249,7 +310,7 @@ def per_trace_errors(pred, gt, valid, backend: str = "numpy", chunk: int = 2048)
 # ----------------------------------------------------------------------------------------------
 # tables
 # ----------------------------------------------------------------------------------------------
-def _check_table_args(pred, gt, valid, horizons, topk, moving):
+def _check_table_args(pred, gt, valid, horizons, topk, moving, image_size=None):
     g, v = _check_gt_valid(gt, valid)
     p = np.asarray(pred, dtype=np.float64)
     M, H1, C = g.shape
@@ -266,10 +327,10 @@ def _check_table_args(pred, gt, valid, horizons, topk, moving):
     if not horizons or min(horizons) < 1 or max(horizons) > H1 - 1:
         raise ValueError(f"horizons must be integers in [1, H={H1 - 1}], got {horizons}")
     if moving is None:
-        if C > 3:
-            raise ValueError("moving=None computes the filter from uv(z) ground truth; pass moving "
+        if C != 3:
+            raise ValueError("moving=None computes the filter from uvz ground truth; pass moving "
                              "explicitly for other spaces")
-        keep = moving_mask(g, v)
+        keep = moving_mask(g, v, image_size)
     elif moving is False:
         keep = np.ones(M, bool)
     else:
@@ -281,15 +342,16 @@ def _check_table_args(pred, gt, valid, horizons, topk, moving):
 
 
 def results_table(pred, gt, valid, horizons=DEFAULT_HORIZONS, topk=DEFAULT_TOPK, moving=None,
-                  dims=None, backend: str = "numpy") -> dict:
+                  dims=None, backend: str = "numpy", image_size=None) -> dict:
     """The paper's results table for one space.
 
     pred (K, M, H+1, C) samples, gt (M, H+1, C), valid (M, H+1) bool. ``dims`` picks channels
     (e.g. (0, 1) for 2D uv out of uvz); ``moving``: None = the moving-point filter computed from
-    ``gt`` (which must then be uv or uvz), False = every trace, or an (M,) bool mask.
+    ``gt`` (which must then be uvz; ``image_size`` (W, H) as in :func:`moving_mask`), False =
+    every trace, or an (M,) bool mask.
     Returns {"top{k}/{ADE|FDE|DTW|Frechet}@{T}": mean over evaluated traces} (NaN if none).
     """
-    p, g, v, horizons, topk, keep = _check_table_args(pred, gt, valid, horizons, topk, moving)
+    p, g, v, horizons, topk, keep = _check_table_args(pred, gt, valid, horizons, topk, moving, image_size)
     if dims is not None:
         dims = list(dims)
         if not dims or min(dims) < 0 or max(dims) >= g.shape[-1]:
@@ -310,16 +372,19 @@ def results_table(pred, gt, valid, horizons=DEFAULT_HORIZONS, topk=DEFAULT_TOPK,
 
 
 def full_results(pred_uvz, gt_uvz, valid, intrinsics=None, horizons=DEFAULT_HORIZONS, topk=DEFAULT_TOPK,
-                 moving=None, backend: str = "numpy") -> dict:
+                 moving=None, backend: str = "numpy", image_size=None) -> dict:
     """Tables in every space: {"uv": 2D, "uvz": the paper's 3D, "xyz": metres (needs intrinsics)}
     plus "num_traces" (how many traces were evaluated) and "num_moving".
 
-    The moving filter is computed once from ``gt_uvz`` and shared by all spaces.
+    The moving filter is computed once from ``gt_uvz`` (in the pixels of ``image_size``, default:
+    the intrinsics' image, else the 640x480 reference) and shared by all spaces.
     """
     g, v = _check_gt_valid(gt_uvz, valid, "gt_uvz")
     if g.shape[-1] != 3:
         raise ValueError(f"gt_uvz must have 3 channels (u_n, v_n, depth_m), got {g.shape[-1]}")
-    keep = moving_mask(g, v) if moving is None else moving
+    if image_size is None and intrinsics is not None:
+        image_size = (intrinsics.width, intrinsics.height)
+    keep = moving_mask(g, v, image_size) if moving is None else moving
     out = {
         "uv": results_table(pred_uvz, g, v, horizons, topk, keep, dims=(0, 1), backend=backend),
         "uvz": results_table(pred_uvz, g, v, horizons, topk, keep, backend=backend),

@@ -12,8 +12,9 @@ Stages (after the μ_0 paper's TraceExtract, re-implemented for CPU):
 3. `allocate_quota` splits the keypoint budget over entities in proportion to their coverage,
    with a floor for small entities (a small object must not be starved by a large background).
 4. `farthest_point_sampling` spreads each entity's points over its area.
-5. `trace_diameter` / `movement_filter` flag points whose trace moves more than a threshold in
-   pixels (depth contributes with a weight), as in the paper (40 px, depth weight 0.1).
+5. `movement_filter` is `mu0_core.metrics.moving_points`, the one moving-point rule shared with
+   training and the metrics: diameter of (u px, v px, 0.1 * depth m) over the first 64 steps
+   above 5 % of the image diagonal (the authors' rule).
 
 Pure numpy / OpenCV; no ROS.
 """
@@ -26,10 +27,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-# Movement filter of the paper: a point "moves" if its trace diameter exceeds 40 px, with depth
-# weighted 0.1. The paper works at 640 px width; we scale the pixel threshold with image width.
-MOVEMENT_THRESHOLD_PX_AT_640 = 40.0
-MOVEMENT_DEPTH_WEIGHT = 0.1
+from mu0_core.metrics import DEFAULT_DEPTH_WEIGHT as MOVEMENT_DEPTH_WEIGHT
+from mu0_core.metrics import MOVING_DIAGONAL_FRACTION as MOVEMENT_DIAGONAL_FRACTION  # noqa: F401
+from mu0_core.metrics import moving_points as movement_filter  # noqa: F401  the one filter
 
 
 class FeatureBackbone(ABC):
@@ -250,39 +250,6 @@ def select_keypoints(labels_frame: np.ndarray, image_hw: tuple[int, int], total:
     if not uv:
         return Keypoints(np.zeros((0, 2), np.float32), np.zeros(0, np.int32), frame_index)
     return Keypoints(np.concatenate(uv).astype(np.float32), np.concatenate(ent), frame_index)
-
-
-def movement_threshold_px(image_width: int) -> float:
-    """The paper's 40 px threshold (at 640 px width) scaled to this image width."""
-    return MOVEMENT_THRESHOLD_PX_AT_640 * image_width / 640.0
-
-
-def trace_diameter(uv_px: np.ndarray, depth_m: np.ndarray, valid: np.ndarray, fx: float,
-                   depth_weight: float = MOVEMENT_DEPTH_WEIGHT) -> np.ndarray:
-    """Diameter of each trace in pixel units: max pairwise distance of (u, v, w * fx * z).
-
-    uv_px (..., T, 2), depth_m (..., T), valid (..., T) -> (...,). Depth is turned into pixel
-    units with the focal length (a metre of depth change counts like fx pixels), then weighted,
-    so lateral image motion dominates as in the paper."""
-    uv = np.asarray(uv_px, dtype=np.float64)
-    z = np.nan_to_num(np.asarray(depth_m, dtype=np.float64))
-    v = np.asarray(valid, bool)
-    p = np.concatenate([uv, (depth_weight * fx * z)[..., None]], axis=-1)  # (..., T, 3)
-    p = np.where(v[..., None], p, np.nan)
-    # the diameter of a point set is bounded by the bounding-box diagonal and >= its longest side;
-    # the exact pairwise max is affordable for the short windows used here
-    diff = p[..., :, None, :] - p[..., None, :, :]
-    d = np.sqrt(np.nansum(diff * diff, axis=-1))
-    both = v[..., :, None] & v[..., None, :]
-    d = np.where(both, d, 0.0)
-    return d.max(axis=(-1, -2)) if d.size else np.zeros(uv.shape[:-2])
-
-
-def movement_filter(uv_px, depth_m, valid, fx, image_width, threshold_px: float | None = None,
-                    depth_weight: float = MOVEMENT_DEPTH_WEIGHT) -> np.ndarray:
-    """True where the trace diameter exceeds the threshold (default: paper's, scaled to width)."""
-    thr = movement_threshold_px(image_width) if threshold_px is None else float(threshold_px)
-    return trace_diameter(uv_px, depth_m, valid, fx, depth_weight) > thr
 
 
 # --------------------------------------------------------------------------- small entities

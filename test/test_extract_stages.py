@@ -21,16 +21,29 @@ def test_farthest_point_sampling_spreads_points():
     assert {500, 501} <= set(idx.tolist())
 
 
-def test_movement_filter_threshold_and_depth_weight():
+def test_movement_filter_is_the_core_rule_with_the_authors_threshold():
+    from mu0_core import metrics as mt
+
+    assert kp.movement_filter is mt.moving_points          # one filter, shared with training/metrics
     t = np.linspace(0, 1, 33)
     still = np.zeros((33, 2))
-    lateral = np.stack([30 * t, 0 * t], -1)            # 30 px at 320 wide > 20 px threshold
-    z_flat, z_ramp = np.ones(33), 1 + 0.5 * t         # 0.5 m toward/away, weight 0.1 * fx 250 = 12.5 px
     v = np.ones(33, bool)
-    assert not kp.movement_filter(still, z_flat, v, 250.0, 320)
-    assert kp.movement_filter(lateral, z_flat, v, 250.0, 320)
-    assert not kp.movement_filter(still, z_ramp, v, 250.0, 320)   # depth alone is down-weighted
-    assert kp.movement_filter(still, 1 + 2.0 * t, v, 250.0, 320)  # 2 m of depth: 50 px
+    size = (320, 240)                                    # diagonal 400 px -> threshold 20 px
+    assert mt.moving_threshold_px(*size) == pytest.approx(20.0)
+    z_flat = np.ones(33)
+    assert not kp.movement_filter(still, z_flat, v, size)
+    assert kp.movement_filter(np.stack([21 * t, 0 * t], -1), z_flat, v, size)
+    assert not kp.movement_filter(np.stack([19 * t, 0 * t], -1), z_flat, v, size)
+    # vertical motion counts like horizontal (the old rule scaled only with the width)
+    assert kp.movement_filter(np.stack([0 * t, 21 * t], -1), z_flat, v, size)
+    # depth in metres weighted 0.1, added to pixels as is: 2 m of depth is 0.2 px (the old rule
+    # turned depth into pixels with fx and called this point moving)
+    assert not kp.movement_filter(still, 1 + 2.0 * t, v, size)
+    # only the first 64 steps count
+    late = np.zeros((100, 2))
+    late[70:, 0] = 50.0
+    assert not kp.movement_filter(late, np.ones(100), np.ones(100, bool), size)
+    assert kp.movement_filter(late, np.ones(100), np.ones(100, bool), size, max_steps=None)
 
 
 def test_lk_tracks_a_shifting_texture_and_flags_points_that_leave():

@@ -82,15 +82,20 @@ def test_moving_filter():
     z0 = np.array([0.0, 0.0, 1.0])
     gts = np.stack([
         np.broadcast_to(z0, (H1, 3)),                    # static
-        z0 + t * [0.2, 0, 0],                            # 0.2 in u: moving (> 0.125 = 40 px @ 640)
-        z0 + t * [0.1, 0, 0],                            # 0.1 in u: not moving
-        z0 + t * [0, 0, 1.0],                            # 1 m in depth, weighted 0.1: not moving
-        z0 + t * [0, 0, 2.0],                            # 2 m in depth -> 0.2: moving
-        z0 + t * [0.09, 0.09, 0],                        # diagonal 0.127: moving
+        z0 + t * [0.2, 0, 0],                            # 0.2 in u = 64 px @ 640x480: moving (> 40 px)
+        z0 + t * [0.1, 0, 0],                            # 32 px: not moving
+        z0 + t * [0, 0, 1.0],                            # 1 m in depth = 0.1 "px": not moving
+        z0 + t * [0, 0, 2.0],                            # 2 m in depth: not moving (the authors' rule)
+        z0 + t * [0.09, 0.12, 0],                        # (28.8, 28.8) px: diagonal 40.7 px: moving
     ])
     valid = np.ones(gts.shape[:2], bool)
-    np.testing.assert_allclose(mt.trace_diameter(gts, valid), [0, 0.2, 0.1, 0.1, 0.2, 0.09 * np.sqrt(2)])
-    np.testing.assert_array_equal(mt.moving_mask(gts, valid), [False, True, False, False, True, True])
+    np.testing.assert_allclose(mt.trace_diameter(gts, valid), [0, 0.2, 0.1, 0.1, 0.2, 0.15])
+    np.testing.assert_array_equal(mt.moving_mask(gts, valid), [False, True, False, False, False, True])
+    assert mt.moving_threshold_px(640, 480) == pytest.approx(40.0)
+    # the image size sets the pixels: at 160x120 (threshold 10 px), 0.1 in u is 8 px, 0.2 is 16 px
+    np.testing.assert_array_equal(mt.moving_mask(gts, valid, (160, 120)), [False, True, False, False, False, True])
+    # the legacy normalised-unit cut is still available explicitly
+    np.testing.assert_array_equal(mt.moving_mask(gts, valid, threshold=0.125), [False, True, False, False, True, True])
     assert mt.DEFAULT_MOVING_THRESHOLD == pytest.approx(0.125)
     assert mt.threshold_from_pixels(40, 320) == pytest.approx(0.25)
     # an invalid far-away step does not make a point move
@@ -104,7 +109,7 @@ def test_moving_filter():
     pred[0, 2, 1:] += 10.0
     pred[0, 1, 1:] += [0.0, 0.3, 0.0]
     tab = mt.results_table(pred, gts2, valid, horizons=(8,), topk=(1,))
-    assert tab["top1/ADE@8"] == pytest.approx(0.3 / 3)   # 3 moving traces, one off by 0.3
+    assert tab["top1/ADE@8"] == pytest.approx(0.3 / 2)   # 2 moving traces, one off by 0.3
 
 
 def _dtw_ref(a, b):
@@ -173,11 +178,13 @@ def test_full_results_spaces():
     gt[:, :, 0] = centre[0] + 0.5 * t                          # moving along u
     gt[:, :, 2] = 1.0
     gt[1, :, 0] = centre[0]                                    # second trace: only in depth
-    gt[1, :, 2] = 1.0 + 3.0 * t                                # 3 m -> 0.3 weighted: moving
+    gt[1, :, 2] = 1.0 + 3.0 * t                                # 3 m of depth only: not "moving"
     pred = gt[None].copy()
     pred[0, :, 1:, 2] += 0.1                                   # depth off by 10 cm
     valid = np.ones((2, H1), bool)
-    res = mt.full_results(pred, gt, valid, intr, horizons=(8, 16), topk=(1,))
+    default = mt.full_results(pred, gt, valid, intr, horizons=(8, 16), topk=(1,))
+    assert default["num_moving"] == 1                          # the paper's rule, in the intrinsics' pixels
+    res = mt.full_results(pred, gt, valid, intr, horizons=(8, 16), topk=(1,), moving=np.ones(2, bool))
     assert res["num_moving"] == 2 and res["num_traces"] == {8: 2, 16: 2}
     assert res["uv"]["top1/ADE@16"] == pytest.approx(0.0)
     assert res["uvz"]["top1/ADE@16"] == pytest.approx(0.1)
@@ -218,5 +225,7 @@ def test_bad_input_raises_naming_the_argument():
         mt.results_table(pred, gt, valid, backend="jax")
     with pytest.raises(ValueError, match="threshold"):
         mt.moving_mask(gt, valid, threshold=-1)
+    with pytest.raises(ValueError):
+        mt.moving_points(np.zeros((3, 4, 2)), np.ones((3, 4)), np.ones((3, 4), bool), (0, 10))
     with pytest.raises(ValueError, match="gt_uvz"):
         mt.moving_mask(np.zeros((3, 33)), None)

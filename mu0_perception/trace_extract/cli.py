@@ -30,7 +30,8 @@ from pathlib import Path
 
 from mu0_perception import keypoints as kp
 from mu0_perception.tracking import registered_trackers
-from mu0_perception.trace_extract.dataset import SampleConfig, atomic_write_json, build_samples, finalize, stage_episode
+from mu0_perception.trace_extract.dataset import (PARAMETERIZATIONS, SampleConfig, atomic_write_json, build_samples,
+                                                  finalize, stage_episode)
 from mu0_perception.trace_extract.episode import EpisodeReadError, read_episode
 from mu0_perception.trace_extract.pipeline import ExtractConfig, LowCoverageError, extract_episode
 
@@ -132,7 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--min-coverage", type=float, default=ExtractConfig.min_coverage)
     ap.add_argument("--max-queries", type=int, default=SampleConfig.max_queries)
     ap.add_argument("--stride", type=int, default=SampleConfig.stride)
-    ap.add_argument("--parameterization", choices=("arc_length", "time"), default=SampleConfig.parameterization)
+    ap.add_argument("--parameterization", choices=PARAMETERIZATIONS, default=SampleConfig.parameterization,
+                    help="synchronous (default, the authors' rule: all tracks of a sample resampled together by the "
+                         "scene's motion, docs/dataset.md), arc_length (each trace on its own), time (frames)")
     ap.add_argument("--shard-size", type=int, default=256)
     ap.add_argument("--val-fraction", type=float, default=0.1)
     ap.add_argument("--heldout-tasks", default="", help="comma-separated task names kept out of train/val")

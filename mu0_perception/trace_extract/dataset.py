@@ -22,8 +22,8 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from mu0_perception import keypoints as kp
-from mu0_core.camera import arc_length_reparameterize, pixels_to_normalized
-from mu0_perception.trace_extract import lift
+from mu0_core.camera import arc_length_reparameterize, normalized_to_pixels, pixels_to_normalized
+from mu0_perception.trace_extract import lift, resample
 from mu0_perception.trace_extract.pipeline import EpisodeTraces
 from mu0_core.bspline import TraceNormalizer, enough_valid_steps
 
@@ -34,6 +34,9 @@ KEYS = ("color", "depth", "intrinsics", "query_mask", "query_uvz", "query_xyz", 
         "ctrl_valid", "episode_index", "frame_index")
 
 
+PARAMETERIZATIONS = ("synchronous", "arc_length", "time")
+
+
 @dataclass
 class SampleConfig:
     max_queries: int = 64         # N: queries per sample (padded, query_mask)
@@ -42,13 +45,19 @@ class SampleConfig:
     stride: int = 4               # a sample every `stride` frames
     moving_share: float = 0.75    # at most this share of the queries are moving points; rest static
     min_future_valid: int = 10    # a query needs >= this many valid future samples (= D) to be kept
-    parameterization: str = "arc_length"   # "arc_length" (paper) or "time"
+    # "synchronous" (the authors' rule, trace_extract/resample.py): all tracks of a sample resampled
+    # together, one step per `sync_interval` of the fastest points' progress, future and history;
+    # "arc_length": each trace on its own at equal arc length (datasets before); "time": frames
+    parameterization: str = "synchronous"
+    sync_interval: float = 0.05           # progress per step in (u/W, v/H, z m)
+    sync_top_fraction: float = 0.02       # fastest share of tracks that sets the progress
+    sync_max_frames: int = 256            # source frames looked at on each side of the reference
     num_ctrl: int = 10
     seed: int = 0
 
     def __post_init__(self):
-        if self.parameterization not in ("arc_length", "time"):
-            raise ValueError(f"parameterization must be 'arc_length' or 'time', got {self.parameterization!r}")
+        if self.parameterization not in PARAMETERIZATIONS:
+            raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {self.parameterization!r}")
         for name in ("max_queries", "horizon", "stride"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -80,6 +89,69 @@ def _prefix_valid(v: np.ndarray) -> np.ndarray:
     return np.cumprod(v, axis=-1).astype(bool)
 
 
+def _frame_window(tr: EpisodeTraces, t: int, cand, W: int, H: int, cfg: SampleConfig):
+    """Frames t-h..t+H of the candidate tracks in reference camera t ("arc_length" / "time")."""
+    T = tr.valid.shape[0]
+    h, Hz = cfg.history, cfg.horizon
+    steps = np.arange(t - h, t + Hz + 1)
+    inside = (steps >= 0) & (steps < T)
+    sc = np.clip(steps, 0, T - 1)
+    P = tr.xyz_world[sc][:, cand]                      # (h+H+1, n, 3) world
+    V = tr.valid[sc][:, cand] & inside[:, None]
+    pc = lift.world_to_camera(np.nan_to_num(P), tr.T_world_cam[t])   # reference camera t
+    uvp, z = lift.project(pc, tr.intrinsics)
+    V &= z > 1e-3
+    fut_v = _prefix_valid(V[h:].T)                     # (n, H+1)
+    keep = fut_v.sum(1) >= min(cfg.min_future_valid, Hz + 1)
+    mov = kp.movement_filter(np.moveaxis(uvp[h:], 0, 1), z[h:].T, fut_v, (W, H))
+    return uvp, z, pc, V, fut_v, keep, mov
+
+
+def _reference_tracks(tr: EpisodeTraces, frames, cand, t: int, W: int, H: int):
+    """Tracks `cand` over `frames` in reference camera t: (uvz normalised (n, F, 3), metric (n, F, 3)
+    = (u/W, v/H, z m), pixels (n, F, 2), valid (n, F))."""
+    P = tr.xyz_world[frames][:, cand]
+    pc = lift.world_to_camera(np.nan_to_num(P), tr.T_world_cam[t])
+    uvp, z = lift.project(pc, tr.intrinsics)
+    V = tr.valid[frames][:, cand] & (np.nan_to_num(z) > 1e-3)
+    uvp, z = np.moveaxis(uvp, 0, 1), z.T
+    uvz = np.concatenate([pixels_to_normalized(uvp, W, H), z[..., None]], -1)
+    metric = np.concatenate([uvp / np.array([W, H], float), z[..., None]], -1)
+    return uvz, metric, uvp, V.T
+
+
+def _synchronous_sample(tr: EpisodeTraces, t: int, cand, W: int, H: int, cfg: SampleConfig):
+    """One sample's tracks resampled synchronously (resample.py): future from frame t on and
+    history from frame t backwards, each with its own progress. Returns (uvz (n, h+H+1, 3),
+    xyz (n, h+H+1, 3), future valid (n, H+1), history valid (n, h), moving (n,), keep (n,)) or None."""
+    T = tr.valid.shape[0]
+    h, Hz = cfg.history, cfg.horizon
+    fut_frames = np.arange(t, min(T, t + cfg.sync_max_frames))
+    f_uvz, f_metric, f_px, f_v = _reference_tracks(tr, fut_frames, cand, t, W, H)
+    fut, fut_v, plan = resample.synchronous_resample(f_metric, f_v, Hz + 1, values=f_uvz,
+                                                     interval=cfg.sync_interval,
+                                                     top_fraction=cfg.sync_top_fraction)
+    keep = fut_v.sum(1) >= min(cfg.min_future_valid, Hz + 1)
+    if not keep.any():
+        return None
+    # the one moving rule on the raw source frames (its first 64), as TraceExtract's filter
+    mov = kp.movement_filter(f_px, f_uvz[..., 2], _prefix_valid(f_v), (W, H))
+    hist = np.zeros((len(cand), h, 3))
+    hist_v = np.zeros((len(cand), h), bool)
+    if h > 0 and t > 0:
+        back = np.arange(t, max(-1, t - cfg.sync_max_frames), -1)      # t, t-1, ...
+        b_uvz, b_metric, _, b_v = _reference_tracks(tr, back, cand, t, W, H)
+        hb, hb_v, _ = resample.synchronous_resample(b_metric, b_v, h + 1, values=b_uvz,
+                                                    interval=cfg.sync_interval,
+                                                    top_fraction=cfg.sync_top_fraction)
+        hist, hist_v = hb[:, 1:][:, ::-1], hb_v[:, 1:][:, ::-1]        # chronological, oldest first
+    uvz = np.concatenate([hist, fut], 1)
+    uvz = np.where(np.concatenate([hist_v, fut_v], 1)[..., None], uvz, 0.0)
+    px = normalized_to_pixels(uvz[..., :2], W, H)
+    xyz = lift.deproject(px, uvz[..., 2], tr.intrinsics)
+    return uvz, np.nan_to_num(xyz), fut_v, hist_v, mov, keep
+
+
 def build_samples(tr: EpisodeTraces, color: np.ndarray, depth: np.ndarray, cfg: SampleConfig | None = None):
     """Training tuples of one episode in each reference camera (arrays without ctrl_norm).
 
@@ -96,19 +168,15 @@ def build_samples(tr: EpisodeTraces, color: np.ndarray, depth: np.ndarray, cfg: 
         cand = np.nonzero(tr.valid[t])[0]
         if len(cand) == 0:
             continue
-        steps = np.arange(t - h, t + Hz + 1)
-        inside = (steps >= 0) & (steps < T)
-        sc = np.clip(steps, 0, T - 1)
-        P = tr.xyz_world[sc][:, cand]                      # (h+H+1, n, 3) world
-        V = tr.valid[sc][:, cand] & inside[:, None]
-        pc = lift.world_to_camera(np.nan_to_num(P), tr.T_world_cam[t])   # reference camera t
-        uvp, z = lift.project(pc, intr)
-        V &= z > 1e-3
-        fut_v = _prefix_valid(V[h:].T)                     # (n, H+1)
-        keep = fut_v.sum(1) >= min(cfg.min_future_valid, Hz + 1)
-        if not keep.any():
-            continue
-        mov = kp.movement_filter(np.moveaxis(uvp[h:], 0, 1), z[h:].T, fut_v, intr.fx, W)
+        if cfg.parameterization == "synchronous":
+            smp = _synchronous_sample(tr, t, cand, W, H, cfg)
+            if smp is None:
+                continue
+            uvz, xyz, fv, hist_v, mov, keep = smp
+        else:
+            uvp, z, pc, V, fut_v, keep, mov = _frame_window(tr, t, cand, W, H, cfg)
+            if not keep.any():
+                continue
         idx_m = np.nonzero(keep & mov)[0]
         idx_s = np.nonzero(keep & ~mov)[0]
         n_m = min(len(idx_m), int(round(cfg.moving_share * N)))
@@ -117,10 +185,14 @@ def build_samples(tr: EpisodeTraces, color: np.ndarray, depth: np.ndarray, cfg: 
         if len(pick) < N:  # too few static points: fill with remaining moving ones
             pick = np.concatenate([pick, rng.permutation(idx_m)[n_m:n_m + N - len(pick)]])
         n = len(pick)
-        uvn = pixels_to_normalized(uvp[:, pick], W, H)     # (h+H+1, n, 2)
-        uvz = np.concatenate([uvn, z[:, pick, None]], -1).transpose(1, 0, 2)   # (n, h+H+1, 3)
-        xyz = pc[:, pick].transpose(1, 0, 2)
-        fv = fut_v[pick]
+        if cfg.parameterization == "synchronous":
+            uvz, xyz, fv, hist_v = uvz[pick], xyz[pick], fv[pick], hist_v[pick]
+        else:
+            uvn = pixels_to_normalized(uvp[:, pick], W, H)     # (h+H+1, n, 2)
+            uvz = np.concatenate([uvn, z[:, pick, None]], -1).transpose(1, 0, 2)   # (n, h+H+1, 3)
+            xyz = pc[:, pick].transpose(1, 0, 2)
+            fv = fut_v[pick]
+            hist_v = V[:h, pick].T
         fut_uvz, fut_xyz = uvz[:, h:].copy(), xyz[:, h:].copy()
         if cfg.parameterization == "arc_length":
             for i in range(n):  # resample the valid prefix along its path; validity pattern kept
@@ -129,7 +201,6 @@ def build_samples(tr: EpisodeTraces, color: np.ndarray, depth: np.ndarray, cfg: 
                     fut_xyz[i, :L] = arc_length_reparameterize(fut_xyz[i, :L], None, L)
                     u2, z2 = lift.project(fut_xyz[i, :L], intr)
                     fut_uvz[i, :L] = np.concatenate([pixels_to_normalized(u2, W, H), z2[:, None]], -1)
-        hist_v = V[:h, pick].T
         pad = N - n
 
         def padded(a, fill=0):
@@ -203,13 +274,18 @@ def finalize(out_dir, episode_ids: list[str] | None = None, shard_size: int = 25
             infos.append(info)
     if not infos:
         raise ValueError(f"finalize: no staged episode with samples in {stage}")
-    futs, vals = [], []
+    futs, vals, movs = [], [], []
     for info in infos:
         with safe_open(str(stage / f"{_safe_id(info['episode_id'])}.safetensors"), "numpy") as f:
             m = f.get_tensor("query_mask")
             futs.append(f.get_tensor("future_uvz")[m])
             vals.append(f.get_tensor("future_valid")[m])
-    normalizer = TraceNormalizer.from_corpus(np.concatenate(futs), np.concatenate(vals), num_ctrl=cfg.num_ctrl)
+            movs.append(f.get_tensor("moving")[m])
+    # the per-axis scale over MOVING queries only (the authors': static points would shrink it)
+    mov = np.concatenate(movs)
+    use = mov if mov.any() else np.ones_like(mov)
+    normalizer = TraceNormalizer.from_corpus(np.concatenate(futs)[use], np.concatenate(vals)[use],
+                                             num_ctrl=cfg.num_ctrl)
     shards, samples, buf = [], [], {k: [] for k in KEYS}
     n_buf = 0
 
@@ -253,6 +329,7 @@ def finalize(out_dir, episode_ids: list[str] | None = None, shard_size: int = 25
                  normalizer=normalizer.to_dict(), image_size=[int(h), int(w)], horizon=cfg.horizon,
                  history=cfg.history, num_ctrl=cfg.num_ctrl, step_period=step_period,
                  parameterization=cfg.parameterization, max_queries=cfg.max_queries,
+                 normalizer_queries="moving" if mov.any() else "all",
                  split=_split(infos, val_fraction, set(heldout_tasks)),
                  episodes=[{k: i[k] for k in ("episode_id", "task", "instruction", "num_samples", "coverage",
                                               "pose_source", "segments", "captioner")} for i in infos],

@@ -45,8 +45,8 @@ class ExtractConfig:
     anchor_stride: int = 10               # global anchor frames for camera-motion estimation
     inlier_m: float = 0.01                # RANSAC inlier distance for static points
     max_step_m: float = 0.03              # a tracked point jumping farther in one step is a slip
-    movement_threshold_px: float | None = None   # None = paper's 40 px at 640 width, scaled
-    movement_depth_weight: float = kp.MOVEMENT_DEPTH_WEIGHT
+    movement_fraction: float = kp.MOVEMENT_DIAGONAL_FRACTION   # moving: diameter > 5 % of the diagonal
+    movement_depth_weight: float = kp.MOVEMENT_DEPTH_WEIGHT      # (u px, v px, 0.1 * z m), as the authors
     min_coverage: float = 0.6             # paper: episodes with coverage < 0.6 are skipped
     min_points_per_frame: int = 8         # a frame counts as covered with this many 3D points
     # small entities: regions above the dominant (table) plane that are small in the image (the
@@ -283,17 +283,17 @@ def extract_episode(episode: Episode, config: ExtractConfig | None = None,
     valid = _cut_after_slips(xyz_world, valid, seed_frame, cfg.max_step_m)
     xyz_world[~valid] = np.nan
 
-    # movement filter on each track as seen from its seed camera
+    # movement filter (mu0_core.metrics.moving_points, the one rule) on each track as seen from
+    # its seed camera, over its first 64 frames from the seed frame on
     moving = np.zeros(N, bool)
     if N:
-        thr = cfg.movement_threshold_px
         for c in np.unique(seed_frame):
             sel = seed_frame == c
-            pc = lift.world_to_camera(xyz_world[:, sel], poses[c])  # (T, n, 3)
+            pc = lift.world_to_camera(xyz_world[c:, sel], poses[c])  # (T - c, n, 3)
             uvp, z = lift.project(pc, ep.intrinsics)
-            v = valid[:, sel] & (z > 0)
-            moving[sel] = kp.movement_filter(np.moveaxis(uvp, 0, 1), np.moveaxis(z, 0, 1), v.T,
-                                             ep.intrinsics.fx, W, thr, cfg.movement_depth_weight)
+            v = valid[c:, sel] & (z > 0)
+            moving[sel] = kp.movement_filter(np.moveaxis(uvp, 0, 1), np.moveaxis(z, 0, 1), v.T, (W, H),
+                                             cfg.movement_fraction, cfg.movement_depth_weight)
     per_frame = valid.sum(1)
     coverage = float(np.mean(per_frame >= cfg.min_points_per_frame)) if T else 0.0
     timings["lift_3d"] = time.perf_counter() - t0
