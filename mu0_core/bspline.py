@@ -27,9 +27,11 @@ from typing import Any
 
 import numpy as np
 
-SUPPORTED_NUM_CTRL = (4, 7, 10)
-DEFAULT_DEGREE = 3
-DEFAULT_HORIZON = 32
+# the knot rule and the default sizes are the trace spec's; re-exported for callers of bspline
+from mu0_core.trace_spec import HORIZON_STEPS, NUM_CTRL, SPLINE_DEGREE, SUPPORTED_NUM_CTRL, paper_knots  # noqa: F401
+
+DEFAULT_DEGREE = SPLINE_DEGREE
+DEFAULT_HORIZON = HORIZON_STEPS
 DEFAULT_RIDGE = 0.2
 DEFAULT_CLIP = 1.5
 DEFAULT_PERCENTILE = 95.0
@@ -44,25 +46,6 @@ def _check_int(name: str, value, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
-
-
-def paper_knots(num_ctrl: int = 10, degree: int = 3) -> np.ndarray:
-    """Clamped knots whose interior knots have multiplicity ``degree`` (a chain of Bézier segments).
-
-    D = 10 gives [0,0,0,0, 1/3,1/3,1/3, 2/3,2/3,2/3, 1,1,1,1]; D = 7 has one interior knot at 1/2;
-    D = 4 is a single cubic Bézier segment.
-    """
-    degree = _check_int("degree", degree, 1)
-    num_ctrl = _check_int("num_ctrl", num_ctrl, degree + 1)
-    if degree == 3 and num_ctrl not in SUPPORTED_NUM_CTRL:
-        raise ValueError(f"num_ctrl must be one of {SUPPORTED_NUM_CTRL} for the paper's cubic knots, "
-                         f"got {num_ctrl}")
-    if (num_ctrl - 1) % degree != 0:
-        raise ValueError(f"num_ctrl - 1 must be a multiple of degree ({degree}) for Bézier-segment "
-                         f"knots, got num_ctrl={num_ctrl}")
-    segments = (num_ctrl - 1) // degree
-    interior = np.repeat(np.arange(1, segments) / segments, degree)
-    return np.concatenate([np.zeros(degree + 1), interior, np.ones(degree + 1)])
 
 
 def uniform_clamped_knots(num_ctrl: int, degree: int = 3) -> np.ndarray:
@@ -137,7 +120,7 @@ def basis_functions(t, knots, degree: int = 3, derivative: int = 0) -> np.ndarra
     return N
 
 
-def basis_matrix(num_ctrl: int = 10, horizon: int = DEFAULT_HORIZON, degree: int = 3,
+def basis_matrix(num_ctrl: int = NUM_CTRL, horizon: int = DEFAULT_HORIZON, degree: int = 3,
                  knots=None, derivative: int = 0) -> np.ndarray:
     """(horizon + 1, num_ctrl) float64 basis, row i at t = i / horizon; row 0 is the anchor row.
 
@@ -358,7 +341,7 @@ class TraceNormalizer:
     """
 
     scale: np.ndarray
-    num_ctrl: int = 10
+    num_ctrl: int = NUM_CTRL
     horizon: int = DEFAULT_HORIZON
     degree: int = DEFAULT_DEGREE
     ridge: float = DEFAULT_RIDGE
@@ -458,7 +441,7 @@ class TraceNormalizer:
         return torch.matmul(B, P) * s + a[..., None, :]
 
     @classmethod
-    def from_corpus(cls, traces, valid=None, num_ctrl: int = 10, percentile: float = DEFAULT_PERCENTILE,
+    def from_corpus(cls, traces, valid=None, num_ctrl: int = NUM_CTRL, percentile: float = DEFAULT_PERCENTILE,
                     min_scale: float = 1e-6, **kwargs) -> "TraceNormalizer":
         """Per-axis scale from a corpus of absolute traces (M, H+1, C) (any leading dims).
 

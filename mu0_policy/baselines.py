@@ -13,52 +13,27 @@ from __future__ import annotations
 
 import numpy as np
 
+from mu0_core import query_geometry
 from mu0_core.bspline import greville_abscissae, paper_knots
+from mu0_core.query_geometry import history_valid_mask  # noqa: F401  (model/predictor.py imports it from here)
+from mu0_core.trace_spec import NUM_CTRL, SPLINE_DEGREE
 from mu0_policy.inference import (DEFAULT_HORIZON, DEFAULT_STEP_PERIOD, HISTORY_STEPS, TracePredictor,
-                                  TraceRequest, TraceResult, check_predict_args, pixels_to_normalized,
-                                  sample_depth_at)
+                                  TraceRequest, TraceResult, check_predict_args)
 
-DEGREE = 3
-
-
-def history_valid_mask(history_uvz: np.ndarray) -> np.ndarray:
-    """(N, 8) bool: a history row counts when it is finite and has positive depth."""
-    hist = np.asarray(history_uvz, dtype=np.float32)
-    return np.all(np.isfinite(hist), axis=-1) & (np.nan_to_num(hist[..., 2]) > 0)
+DEGREE = SPLINE_DEGREE
 
 
 def query_anchor_uvz(request: TraceRequest) -> tuple[np.ndarray, np.ndarray]:
-    """(N, 3) current uvz of each query and (N,) whether its depth is known.
-
-    Depth comes from the depth image at the pixel; where that is missing, from the last valid
-    history step; failing both, the image's median depth (so samples stay finite) and the
-    query is marked unknown.
-    """
-    w, h = request.intrinsics.width, request.intrinsics.height
-    uv = pixels_to_normalized(np.asarray(request.query_px, np.float32), w, h)
-    z = sample_depth_at(request.depth, request.query_px)
-    if request.history_uvz is not None:
-        hist = np.asarray(request.history_uvz, np.float32)
-        ok = history_valid_mask(hist)
-        for i in np.nonzero(~np.isfinite(z))[0]:
-            steps = np.nonzero(ok[i])[0]
-            if steps.size:
-                z[i] = hist[i, steps[-1], 2]
-    known = np.isfinite(z)
-    if not known.all():
-        fallback = np.nan
-        if request.depth is not None:
-            d = np.asarray(request.depth, np.float32)
-            good = d[np.isfinite(d) & (d > 0)]
-            fallback = float(np.median(good)) if good.size else np.nan
-        z[~known] = fallback if np.isfinite(fallback) else 0.0
-    return np.concatenate([uv, z[:, None]], axis=1).astype(np.float32), known
+    """(N, 3) current uvz of each query of a request and (N,) whether its depth is known:
+    `mu0_core.query_geometry.query_anchor_uvz` (the rule training data is made with) on its fields."""
+    return query_geometry.query_anchor_uvz(request.depth, request.query_px, request.intrinsics.width,
+                                           request.intrinsics.height, request.history_uvz)
 
 
 class _LinearMotionPredictor(TracePredictor):
     """Shared machinery: a per-query constant velocity (uvz per step) -> samples and controls."""
 
-    def __init__(self, model_id: str, horizon: int = DEFAULT_HORIZON, num_ctrl: int = 10,
+    def __init__(self, model_id: str, horizon: int = DEFAULT_HORIZON, num_ctrl: int = NUM_CTRL,
                  step_period: float = DEFAULT_STEP_PERIOD):
         if horizon < 1:
             raise ValueError(f"horizon: must be >= 1, got {horizon}")
@@ -96,7 +71,7 @@ class _LinearMotionPredictor(TracePredictor):
 class ZeroMotionPredictor(_LinearMotionPredictor):
     """Every query stays at its current position."""
 
-    def __init__(self, horizon: int = DEFAULT_HORIZON, num_ctrl: int = 10,
+    def __init__(self, horizon: int = DEFAULT_HORIZON, num_ctrl: int = NUM_CTRL,
                  step_period: float = DEFAULT_STEP_PERIOD):
         super().__init__("baseline/zero_motion", horizon, num_ctrl, step_period)
 
@@ -112,7 +87,7 @@ class ConstantVelocityPredictor(_LinearMotionPredictor):
     enough. A slope over several steps damps tracker jitter that a last-difference would amplify.
     """
 
-    def __init__(self, horizon: int = DEFAULT_HORIZON, num_ctrl: int = 10,
+    def __init__(self, horizon: int = DEFAULT_HORIZON, num_ctrl: int = NUM_CTRL,
                  step_period: float = DEFAULT_STEP_PERIOD, window: int = 4):
         if not 1 <= window <= HISTORY_STEPS:
             raise ValueError(f"window: must be in 1..{HISTORY_STEPS}, got {window}")

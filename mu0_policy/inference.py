@@ -17,10 +17,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from mu0_core.camera import CameraIntrinsics
+from mu0_core.query_geometry import depth_at_pixels, pixels_to_normalized  # noqa: F401
+from mu0_core.trace_spec import HISTORY_STEPS, HORIZON_STEPS, STEP_PERIOD_S
 
-HISTORY_STEPS = 8
-DEFAULT_HORIZON = 32
-DEFAULT_STEP_PERIOD = 0.0125  # seconds; the sim recording period (docs/interfaces.md)
+# the trace spec's defaults under the names this API has always exported (mu0_core/trace_spec.py)
+DEFAULT_HORIZON = HORIZON_STEPS
+DEFAULT_STEP_PERIOD = STEP_PERIOD_S
 BACKENDS = ("torch", "onnxruntime")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -103,30 +105,6 @@ def check_predict_args(requests, num_samples) -> None:
         raise ValueError(f"num_samples: must be >= 1, got {num_samples}")
 
 
-def pixels_to_normalized(uv_px: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Pixel coordinates -> normalised image coordinates (outer image edges at -1 and +1)."""
-    uv = np.asarray(uv_px, dtype=np.float32)
-    scale = np.array([2.0 / width, 2.0 / height], dtype=np.float32)
-    return (uv + 0.5) * scale - 1.0
-
-
-def sample_depth_at(depth: np.ndarray | None, query_px: np.ndarray) -> np.ndarray:
-    """Depth (metres) at each query pixel: nearest valid pixel in a 5x5 window, NaN if none."""
-    q = np.asarray(query_px, dtype=np.float32)
-    if depth is None:
-        return np.full(len(q), np.nan, np.float32)
-    d = np.asarray(depth, dtype=np.float32)
-    h, w = d.shape
-    out = np.full(len(q), np.nan, np.float32)
-    ui = np.clip(np.rint(q[:, 0]).astype(int), 0, w - 1)
-    vi = np.clip(np.rint(q[:, 1]).astype(int), 0, h - 1)
-    centre = d[vi, ui]
-    ok = np.isfinite(centre) & (centre > 0)
-    out[ok] = centre[ok]
-    for i in np.nonzero(~ok)[0]:
-        # depth holes at object edges are common; a small neighbourhood recovers most of them
-        patch = d[max(vi[i] - 2, 0):vi[i] + 3, max(ui[i] - 2, 0):ui[i] + 3]
-        good = patch[np.isfinite(patch) & (patch > 0)]
-        if good.size:
-            out[i] = float(np.median(good))
-    return out
+# Query geometry is mu0_core.query_geometry's (the rule training data is made with);
+# `pixels_to_normalized` above and this name stay importable from here for the runtime's callers.
+sample_depth_at = depth_at_pixels

@@ -1,185 +1,47 @@
-"""TraceExtract datasets (docs/interfaces.md "TraceExtract dataset") as torch batches.
+"""TraceExtract datasets (docs/dataset.md, docs/interfaces.md "TraceExtract dataset") as torch batches.
 
-A dataset is a directory with `index.json` and `shard-XXXXX.safetensors` files. Shards are
-opened lazily (safetensors memory maps) and a few are kept open. The split decides which
-samples a `TraceDataset` sees: "train" / "val" (held-out episodes of the training tasks) /
-"heldout_tasks" / "all".
+The format itself (shards, index.json, the reader and the writer) is `mu0_core.trace_dataset`;
+this module adds the torch side: `TraceDataset` (a torch Dataset over one split) and `collate`
+(samples -> the model's batch, resized with the same functions the predictors use at serving time).
 
-`write_trace_dataset` writes the same format; the training tests and the bench use it with
-synthetic scenes (`synthetic_samples`), so the loader is exercised on contract-exact files
-before real TraceExtract output exists.
+`write_trace_dataset` writes the same format through the one writer; the training tests and the
+bench use it with synthetic scenes (`synthetic_samples`), so the loader is exercised on
+contract-exact files before real TraceExtract output exists.
 """
 from __future__ import annotations
 
-import json
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.numpy import save_file
 
 from mu0_core.bspline import TraceNormalizer
-
-FORMAT_VERSION = 1
-SAMPLE_KEYS = {
-    "color": (np.uint8, 3), "depth": (np.float16, 2), "intrinsics": (np.float32, 1),
-    "query_mask": (np.bool_, 1), "query_uvz": (np.float32, 2), "query_xyz": (np.float32, 2),
-    "entity_id": (np.int32, 1), "moving": (np.bool_, 1), "history_uvz": (np.float32, 3),
-    "history_valid": (np.bool_, 2), "future_uvz": (np.float32, 3), "future_xyz": (np.float32, 3),
-    "future_valid": (np.bool_, 2), "ctrl_norm": (np.float32, 3), "ctrl_valid": (np.bool_, 1),
-    "episode_index": (np.int32, 0), "frame_index": (np.int32, 0),
-}
-SPLITS = ("train", "val", "heldout_tasks", "all")
+from mu0_core.frames import model_depth, model_image
+from mu0_core.query_geometry import pixels_to_normalized
+from mu0_core.trace_dataset import (FORMAT_VERSION, SAMPLE_KEYS, SPLITS, DatasetError, DatasetIndex,  # noqa: F401
+                                    DatasetReader, DatasetWriter, sample_record)
+from mu0_core.trace_spec import HISTORY_STEPS, HORIZON_STEPS, NUM_CTRL, STEP_PERIOD_S, TraceSpec
 
 
-class DatasetError(ValueError):
-    """A dataset file or field is unusable; the message names both."""
-
-
-def _first(d: dict, *names, default=None):
-    for n in names:
-        if n in d:
-            return d[n]
-    return default
-
-
-class DatasetIndex:
-    """Parsed index.json with per-sample provenance and the split."""
-
-    def __init__(self, root: Path):
-        self.root = Path(root)
-        path = self.root / "index.json"
-        if not path.is_file():
-            raise DatasetError(f"{path}: file missing (not a TraceExtract dataset directory)")
-        try:
-            d = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{path}: not valid JSON ({exc})") from exc
-        self.raw = d
-        shards = d.get("shards")
-        if not isinstance(shards, list) or not shards:
-            raise DatasetError(f"{path} field 'shards': expected a non-empty list")
-        self.shard_files, self.shard_sizes = [], []
-        for i, s in enumerate(shards):
-            name = _first(s, "file", "path", "name") if isinstance(s, dict) else s
-            count = _first(s, "num_samples", "samples", "count") if isinstance(s, dict) else None
-            if not isinstance(name, str) or not isinstance(count, int):
-                raise DatasetError(f"{path} field 'shards[{i}]': expected {{'file': str, 'num_samples': int}}")
-            self.shard_files.append(self.root / name)
-            self.shard_sizes.append(count)
-        self.num_samples = int(sum(self.shard_sizes))
-        norm = d.get("normalizer")
-        if not isinstance(norm, dict):
-            raise DatasetError(f"{path} field 'normalizer': expected the TraceNormalizer dict")
-        try:
-            self.normalizer = TraceNormalizer.from_dict(norm)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise DatasetError(f"{path} field 'normalizer': {exc}") from exc
-        self.horizon = int(d.get("horizon", 32))
-        self.history = int(d.get("history", 8))
-        self.num_ctrl = int(d.get("num_ctrl", 10))
-        self.step_period = float(d.get("step_period", 0.0125))
-        samples = d.get("samples")
-        n = self.num_samples
-        if isinstance(samples, list):   # list of per-sample records
-            if len(samples) != n:
-                raise DatasetError(f"{path} field 'samples': {len(samples)} entries for {n} samples")
-            self.captions = [str(_first(s, "caption", "instruction", default="")) for s in samples]
-            self.tasks = [str(_first(s, "task", "task_name", default="")) for s in samples]
-            self.episodes = [str(_first(s, "episode", "episode_id", default="")) for s in samples]
-        else:                           # parallel per-sample lists
-            self.captions = [str(c) for c in _first(d, "captions", "instructions", default=[""] * n)]
-            self.tasks = [str(t) for t in _first(d, "task_names", "tasks", default=[""] * n)]
-            self.episodes = [str(e) for e in _first(d, "episode_ids", "episodes", default=[""] * n)]
-        for name, lst in (("captions", self.captions), ("task_names", self.tasks), ("episode_ids", self.episodes)):
-            if len(lst) != n:
-                raise DatasetError(f"{path} field '{name}': {len(lst)} entries for {n} samples")
-        split = d.get("split", {}) or {}
-        self.train_episodes = set(map(str, _first(split, "train_episodes", "train", default=[])))
-        self.val_episodes = set(map(str, _first(split, "val_episodes", "val", default=[])))
-        self.heldout_tasks = set(map(str, _first(split, "heldout_tasks", "held_out_tasks", "test_tasks", default=[])))
-
-    def split_indices(self, split: str) -> np.ndarray:
-        if split not in SPLITS:
-            raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
-        idx = np.arange(self.num_samples)
-        if split == "all":
-            return idx
-        held = np.array([t in self.heldout_tasks for t in self.tasks], bool)
-        if split == "heldout_tasks":
-            return idx[held]
-        val = np.array([e in self.val_episodes for e in self.episodes], bool)
-        if split == "val":
-            return idx[val & ~held]
-        if self.train_episodes:
-            train = np.array([e in self.train_episodes for e in self.episodes], bool)
-            return idx[train & ~held & ~val]
-        return idx[~held & ~val]
-
-
-class TraceDataset(torch.utils.data.Dataset):
-    """Samples of one split as dicts of numpy arrays plus 'caption'."""
+class TraceDataset(DatasetReader, torch.utils.data.Dataset):
+    """Samples of one split ("train", "val" = held-out episodes of the training tasks,
+    "heldout_tasks", "all") as dicts of numpy arrays plus 'caption', 'task', 'sample_index'."""
 
     def __init__(self, root, split: str = "train", max_open_shards: int = 4):
-        self.index = DatasetIndex(Path(root))
-        self.indices = self.index.split_indices(split)
-        self.split = split
-        self._starts = np.cumsum([0] + self.index.shard_sizes)
-        self._open: OrderedDict[int, object] = OrderedDict()
-        self._max_open = max_open_shards
-
-    def __len__(self):
-        return len(self.indices)
-
-    def _shard(self, s: int):
-        if s in self._open:
-            self._open.move_to_end(s)
-            return self._open[s]
-        path = self.index.shard_files[s]
-        if not path.is_file():
-            raise DatasetError(f"{path}: shard file missing (listed in index.json)")
-        f = safe_open(str(path), framework="numpy")
-        missing = sorted(set(SAMPLE_KEYS) - set(f.keys()))
-        if missing:
-            raise DatasetError(f"{path}: missing tensor(s) {missing}")
-        self._open[s] = f
-        if len(self._open) > self._max_open:
-            self._open.popitem(last=False)
-        return f
-
-    def __getitem__(self, i):
-        g = int(self.indices[i])
-        s = int(np.searchsorted(self._starts, g, side="right") - 1)
-        f = self._shard(s)
-        r = g - int(self._starts[s])
-        item = {k: f.get_slice(k)[r:r + 1][0] for k in SAMPLE_KEYS}
-        item["caption"] = self.index.captions[g]
-        item["task"] = self.index.tasks[g]
-        item["sample_index"] = g
-        return item
-
-    def __getstate__(self):  # DataLoader workers reopen shards themselves
-        state = self.__dict__.copy()
-        state["_open"] = OrderedDict()
-        return state
+        DatasetReader.__init__(self, root, split, max_open_shards)
 
 
 def collate(items: list[dict], image_hw: tuple[int, int] | None = None) -> dict:
     """Stack samples into torch tensors; image -> (B, 3, h, w) float [0, 1], depth (B, 1, h, w).
 
-    Images are resized to `image_hw` (the model's input size) here, so the model never sees
-    the dataset's resolution; normalised uv coordinates are unaffected by a resize.
+    Images are resized to `image_hw` (the model's input size) here, with `mu0_core.frames`'
+    `model_image` / `model_depth` (what the predictors do to a served frame), so the model never
+    sees the dataset's resolution; normalised uv coordinates are unaffected by a resize.
     """
     out = {}
-    color = torch.from_numpy(np.stack([it["color"] for it in items])).permute(0, 3, 1, 2).float() / 255.0
-    depth = torch.from_numpy(np.stack([it["depth"] for it in items]).astype(np.float32))[:, None]
-    if image_hw is not None and tuple(color.shape[-2:]) != tuple(image_hw):
-        color = torch.nn.functional.interpolate(color, size=image_hw, mode="bilinear", align_corners=False,
-                                                antialias=True)
-        depth = resize_depth(depth, image_hw)
-    out["image"], out["depth"] = color, depth
+    hw = image_hw if image_hw is not None else tuple(np.shape(items[0]["color"])[:2])
+    out["image"] = torch.from_numpy(np.stack([model_image(it["color"], hw) for it in items]))
+    out["depth"] = torch.from_numpy(np.stack([model_depth(it["depth"], hw) for it in items]))
     for k in ("query_mask", "query_uvz", "entity_id", "moving", "history_uvz", "history_valid",
               "future_uvz", "future_xyz", "future_valid", "ctrl_norm", "ctrl_valid", "intrinsics"):
         out[k] = torch.from_numpy(np.stack([it[k] for it in items]))
@@ -190,35 +52,19 @@ def collate(items: list[dict], image_hw: tuple[int, int] | None = None) -> dict:
     return out
 
 
-def resize_depth(depth: torch.Tensor, hw) -> torch.Tensor:
-    """Nearest-neighbour resize keeping NaN holes (averaging across a hole edge invents depth)."""
-    return torch.nn.functional.interpolate(depth, size=tuple(hw), mode="nearest")
-
-
 # --- writing (synthetic data for tests / benches, and any producer of the format) ------------
 
 def write_trace_dataset(root, arrays: dict[str, np.ndarray], captions: list[str], tasks: list[str],
                         episodes: list[str], normalizer: TraceNormalizer, split: dict,
-                        shard_size: int = 256, step_period: float = 0.0125) -> Path:
-    """Write arrays (each with leading sample axis S) as shards + index.json."""
+                        shard_size: int = 256, step_period: float = STEP_PERIOD_S) -> Path:
+    """Write arrays (each with leading sample axis S) as shards + index.json (the one writer)."""
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    n = len(arrays["color"])
-    shards = []
-    for s, start in enumerate(range(0, n, shard_size)):
-        name = f"shard-{s:05d}.safetensors"
-        chunk = {k: np.ascontiguousarray(arrays[k][start:start + shard_size].astype(SAMPLE_KEYS[k][0]))
-                 for k in SAMPLE_KEYS}
-        save_file(chunk, str(root / name))
-        shards.append({"file": name, "num_samples": int(len(chunk["color"]))})
-    h, w = arrays["color"].shape[1:3]
-    index = {
-        "format_version": FORMAT_VERSION, "shards": shards, "captions": list(captions),
-        "task_names": list(tasks), "episode_ids": list(episodes), "normalizer": normalizer.to_dict(),
-        "image_size": [int(h), int(w)], "horizon": normalizer.horizon, "history": arrays["history_uvz"].shape[2],
-        "num_ctrl": normalizer.num_ctrl, "step_period": step_period, "split": split,
-    }
-    (root / "index.json").write_text(json.dumps(index, indent=1))
+    writer = DatasetWriter(root, shard_size)
+    frames = arrays["frame_index"]
+    writer.add(arrays, [sample_record(e, t, int(f), [c]) for c, t, e, f in zip(captions, tasks, episodes, frames)])
+    spec = TraceSpec(horizon=normalizer.horizon, history=int(arrays["history_uvz"].shape[2]),
+                     step_period=step_period, num_ctrl=normalizer.num_ctrl)
+    writer.close(normalizer, split, spec)
     return root
 
 
@@ -232,7 +78,7 @@ SYNTH_TASKS = {
 
 def synthetic_samples(num_episodes: int = 8, frames_per_episode: int = 8, image_hw=(48, 64),
                       num_queries: int = 16, tasks: dict | None = None, seed: int = 0,
-                      horizon: int = 32, history: int = 8, num_ctrl: int = 10):
+                      horizon: int = HORIZON_STEPS, history: int = HISTORY_STEPS, num_ctrl: int = NUM_CTRL):
     """Scenes with a coloured block on a table moving as the instruction says (plus static
     background points), rendered as RGB-D with pinhole intrinsics. The motion direction is only
     knowable from the instruction and the block's colour/position: a model that ignores them
@@ -282,13 +128,13 @@ def synthetic_samples(num_episodes: int = 8, frames_per_episode: int = 8, image_
             depth[vi0:vi1, ui0:ui1] = c[2]
             depth[rng.random((h, w)) < 0.02] = np.nan
             xyz = pts[t - history:t + horizon + 1]                     # (h + H + 1, Q, 3)
-            uvz = np.stack([2 * (fx * xyz[..., 0] / xyz[..., 2] + cx + 0.5) / w - 1,
-                            2 * (fy * xyz[..., 1] / xyz[..., 2] + cy + 0.5) / h - 1, xyz[..., 2]], -1)
+            px = np.stack([fx * xyz[..., 0] / xyz[..., 2] + cx, fy * xyz[..., 1] / xyz[..., 2] + cy], -1)
+            uvz = np.concatenate([pixels_to_normalized(px, w, h), xyz[..., 2:]], -1)
             uvz = uvz.transpose(1, 0, 2).astype(np.float32)            # (Q, h+H+1, 3)
             xyz = xyz.transpose(1, 0, 2).astype(np.float32)
             inside = (np.abs(uvz[..., :2]) <= 1).all(-1)
             recs["color"].append(img)
-            recs["depth"].append(depth.astype(np.float16))
+            recs["depth"].append(depth)
             recs["intrinsics"].append(np.array([fx, fy, cx, cy], np.float32))
             recs["query_mask"].append(np.ones(num_queries, bool))
             recs["query_uvz"].append(uvz[:, history])
