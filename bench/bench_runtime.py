@@ -1,17 +1,26 @@
-"""End-to-end latency of the runtime graph over real Fast DDS at 10 Hz, one process per node.
+"""End-to-end latency and camera-rate ingest of the runtime graph over real Fast DDS, one process per node.
 
 The graph rgbd_sync -> mu0_node -> action_expert (sim Sawyer joint config, NOT dry-run) is started
 by mu0_app.launcher exactly as `mu0 run` starts it: every node in its own process. This process
-plays the camera (colour / 16UC1 depth / camera_info at 10 Hz, stamped with the wall clock) and a
-subprocess plays the arm's driver (joint states at 100 Hz). Prints p50/p99 of
-  camera stamp -> /mu0/traces received here, and
+plays the camera (colour rgb8 / aligned 16UC1 depth / camera_info at `--rate` Hz and `--size`,
+stamped with the wall clock, realsense-ros topic names) and a subprocess plays the arm's driver
+(joint states at 100 Hz). With `--player` the camera stream is first written to a rosbag2
+(sqlite3, as realsense-ros records) and played by `bag_player` instead (ingest counts only: the
+bag's stamps are not the wall clock). Prints
+  ingest: camera frames sent, colour/depth images rgbd_sync received, /mu0/rgbd frames it published,
+  trace sets received here and their rate against the model-bound rate 1000 / predict p50,
+  camera stamp -> /mu0/traces received here (p50/p99),
   camera stamp -> command publish, measured inside the action expert (the source camera stamp of
   the traces a command was planned from, to its publish) and reported on /diagnostics,
-plus the per-stage times mu0_node reports on /diagnostics.
+  mu0_node's per-stage times (/diagnostics, last 100 frames), and the issue-14 target ratios.
+Numbers, never asserts (docs/interfaces.md: benchmarks print).
 
-    python bench/bench_runtime.py [--seconds 30] [--model checkpoints/mu0_small] [--size 320x240]
+    python bench/bench_runtime.py [--seconds 30] [--model checkpoints/mu0_small] [--size 320x240] [--rate 10]
+    python bench/bench_runtime.py --size 640x480 --rate 30          # realsense-ros default stream
+    python bench/bench_runtime.py --size 640x480 --rate 30 --player # the same stream from a bag
 """
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -37,6 +46,45 @@ while True:
 """
 # T_base_cam of the sim's corner camera: traces reach the expert in the robot base frame
 SIM_CAMERA_TO_BASE = [-1.1, -0.4, 0.6, 0.736838, -0.305208, 0.230856, -0.557335]
+TOPICS = ("/camera/camera/color/image_raw", "/camera/camera/aligned_depth_to_color/image_raw",
+          "/camera/camera/color/camera_info")
+DISTINCT_FRAMES = 30   # colour images cycled (built once: the camera side must not be the bottleneck)
+
+
+def camera_frames(w: int, h: int):
+    """(colour images (DISTINCT_FRAMES, h, w, 3) rgb8 moving right, 16UC1 depth, intrinsics)."""
+    import cv2
+
+    from mu0_core.camera import CameraIntrinsics
+
+    rng = np.random.default_rng(0)
+    base = cv2.GaussianBlur((rng.random((h, w, 3)) * 255).astype(np.uint8), (7, 7), 0)
+    colors = [np.roll(base, 2 * k, axis=1) for k in range(DISTINCT_FRAMES)]
+    depth = np.full((h, w), 900, np.uint16)
+    intr = CameraIntrinsics(w, h, 0.9 * w, 0.9 * w, (w - 1) / 2, (h - 1) / 2)
+    return colors, depth, intr
+
+
+def write_camera_bag(path: Path, w: int, h: int, rate: float, n_frames: int) -> None:
+    """The camera stream as a rosbag2 (sqlite3, realsense-ros topic names) for `--player`."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    from mu0_ros import convert
+
+    store = convert.mu0_typestore()
+    colors, depth, intr = camera_frames(w, h)
+    t0 = time.time_ns()
+    with Writer(path, version=8, storage_plugin=StoragePlugin.SQLITE3) as writer:
+        conns = [writer.add_connection(t, m, typestore=store) for t, m in zip(
+            TOPICS, ("sensor_msgs/msg/Image", "sensor_msgs/msg/Image", "sensor_msgs/msg/CameraInfo"))]
+        for k in range(n_frames):
+            stamp = t0 + int(k * 1e9 / rate)
+            hdr = lambda: convert.make_header(stamp, "camera_color_optical_frame", store)  # noqa: E731
+            msgs = (convert.numpy_to_image(colors[k % DISTINCT_FRAMES], "rgb8", hdr(), store),
+                    convert.numpy_to_image(depth, "16UC1", hdr(), store),
+                    convert.camera_info_from_intrinsics(intr, hdr(), store))
+            for conn, msg in zip(conns, msgs):
+                writer.write(conn, stamp, store.serialize_cdr(msg, conn.msgtype))
 
 
 def main(argv=None):
@@ -45,28 +93,37 @@ def main(argv=None):
     parser.add_argument("--model", default="checkpoints/mu0_small")
     parser.add_argument("--backend", default="torch")
     parser.add_argument("--size", default="320x240")
+    parser.add_argument("--rate", type=float, default=10.0, help="camera frames per second")
     parser.add_argument("--queries", type=int, default=24)
+    parser.add_argument("--player", action="store_true",
+                        help="play the camera stream from a rosbag2 with bag_player (ingest counts only)")
     args = parser.parse_args(argv)
     w, h = (int(v) for v in args.size.split("x"))
 
-    import cv2
     import rclpy
+    from builtin_interfaces.msg import Time
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.executors import SingleThreadedExecutor
     from sensor_msgs.msg import CameraInfo, Image
     from std_msgs.msg import String
 
     from mu0_msgs.msg import TraceArray
-    from mu0_core.camera import CameraIntrinsics
     from mu0_ros import convert
     from mu0_app.launcher import ProcessGraph, load_graph_config, resolve_config
     from mu0_ros.qos import latched_qos, reliable_qos
 
+    n_frames = int(round(args.seconds * args.rate))
+    log_dir = Path(tempfile.mkdtemp(prefix="mu0_bench_runtime_"))
+    bag = None
+    if args.player:
+        bag = log_dir / "camera_bag"
+        print(f"writing the camera stream to {bag} ...", flush=True)
+        write_camera_bag(bag, w, h, args.rate, n_frames)
     config = load_graph_config(resolve_config("replay"), [
         "mu0_graph.use_sim_time=false", f"mu0_node.model={args.model}", f"mu0_node.backend={args.backend}",
         f"mu0_node.max_queries={args.queries}", f"mu0_node.camera_to_base={SIM_CAMERA_TO_BASE}",
+        f"mu0_node.expected_period={1.0 / args.rate:g}",
         "action_expert.robot_config=config/robots/sim_sawyer_joint.yaml", "action_expert.dry_run=false"])
-    log_dir = Path(tempfile.mkdtemp(prefix="mu0_bench_runtime_"))
     graph = ProcessGraph(config, log_dir=log_dir)
     graph.start()
     joint_driver = subprocess.Popen([sys.executable, "-c", JOINT_DRIVER])
@@ -85,54 +142,94 @@ def main(argv=None):
             diagnostics[key] = {kv.key: kv.value for kv in status.values}
 
     probe.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, reliable_qos(50))
-    pubs = [probe.create_publisher(t, n, reliable_qos(5)) for t, n in (
-        (Image, "/camera/camera/color/image_raw"), (Image, "/camera/camera/aligned_depth_to_color/image_raw"),
-        (CameraInfo, "/camera/camera/color/camera_info"))]
+    pubs = [] if args.player else [probe.create_publisher(t, n, reliable_qos(5)) for t, n in zip(
+        (Image, Image, CameraInfo), TOPICS)]
     probe.create_publisher(String, "/mu0/instruction", latched_qos()).publish(String(data="reach the block"))
     executor = SingleThreadedExecutor()
     executor.add_node(probe)
     threading.Thread(target=executor.spin, daemon=True).start()
 
     print(f"starting the graph (logs: {log_dir}) ...", flush=True)
-    deadline = time.monotonic() + 60
-    while "mu0_node" not in diagnostics and time.monotonic() < deadline:   # configured + warmed up
-        time.sleep(0.2)
-    rng = np.random.default_rng(0)
-    base = cv2.GaussianBlur((rng.random((h, w, 3)) * 255).astype(np.uint8), (7, 7), 0)
-    intr = CameraIntrinsics(w, h, 0.9 * w, 0.9 * w, (w - 1) / 2, (h - 1) / 2)
-    depth = np.full((h, w), 900, np.uint16)
-    n_frames = int(args.seconds * 10)
+    deadline = time.monotonic() + 90
+    while not ("mu0_node" in diagnostics and "rgbd_sync" in diagnostics) and time.monotonic() < deadline:
+        time.sleep(0.2)   # configured + warmed up
+    time.sleep(1.0)
+    base_sync = {k: int(diagnostics.get("rgbd_sync", {}).get(k, 0))
+                 for k in ("published", "received_color", "received_depth", "received_info")}
     start_traces = len(traces)
-    next_t = time.monotonic()
-    for k in range(n_frames):
-        stamp = time.time_ns()
-        hdr = lambda: convert.make_header(stamp, "camera_color_optical_frame")  # noqa: E731
-        pubs[0].publish(convert.numpy_to_image(np.roll(base, k, axis=1), "rgb8", hdr()))
-        pubs[1].publish(convert.numpy_to_image(depth, "16UC1", hdr()))
-        pubs[2].publish(convert.camera_info_from_intrinsics(intr, hdr()))
-        next_t += 0.1
-        time.sleep(max(0.0, next_t - time.monotonic()))
+    t_start = time.monotonic()
+    if args.player:
+        player = subprocess.run([sys.executable, "-m", "mu0_ros.bag_player", str(bag), "--no-clock",
+                                 "--start-delay", "1.0", "--linger", "0.5"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if player.returncode:
+            print(f"bag_player exited {player.returncode}: {player.stderr[-2000:]}")
+        sent_seconds = time.monotonic() - t_start
+    else:
+        colors, depth, intr = camera_frames(w, h)
+        hdr0 = convert.make_header(0, "camera_color_optical_frame")
+        # messages built once; only the stamps change per frame
+        color_msgs = [convert.numpy_to_image(c, "rgb8", hdr0) for c in colors]
+        depth_msg = convert.numpy_to_image(depth, "16UC1", hdr0)
+        info_msg = convert.camera_info_from_intrinsics(intr, hdr0)
+        next_t = time.monotonic()
+        for k in range(n_frames):
+            stamp = time.time_ns()
+            t = Time(sec=stamp // 1_000_000_000, nanosec=stamp % 1_000_000_000)
+            msgs = (color_msgs[k % DISTINCT_FRAMES], depth_msg, info_msg)
+            for pub, msg in zip(pubs, msgs):
+                msg.header.stamp = t
+                pub.publish(msg)
+            next_t += 1.0 / args.rate
+            time.sleep(max(0.0, next_t - time.monotonic()))
+        sent_seconds = time.monotonic() - t_start
     time.sleep(2.5)   # last traces + one more diagnostics period
+    n_traces = len(traces) - start_traces
     joint_driver.kill()
     codes = graph.stop()
     executor.shutdown(timeout_sec=2.0)
     rclpy.try_shutdown()
 
-    trace_lat = np.array([(r - s) / 1e6 for r, s in traces[start_traces:]])
-    print(f"frames sent {n_frames} at 10 Hz, {w}x{h}, model {args.model} ({args.backend}), {args.queries} queries, "
-          f"one process per node; exit codes {codes}")
+    load = os.getloadavg()
+    sync = {k: int(diagnostics.get("rgbd_sync", {}).get(k, 0)) - v for k, v in base_sync.items()}
     mu0 = diagnostics.get("mu0_node", {})
     expert = next((v for k, v in diagnostics.items() if k.startswith("action_expert")), {})
-    print(f"traces received {len(trace_lat)}; mu0_node dropped {mu0.get('dropped_frames', 0)} frames "
-          "(keep-newest: a frame that arrives while the model runs replaces the waiting one)")
-    if len(trace_lat):
+    f = lambda d, k: float(d[k]) if k in d else float("nan")  # noqa: E731
+    print(f"camera {'bag_player' if args.player else 'publisher'}: {n_frames} frames at {args.rate:g} Hz, "
+          f"{w}x{h}, model {args.model} ({args.backend}), {args.queries} queries, one process per node; "
+          f"exit codes {codes}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(f"rgbd_sync received colour {sync['received_color']} depth {sync['received_depth']} "
+          f"info {sync['received_info']}; published /mu0/rgbd {sync['published']} "
+          f"({100.0 * sync['published'] / max(n_frames, 1):.1f} % of camera frames)")
+    predict_p50, predict_p99 = f(mu0, "predict_ms.p50"), f(mu0, "predict_ms.p99")
+    trace_rate = n_traces / max(sent_seconds, 1e-9)
+    model_rate = 1000.0 / predict_p50 if predict_p50 > 0 else float("nan")
+    print(f"trace sets received {n_traces} in {sent_seconds:.1f} s = {trace_rate:.2f} Hz; model-bound rate "
+          f"1000/predict p50 = {model_rate:.2f} Hz (ratio {trace_rate / model_rate:.2f}; capped by the camera "
+          f"rate {args.rate:g} Hz); mu0_node dropped {mu0.get('dropped_frames', 0)} frames (keep-newest)")
+    trace_lat = np.array([(r - s) / 1e6 for r, s in traces[start_traces:]])
+    p99_traces = float("nan")
+    if len(trace_lat) and not args.player:
+        p99_traces = float(np.percentile(trace_lat, 99))
         print(f"camera stamp -> traces          n={len(trace_lat):4d}  p50 {np.percentile(trace_lat, 50):7.1f} ms  "
-              f"p99 {np.percentile(trace_lat, 99):7.1f} ms  max {trace_lat.max():7.1f} ms")
+              f"p99 {p99_traces:7.1f} ms  max {trace_lat.max():7.1f} ms")
     print(f"camera stamp -> command publish p50 {expert.get('camera_to_command_ms.p50', '-')} ms  "
-          f"p99 {expert.get('camera_to_command_ms.p99', '-')} ms  (commands published: {expert.get('published', '-')})")
-    for key in ("convert_ms.p50", "select_ms.p50", "predict_ms.p50", "postprocess_ms.p50", "publish_ms.p50",
-                "total_ms.p50", "frame_age_ms.p50"):
-        print(f"mu0_node {key:22s} {mu0.get(key, '-')}")
+          f"p99 {expert.get('camera_to_command_ms.p99', '-')} ms  (commands published: {expert.get('published', '-')}, "
+          f"event-driven re-plans: {expert.get('runner.replans_on_traces', '-')})")
+    for key in ("convert_ms", "select_ms", "predict_ms", "postprocess_ms", "publish_ms", "total_ms", "frame_age_ms"):
+        print(f"mu0_node {key:16s} p50 {mu0.get(key + '.p50', '-'):>9s}  p99 {mu0.get(key + '.p99', '-'):>9s}")
+    total_p50 = f(mu0, "total_ms.p50")
+    control_period_ms = 50.0   # config/robots/sim_sawyer_joint.yaml: 20 Hz
+    cmd_p99 = f(expert, "camera_to_command_ms.p99")
+    print("targets (issue 14):")
+    if args.rate >= 30:
+        print(f"  /mu0/rgbd >= 95 % of camera frames: {100.0 * sync['published'] / max(n_frames, 1):.1f} %")
+    print(f"  trace sets >= 0.8 x min(model-bound, camera) rate: "
+          f"{trace_rate / min(model_rate, args.rate):.2f}")
+    print(f"  mu0_node total / predict (p50) <= 1.10: {total_p50 / predict_p50:.2f}")
+    if not args.player:
+        print(f"  camera->traces p99 - predict p99 <= 15 ms: {p99_traces - predict_p99:.1f} ms")
+        print(f"  camera->command p99 - camera->traces p99 <= {control_period_ms:.0f} ms: {cmd_p99 - p99_traces:.1f} ms")
     return 0
 
 

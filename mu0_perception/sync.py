@@ -171,18 +171,24 @@ def classify_fault(message: str) -> str:
     return "malformed"
 
 
-def assemble_frame(color_msg, depth_msg, info_msg, min_valid_depth_fraction: float = 0.05):
-    """Convert one matched set to an RGBDFrame (colour RGB, depth float32 metres, NaN invalid).
+def check_frame_parts(color_msg, depth_msg, info_msg, min_valid_depth_fraction: float = 0.05):
+    """Validate one matched set without converting its images; returns its CameraIntrinsics.
 
     Raises FrameRejected (a ValueError) with a fault name from FAULTS. A frame whose depth is
     almost all invalid (NaN / 0 / negative) is rejected as `invalid_depth`: a model fed no depth
-    would anchor every trace on a guess, and downstream a robot would follow it.
+    would anchor every trace on a guess, and downstream a robot would follow it. The images are
+    only looked at through views of the messages' buffers, so the rgbd_sync node can pass them on
+    without a decode (convert.rgbd_msg_from_images) and offline replay decodes the same sets.
     """
     from mu0_ros import convert  # pure (no rclpy); imported here to keep the matcher dependency-free
 
     try:
-        color = convert.color_from_image(color_msg)
-        depth = convert.depth_from_image(depth_msg)
+        if color_msg.encoding not in convert.COLOR_ENCODINGS:
+            raise ValueError(f"encoding: {color_msg.encoding!r} is not a colour encoding (rgb8, bgr8, mono8)")
+        if depth_msg.encoding not in convert.DEPTH_ENCODINGS:
+            raise ValueError(f"encoding: {depth_msg.encoding!r} is not a depth encoding (16UC1, mono16, 32FC1)")
+        color = convert.image_view(color_msg)
+        depth = convert.image_view(depth_msg)
         intrinsics = convert.intrinsics_from_camera_info(info_msg)
     except ValueError as exc:
         raise FrameRejected(classify_fault(str(exc)), str(exc)) from None
@@ -192,22 +198,47 @@ def assemble_frame(color_msg, depth_msg, info_msg, min_valid_depth_fraction: flo
     if (intrinsics.height, intrinsics.width) != color.shape[:2]:
         raise FrameRejected("size_mismatch", f"camera_info {intrinsics.width}x{intrinsics.height} != color "
                                              f"{color.shape[1]}x{color.shape[0]}")
-    valid_fraction = float(np.isfinite(depth).mean())
+    valid_fraction = convert.depth_valid_fraction(depth_msg)
     if valid_fraction < min_valid_depth_fraction:
         raise FrameRejected("invalid_depth", f"only {valid_fraction:.1%} of depth pixels are valid "
                                              f"(min_valid_depth_fraction {min_valid_depth_fraction:.1%})")
-    from mu0_core.frames import RGBDFrame
+    return intrinsics
 
+
+def assemble_frame(color_msg, depth_msg, info_msg, min_valid_depth_fraction: float = 0.05):
+    """Convert one matched set to an RGBDFrame (colour RGB, depth float32 metres, NaN invalid).
+
+    Raises FrameRejected as `check_frame_parts` does (the same sets pass)."""
+    from mu0_core.frames import RGBDFrame
+    from mu0_ros import convert
+
+    intrinsics = check_frame_parts(color_msg, depth_msg, info_msg, min_valid_depth_fraction)
     return RGBDFrame(stamp_ns=convert.stamp_to_ns(color_msg.header.stamp), frame_id=color_msg.header.frame_id,
-                     color=color, depth=depth, intrinsics=intrinsics)
+                     color=convert.color_from_image(color_msg), depth=convert.depth_from_image(depth_msg),
+                     intrinsics=intrinsics)
+
+
+def assemble_rgbd_msg(color_msg, depth_msg, info_msg, min_valid_depth_fraction: float = 0.05, typestore=None):
+    """One matched set -> mu0_msgs/RGBD, checked as `assemble_frame` checks it but not decoded: the
+    depth travels in its own encoding (16UC1 millimetres from a RealSense), rgb8 colour as is."""
+    from mu0_ros import convert
+
+    check_frame_parts(color_msg, depth_msg, info_msg, min_valid_depth_fraction)
+    return convert.rgbd_msg_from_images(color_msg, depth_msg, info_msg, typestore)
 
 
 class RGBDAssembler:
     """Approximate-time matching + conversion + fault counting, fed one message at a time."""
 
-    def __init__(self, slop_s: float = 0.02, queue_size: int = 10, min_valid_depth_fraction: float = 0.05):
+    def __init__(self, slop_s: float = 0.02, queue_size: int = 10, min_valid_depth_fraction: float = 0.05,
+                 output: str = "frame"):
+        """`output`: "frame" -> RGBDFrame (decoded; offline replay), "message" -> mu0_msgs/RGBD built
+        from the matched messages without decoding them (the rgbd_sync node)."""
         if not slop_s >= 0:
             raise ValueError(f"slop must be >= 0 seconds, got {slop_s}")
+        if output not in ("frame", "message"):
+            raise ValueError(f"output must be 'frame' or 'message', got {output!r}")
+        self._assemble = assemble_frame if output == "frame" else assemble_rgbd_msg
         self.matcher = ApproximateTimeMatcher(STREAMS, int(round(slop_s * 1e9)), queue_size)
         self.min_valid_depth_fraction = float(min_valid_depth_fraction)
         self.faults = {f: 0 for f in FAULTS}
@@ -218,7 +249,8 @@ class RGBDAssembler:
         self.matcher.reset()
 
     def add(self, stream: str, msg, now_ns: int | None = None, max_future_s: float | None = None) -> list:
-        """Feed a colour / depth / info message; returns completed frames ([] usually). A negative
+        """Feed a colour / depth / info message; returns completed frames ([] usually; RGBDFrame or
+        mu0_msgs/RGBD, see `output`). A negative
         stamp, or one more than `max_future_s` ahead of `now_ns` (the node clock), is counted as
         `bad_stamp` and dropped on its own."""
         from mu0_ros.convert import check_stamp, stamp_to_ns
@@ -232,7 +264,7 @@ class RGBDAssembler:
         frames = []
         for match in self.matcher.add(stream, stamp, msg):
             try:
-                frames.append(assemble_frame(match["color"][1], match["depth"][1], match["info"][1],
+                frames.append(self._assemble(match["color"][1], match["depth"][1], match["info"][1],
                                              self.min_valid_depth_fraction))
             except FrameRejected as exc:
                 self.faults[exc.fault] += 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 import array
 import importlib
 import math
+import struct as _struct
 
 import numpy as np
 
@@ -102,12 +103,10 @@ def make_header(stamp_ns: int, frame_id: str, typestore=None):
 # ----------------------------------------------------------------------------------------------
 # sensor_msgs/Image
 # ----------------------------------------------------------------------------------------------
-def image_to_numpy(msg) -> np.ndarray:
-    """sensor_msgs/Image -> array in the message's own encoding.
-
-    (H, W, 3) for rgb8/bgr8, (H, W) for mono8/16UC1/mono16/32FC1. Honours `step` padding and
-    `is_bigendian`; the result is native-endian and owns its memory.
-    """
+def image_view(msg) -> np.ndarray:
+    """sensor_msgs/Image -> a validated view of its pixels in the message's own encoding and byte
+    order (no copy: it shares the message's buffer; do not write to it). Same checks and errors as
+    `image_to_numpy`; for code that only inspects pixels or passes the message on."""
     enc = msg.encoding
     if enc not in IMAGE_ENCODINGS:
         raise ValueError(f"encoding: unsupported image encoding {enc!r} "
@@ -124,13 +123,27 @@ def image_to_numpy(msg) -> np.ndarray:
         raise ValueError(f"step: {step} bytes is less than width*channels*itemsize = {row_bytes}")
     if height * step > MAX_IMAGE_BYTES:
         raise ValueError(f"height*step: {height}*{step} bytes is over the {MAX_IMAGE_BYTES} byte limit")
-    buf = np.frombuffer(memoryview(msg.data).cast("B"), dtype=np.uint8)
+    data = msg.data
+    buf = np.frombuffer(data if isinstance(data, (bytes, bytearray, np.ndarray)) else memoryview(data).cast("B"),
+                        dtype=np.uint8)
     if buf.size != height * step:
         raise ValueError(f"data: {buf.size} bytes, expected height*step = {height}*{step} = {height * step}")
     rows = buf.reshape(height, step)[:, :row_bytes]
+    if step % itemsize:   # rows not aligned to the pixel size: a strided view is impossible
+        rows = np.ascontiguousarray(rows)
     order = ">" if msg.is_bigendian else "<"
-    pixels = np.ascontiguousarray(rows).view(np.dtype(dtype).newbyteorder(order))
-    pixels = pixels.reshape((height, width, channels) if channels > 1 else (height, width))
+    pixels = rows.view(np.dtype(dtype).newbyteorder(order))
+    return pixels.reshape((height, width, channels) if channels > 1 else (height, width))
+
+
+def image_to_numpy(msg) -> np.ndarray:
+    """sensor_msgs/Image -> array in the message's own encoding.
+
+    (H, W, 3) for rgb8/bgr8, (H, W) for mono8/16UC1/mono16/32FC1. Honours `step` padding and
+    `is_bigendian`; the result is native-endian and owns its memory (one copy of the pixels).
+    """
+    dtype, _ = IMAGE_ENCODINGS.get(msg.encoding, (None, 0))
+    pixels = image_view(msg)
     return pixels.astype(np.dtype(dtype).newbyteorder("="), copy=True)
 
 
@@ -154,30 +167,49 @@ def numpy_to_image(pixels: np.ndarray, encoding: str, header=None, typestore=Non
         data=_array_field(data.view(np.uint8), "B", typestore))
 
 
+COLOR_ENCODINGS = ("rgb8", "bgr8", "mono8")
+DEPTH_ENCODINGS = ("16UC1", "mono16", "32FC1")
+
+
 def color_from_image(msg) -> np.ndarray:
-    """Colour image message (rgb8 / bgr8 / mono8) -> (H, W, 3) uint8 RGB."""
-    pixels = image_to_numpy(msg)
+    """Colour image message (rgb8 / bgr8 / mono8) -> (H, W, 3) uint8 RGB (one copy of the pixels)."""
+    if msg.encoding in IMAGE_ENCODINGS and msg.encoding not in COLOR_ENCODINGS:
+        raise ValueError(f"encoding: {msg.encoding!r} is not a colour encoding (rgb8, bgr8, mono8)")
+    pixels = image_view(msg)
     if msg.encoding == "rgb8":
-        return pixels
+        return np.array(pixels, copy=True)
     if msg.encoding == "bgr8":
         return np.ascontiguousarray(pixels[:, :, ::-1])
-    if msg.encoding == "mono8":
-        return np.repeat(pixels[:, :, None], 3, axis=2)
-    raise ValueError(f"encoding: {msg.encoding!r} is not a colour encoding (rgb8, bgr8, mono8)")
+    return np.repeat(pixels[:, :, None], 3, axis=2)
 
 
 def depth_from_image(msg) -> np.ndarray:
-    """Depth image (16UC1/mono16 millimetres, 0 = invalid; or 32FC1 metres) -> float32 metres, NaN = invalid."""
-    pixels = image_to_numpy(msg)
+    """Depth image (16UC1/mono16 millimetres, 0 = invalid; or 32FC1 metres) -> float32 metres, NaN = invalid.
+
+    One pass over the pixels from the message's buffer (no intermediate copy)."""
+    if msg.encoding in IMAGE_ENCODINGS and msg.encoding not in DEPTH_ENCODINGS:
+        raise ValueError(f"encoding: {msg.encoding!r} is not a depth encoding (16UC1, mono16, 32FC1)")
+    pixels = image_view(msg)
     if msg.encoding in ("16UC1", "mono16"):
-        depth = pixels.astype(np.float32) / np.float32(MM_PER_M)
+        depth = np.divide(pixels, np.float32(MM_PER_M), dtype=np.float32)
         depth[pixels == 0] = np.nan
         return depth
+    depth = pixels.astype(np.float32, copy=True)
+    depth[~np.isfinite(depth) | (depth <= 0)] = np.nan
+    return depth
+
+
+def depth_valid_fraction(msg) -> float:
+    """Fraction of valid pixels of a depth image (as `depth_from_image` would keep them), read from
+    the message's buffer without converting it."""
+    if msg.encoding not in DEPTH_ENCODINGS:
+        raise ValueError(f"encoding: {msg.encoding!r} is not a depth encoding (16UC1, mono16, 32FC1)")
+    pixels = image_view(msg)
     if msg.encoding == "32FC1":
-        depth = pixels.astype(np.float32, copy=True)
-        depth[~np.isfinite(depth) | (depth <= 0)] = np.nan
-        return depth
-    raise ValueError(f"encoding: {msg.encoding!r} is not a depth encoding (16UC1, mono16, 32FC1)")
+        valid = np.count_nonzero(np.isfinite(pixels) & (pixels > 0))
+    else:
+        valid = np.count_nonzero(pixels)
+    return float(valid) / pixels.size
 
 
 def depth_to_image(depth_m: np.ndarray, encoding: str = "32FC1", header=None, typestore=None):
@@ -228,21 +260,39 @@ def camera_info_from_intrinsics(intr: CameraIntrinsics, header=None, typestore=N
 # mu0_msgs/RGBD
 # ----------------------------------------------------------------------------------------------
 def rgbd_msg_to_frame(msg) -> RGBDFrame:
-    """mu0_msgs/RGBD -> RGBDFrame (colour as RGB, depth as float32 metres)."""
+    """mu0_msgs/RGBD -> RGBDFrame (colour as RGB, depth as float32 metres; each image decoded once)."""
     return RGBDFrame(stamp_ns=stamp_to_ns(msg.header.stamp), frame_id=msg.header.frame_id,
                      color=color_from_image(msg.color), depth=depth_from_image(msg.depth),
                      intrinsics=intrinsics_from_camera_info(msg.camera_info))
 
 
-def frame_to_rgbd_msg(frame: RGBDFrame, typestore=None):
-    """RGBDFrame -> mu0_msgs/RGBD (rgb8 colour, 32FC1 metre depth, shared header)."""
+def frame_to_rgbd_msg(frame: RGBDFrame, typestore=None, depth_encoding: str = "32FC1"):
+    """RGBDFrame -> mu0_msgs/RGBD (rgb8 colour, 32FC1 metre depth or 16UC1 millimetres, shared header)."""
     header = make_header(frame.stamp_ns, frame.frame_id, typestore)
     return _msg_class("mu0_msgs/msg/RGBD", typestore)(
         header=header,
         color=numpy_to_image(frame.color, "rgb8", make_header(frame.stamp_ns, frame.frame_id, typestore), typestore),
-        depth=depth_to_image(frame.depth, "32FC1", make_header(frame.stamp_ns, frame.frame_id, typestore), typestore),
+        depth=depth_to_image(frame.depth, depth_encoding, make_header(frame.stamp_ns, frame.frame_id, typestore),
+                             typestore),
         camera_info=camera_info_from_intrinsics(
             frame.intrinsics, make_header(frame.stamp_ns, frame.frame_id, typestore), typestore))
+
+
+def rgbd_msg_from_images(color_msg, depth_msg, info_msg, typestore=None):
+    """A matched colour / depth / camera_info set -> mu0_msgs/RGBD WITHOUT decoding the images.
+
+    The depth image travels as it came (16UC1 / mono16 millimetres, or 32FC1 metres: RGBD.msg
+    allows each; `depth_from_image` reads either), and an rgb8 colour image too; bgr8 / mono8
+    colour is converted to rgb8 (RGBD.msg). Every part gets the colour image's header (the frame's
+    stamp and optical frame). The caller has validated the set (`mu0_perception.sync`)."""
+    header = color_msg.header
+    if color_msg.encoding != "rgb8":
+        color_msg = numpy_to_image(color_from_image(color_msg), "rgb8", header, typestore)
+    color_msg.header = header
+    depth_msg.header = header
+    info_msg.header = header
+    return _msg_class("mu0_msgs/msg/RGBD", typestore)(header=header, color=color_msg, depth=depth_msg,
+                                                      camera_info=info_msg)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -373,6 +423,206 @@ def trace_msg_to_set(msg) -> TraceSet:
         knots=knots, control_points=ctrl, samples=samples, validity=validity,
         confidence=np.array([t.confidence for t in msg.traces], dtype=np.float32),
         degree=degree, camera_to_frame=transform_to_rigid(msg.camera_to_frame))
+
+
+# ----------------------------------------------------------------------------------------------
+# serialized (CDR) fast paths: TraceArray and MarkerArray without per-point Python objects
+# ----------------------------------------------------------------------------------------------
+# A TraceArray of 24 traces holds ~1000 geometry_msgs/Point; building them as rclpy objects and
+# serializing them cost mu0_node more per frame than the model itself. These functions write (and
+# read) the same messages' serialized form directly from numpy arrays: plain little-endian CDR
+# (XCDR1, what rmw_fastrtps / ros2 bag use), which `Publisher.publish(bytes)` sends as is and a
+# `raw=True` subscription receives. test_foundation_convert pins them against rclpy's and rosbags'
+# own (de)serializers.
+CDR_HEADER = b"\x00\x01\x00\x00"   # encapsulation: PLAIN_CDR, little endian
+
+
+class _CdrWriter:
+    """Append-only CDR buffer; alignment is relative to the end of the encapsulation header."""
+
+    def __init__(self):
+        self.parts = [CDR_HEADER]
+        self.size = 0
+
+    def _put(self, b: bytes) -> None:
+        self.parts.append(b)
+        self.size += len(b)
+
+    def align(self, n: int) -> None:
+        pad = -self.size % n
+        if pad:
+            self._put(b"\x00" * pad)
+
+    def struct(self, fmt: str, align: int, *values) -> None:
+        self.align(align)
+        self._put(_struct.pack("<" + fmt, *values))
+
+    def string(self, text: str) -> None:
+        data = str(text).encode("utf-8")
+        self.struct("I", 4, len(data) + 1)
+        self._put(data + b"\x00")
+
+    def array(self, values: np.ndarray, dtype, count: bool = True) -> None:
+        """A primitive sequence (count + elements), or a fixed array with count=False."""
+        arr = np.ascontiguousarray(values, dtype=np.dtype(dtype).newbyteorder("<"))
+        if count:
+            self.struct("I", 4, arr.size)
+        self.align(min(arr.itemsize, 8))   # rmw_fastrtps aligns even an empty sequence
+        self._put(arr.tobytes())
+
+    def header(self, stamp_ns: int, frame_id: str) -> None:
+        stamp_ns = int(stamp_ns)
+        if stamp_ns < 0:
+            raise ValueError(f"stamp: negative time {stamp_ns} ns")
+        self.struct("iI", 4, stamp_ns // 1_000_000_000, stamp_ns % 1_000_000_000)
+        self.string(frame_id)
+
+    def bytes(self) -> bytes:
+        return b"".join(self.parts)
+
+
+class _CdrReader:
+    """Bounds-checked CDR reader: every length is checked against the bytes left before use."""
+
+    def __init__(self, data, what: str):
+        buf = memoryview(data).cast("B") if not isinstance(data, (bytes, bytearray)) else memoryview(data)
+        if len(buf) < 4 or bytes(buf[:2]) != CDR_HEADER[:2]:
+            raise ValueError(f"{what}: not little-endian plain CDR (encapsulation {bytes(buf[:4]).hex()})")
+        self.buf, self.pos, self.what = buf[4:], 0, what
+
+    def align(self, n: int) -> None:
+        self.pos += -self.pos % n
+
+    def struct(self, fmt: str, align: int, field: str):
+        self.align(align)
+        size = _struct.calcsize("<" + fmt)
+        if self.pos + size > len(self.buf):
+            raise ValueError(f"{field}: message truncated ({len(self.buf)} bytes)")
+        out = _struct.unpack_from("<" + fmt, self.buf, self.pos)
+        self.pos += size
+        return out if len(out) > 1 else out[0]
+
+    def count(self, field: str, limit: int) -> int:
+        n = self.struct("I", 4, field)
+        if n > limit:
+            raise ValueError(f"{field}: {n} entries, more than {limit}")
+        return n
+
+    def string(self, field: str) -> str:
+        n = self.count(field, len(self.buf) - self.pos)
+        raw = bytes(self.buf[self.pos:self.pos + n])
+        self.pos += n
+        return raw[:-1].decode("utf-8", errors="replace") if n else ""
+
+    def array(self, dtype, n: int, field: str) -> np.ndarray:
+        dt = np.dtype(dtype).newbyteorder("<")
+        self.align(min(dt.itemsize, 8))
+        size = n * dt.itemsize
+        if self.pos + size > len(self.buf):
+            raise ValueError(f"{field}: {n} values claimed, message truncated ({len(self.buf)} bytes)")
+        out = np.frombuffer(self.buf, dtype=dt, count=n, offset=self.pos).astype(np.dtype(dtype).newbyteorder("="))
+        self.pos += size
+        return out
+
+    def sequence(self, dtype, field: str, limit: int) -> np.ndarray:
+        return self.array(dtype, self.count(field, limit), field)
+
+
+def _transform_cdr(w: _CdrWriter, tf: RigidTransform) -> None:
+    w.array(np.concatenate([tf.translation, tf.to_quat_xyzw()]), np.float64, count=False)
+
+
+def trace_set_to_cdr(traces: TraceSet) -> bytes:
+    """TraceSet -> the serialized mu0_msgs/TraceArray (same message as `trace_set_to_msg` builds)."""
+    w = _CdrWriter()
+    w.header(traces.stamp_ns, traces.frame_id)
+    w.string(traces.instruction)
+    w.string(traces.model_id)
+    w.struct("If", 4, int(traces.horizon_steps), float(traces.step_period))
+    _transform_cdr(w, traces.camera_to_frame)
+    n = len(traces)
+    w.struct("I", 4, n)
+    knots = np.asarray(traces.knots, np.float64)
+    ctrl = np.asarray(traces.control_points, np.float64)
+    samples = np.asarray(traces.samples, np.float64)
+    positions = np.asarray(traces.positions, np.float64)
+    pixels = np.asarray(traces.pixels, np.float32)
+    validity = np.asarray(traces.validity, np.float32)
+    degree = int(traces.degree)
+    for i in range(n):
+        w.struct("I", 4, int(traces.query_ids[i]))
+        w.string(traces.entities[i])
+        w.array(pixels[i], np.float32, count=False)
+        w.array(positions[i], np.float64, count=False)
+        w.struct("B", 1, degree)
+        w.array(knots, np.float64)
+        for points in (ctrl[i], samples[i]):  # Point[]: count of points, then x, y, z each (8-aligned)
+            w.struct("I", 4, len(points))
+            w.array(points, np.float64, count=False)
+        w.array(validity[i], np.float32)
+        w.struct("f", 4, float(traces.confidence[i]))
+    return w.bytes()
+
+
+def trace_cdr_to_set(data) -> TraceSet:
+    """Serialized mu0_msgs/TraceArray -> TraceSet, with the checks of `trace_msg_to_set` (ValueError
+    naming the field; every claimed length is checked against the bytes present before allocating)."""
+    r = _CdrReader(data, "TraceArray")
+    sec, nanosec = r.struct("iI", 4, "header.stamp")
+    frame_id = r.string("header.frame_id")
+    instruction = r.string("instruction")
+    model_id = r.string("model_id")
+    horizon, step_period = r.struct("If", 4, "horizon_steps")
+    tf = r.array(np.float64, 7, "camera_to_frame")
+    if horizon <= 0 or horizon > MAX_HORIZON_STEPS:
+        raise ValueError(f"horizon_steps: must be in 1..{MAX_HORIZON_STEPS}, got {horizon}")
+    if not (math.isfinite(step_period) and step_period > 0):
+        raise ValueError(f"step_period: must be positive, got {step_period}")
+    n = r.count("traces", MAX_TRACES)
+    ids, entities, pixels, positions, ctrl, samples, validity, confidence = [], [], [], [], [], [], [], []
+    knots, degree = np.zeros(0), 3
+    for i in range(n):
+        ids.append(r.struct("I", 4, f"traces[{i}].query_id"))
+        entities.append(r.string(f"traces[{i}].entity"))
+        pixels.append(r.array(np.float32, 2, f"traces[{i}].pixel_u"))
+        positions.append(r.array(np.float64, 3, f"traces[{i}].position"))
+        deg = r.struct("B", 1, f"traces[{i}].degree")
+        k = r.sequence(np.float64, f"traces[{i}].knots", MAX_KNOTS)
+        c = r.array(np.float64, 3 * r.count(f"traces[{i}].control_points", MAX_CONTROL_POINTS),
+                    f"traces[{i}].control_points").reshape(-1, 3)
+        num_samples = r.count(f"traces[{i}].samples", MAX_HORIZON_STEPS + 1)
+        if num_samples != horizon + 1:
+            raise ValueError(f"traces[{i}].samples: {num_samples} samples, expected horizon_steps+1 = {horizon + 1}")
+        s = r.array(np.float64, 3 * num_samples, f"traces[{i}].samples").reshape(-1, 3)
+        v = r.sequence(np.float32, f"traces[{i}].validity", MAX_HORIZON_STEPS + 1)
+        if len(v) != horizon + 1:
+            raise ValueError(f"traces[{i}].validity: {len(v)} values, expected {horizon + 1}")
+        if i == 0:
+            knots, degree = k, deg
+        elif len(c) != len(ctrl[0]) or deg != degree or len(k) != len(knots):
+            raise ValueError(f"traces[{i}]: spline (degree/knots/control_points) differs from traces[0]")
+        for name, arr in ((f"traces[{i}].control_points", c), (f"traces[{i}].samples", s),
+                          ("traces[].position", positions[-1])):
+            if not np.all(np.isfinite(arr)):
+                raise ValueError(f"{name}: non-finite coordinates")
+        if not np.all(np.isfinite(v)):
+            raise ValueError(f"traces[{i}].validity: non-finite values")
+        ctrl.append(c)
+        samples.append(s)
+        validity.append(v)
+        confidence.append(r.struct("f", 4, f"traces[{i}].confidence"))
+    num_ctrl = len(ctrl[0]) if n else 0
+    return TraceSet(
+        stamp_ns=int(sec) * 1_000_000_000 + int(nanosec),
+        frame_id=frame_id, instruction=instruction, model_id=model_id, horizon_steps=int(horizon),
+        step_period=float(step_period), query_ids=np.array(ids, dtype=np.uint32),
+        entities=entities, pixels=np.array(pixels, np.float32).reshape(n, 2),
+        positions=np.array(positions, np.float64).reshape(n, 3), knots=knots,
+        control_points=np.array(ctrl, np.float64).reshape(n, num_ctrl, 3),
+        samples=np.array(samples, np.float64).reshape(n, horizon + 1, 3),
+        validity=np.array(validity, np.float32).reshape(n, horizon + 1),
+        confidence=np.array(confidence, np.float32), degree=int(degree),
+        camera_to_frame=RigidTransform.from_quat_xyzw(tf[3:], tf[:3]))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -557,6 +807,44 @@ def marker_array_msg(strips, lifetime_s: float, deleted_namespaces=(), stamp_ns:
                     for q in s.colors]
         markers.append(m)
     return c("visualization_msgs/msg/MarkerArray")(markers=markers)
+
+
+def _marker_cdr(w: _CdrWriter, stamp_ns, frame_id, ns, marker_id, action, lifetime_s, width=0.0,
+                points=None, colors=None) -> None:
+    """One visualization_msgs/Marker LINE_STRIP, field for field as `_empty_marker` fills it."""
+    w.header(stamp_ns, frame_id)
+    w.string(ns)
+    w.struct("iii", 4, int(marker_id), LINE_STRIP, action)
+    w.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, float(width), 0.0, 0.0], np.float64, count=False)  # pose, scale
+    w.array([1.0, 1.0, 1.0, 1.0], np.float32, count=False)                                      # color
+    life = _duration(lifetime_s)
+    w.struct("iIB", 4, life.sec, life.nanosec, 0)                                               # lifetime, frame_locked
+    for values, dtype, width_ in ((points, np.float64, 3), (colors, np.float32, 4)):
+        arr = np.zeros((0, width_)) if values is None else np.asarray(values).reshape(-1, width_)
+        w.struct("I", 4, len(arr))
+        w.array(arr, dtype, count=False)
+    w.string("")                                    # texture_resource
+    w.header(0, "")                                 # texture: CompressedImage
+    w.string("")
+    w.array(np.zeros(0), np.uint8)
+    w.struct("I", 4, 0)                             # uv_coordinates
+    w.string("")                                    # text
+    w.string("")                                    # mesh_resource
+    w.string("")                                    # mesh_file.filename
+    w.array(np.zeros(0), np.uint8)                  # mesh_file.data
+    w.struct("B", 1, 0)                             # mesh_use_embedded_materials
+
+
+def marker_array_cdr(strips, lifetime_s: float, deleted_namespaces=(), stamp_ns: int = 0, frame_id: str = "") -> bytes:
+    """`marker_array_msg`, serialized directly (no per-point Python objects)."""
+    w = _CdrWriter()
+    deleted = sorted(deleted_namespaces)
+    w.struct("I", 4, len(deleted) + len(strips))
+    for ns in deleted:
+        _marker_cdr(w, stamp_ns, frame_id, ns, 0, DELETEALL, 0.0)
+    for s in strips:
+        _marker_cdr(w, s.stamp_ns, s.frame_id, s.namespace, s.marker_id, ADD, lifetime_s, s.width, s.points, s.colors)
+    return w.bytes()
 
 
 def query_points_to_arrays(msg):

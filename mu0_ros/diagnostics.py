@@ -29,7 +29,7 @@ class StatusData:
 
 
 class RollingStats:
-    """Last `window` values of one quantity; p50/p95/max for reporting."""
+    """Last `window` values of one quantity; p50/p95/p99/max for reporting."""
 
     def __init__(self, window: int = 100):
         self._values: deque = deque(maxlen=window)
@@ -45,7 +45,7 @@ class RollingStats:
             return {}
         v = np.asarray(self._values)
         return {"last": v[-1], "p50": float(np.percentile(v, 50)), "p95": float(np.percentile(v, 95)),
-                "max": float(v.max())}
+                "p99": float(np.percentile(v, 99)), "max": float(v.max())}
 
 
 class RuntimeMonitor:

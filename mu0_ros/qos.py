@@ -1,10 +1,14 @@
 """QoS profiles of the mu0 graph and incompatible-QoS reporting (node-side helper; imports rclpy).
 
 realsense-ros publishes images and camera_info with a keep-last history and (depending on its
-`*_qos` parameters) RELIABLE or BEST_EFFORT delivery. A BEST_EFFORT + VOLATILE subscription is
-compatible with both, which is why it is our default for camera inputs. If a user overrides the
-reliability to RELIABLE while the camera publishes BEST_EFFORT, DDS silently never connects the
-two; the event callbacks below turn that into a counted, throttled warning instead.
+`*_qos` parameters) RELIABLE or BEST_EFFORT delivery. Our camera inputs and the model input use
+BEST_AVAILABLE (ROS 2 Iron and later): the subscription is reliable when every publisher is and
+best effort otherwise, so it is compatible with both like BEST_EFFORT, but a reliable camera's
+large images arrive whole — a best-effort reader loses an image whenever one of its DDS fragments
+is lost, measured: ~1 in 3 colour and 3 in 4 depth images at 640x480 @ 30 Hz on this machine,
+none with BEST_AVAILABLE. On Humble (no BEST_AVAILABLE) it falls back to BEST_EFFORT. If a user
+overrides the reliability to RELIABLE while the camera publishes BEST_EFFORT, DDS silently never
+connects the two; the event callbacks below turn that into a counted, throttled warning instead.
 """
 from __future__ import annotations
 
@@ -15,7 +19,9 @@ from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSPolicyKind, QoSProfil
                        ReliabilityPolicy)
 
 _RELIABILITY = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE,
-                "system_default": ReliabilityPolicy.SYSTEM_DEFAULT}
+                "system_default": ReliabilityPolicy.SYSTEM_DEFAULT,
+                # Humble has no BEST_AVAILABLE: best effort is the compatible choice there
+                "best_available": getattr(ReliabilityPolicy, "BEST_AVAILABLE", ReliabilityPolicy.BEST_EFFORT)}
 _DURABILITY = {"volatile": DurabilityPolicy.VOLATILE, "transient_local": DurabilityPolicy.TRANSIENT_LOCAL,
                "system_default": DurabilityPolicy.SYSTEM_DEFAULT}
 
@@ -39,8 +45,9 @@ def sensor_qos(depth: int = 5, reliability: str = "best_effort") -> QoSProfile:
 
 
 def latest_only_qos() -> QoSProfile:
-    """Model input: keep only the newest frame, never a backlog."""
-    return make_qos("best_effort", "volatile", 1, name="latest_only_qos")
+    """Model input: keep only the newest frame, never a backlog (reliable from a reliable publisher,
+    so a 1.5 MB RGBD frame is not lost to one dropped fragment; keep-last 1 still replaces it)."""
+    return make_qos("best_available", "volatile", 1, name="latest_only_qos")
 
 
 def latched_qos() -> QoSProfile:

@@ -1,10 +1,13 @@
 """rgbd_sync: colour + aligned depth + camera_info -> one mu0_msgs/RGBD on /mu0/rgbd.
 
-Subscriptions use keep-last, best-effort, volatile QoS by default, which accepts realsense-ros
-publishers whatever their reliability setting; an incompatible override is reported (counter +
-throttled warning), never silent. Matching is `mu0_perception.sync.RGBDAssembler` (approximate
-time, `slop` seconds, `queue_size` per stream). Depth 16UC1 millimetres or 32FC1 metres comes out
-as 32FC1 metres with NaN for invalid pixels. Every drop is counted by reason and published on
+Subscriptions use keep-last, volatile QoS with BEST_AVAILABLE reliability by default: reliable
+delivery from a reliable camera (realsense-ros' default), best effort from a best-effort one, so it
+accepts realsense-ros publishers whatever their reliability setting. (A best-effort subscription
+loses most 640x480 images at 30 Hz over Fast DDS: one lost fragment drops the whole image.) An
+incompatible override is reported (counter + throttled warning), never silent. Matching is
+`mu0_perception.sync.RGBDAssembler` (approximate time, `slop` seconds, `queue_size` per stream).
+A matched set is checked without a decode and goes out as it came: 16UC1 millimetre depth stays
+16UC1 (32FC1 metres stays 32FC1), rgb8 colour stays rgb8 (bgr8 / mono8 become rgb8). Every drop is counted by reason and published on
 /diagnostics; malformed frames are dropped with a throttled warning, never a crash: any exception
 from one message (MemoryError, OverflowError, TypeError, ...) is counted by reason
 (`dropped.<stream>.<reason>`) and the node keeps serving. A negative stamp or one more than
@@ -44,7 +47,7 @@ class RGBDSyncNode(Node):
         output_topic = p("output_topic", "/mu0/rgbd").value
         slop = float(p("slop", 0.02).value)
         queue_size = int(p("queue_size", 10).value)
-        reliability = p("input_reliability", "best_effort").value
+        reliability = p("input_reliability", "best_available").value
         depth = int(p("input_depth", 5).value)
         min_valid = float(p("min_valid_depth_fraction", 0.05).value)
         self.missing_input_timeout = float(p("missing_input_timeout", 2.0).value)
@@ -54,7 +57,8 @@ class RGBDSyncNode(Node):
 
         self.monitor = RuntimeMonitor("mu0: rgbd_sync")
         self.qos_events = QosEventMonitor(self)
-        self.assembler = RGBDAssembler(slop, queue_size, min_valid)
+        # matched sets become RGBD messages without a decode: the depth travels as the camera sent it
+        self.assembler = RGBDAssembler(slop, queue_size, min_valid, output="message")
         self.drops = DropCounter()
         self._last_clock_ns = None
         self._lock = threading.Lock()
@@ -102,16 +106,15 @@ class RGBDSyncNode(Node):
             self.monitor.count(fault, n)
             self.get_logger().warning(f"dropped a frame ({fault}): {self.assembler.last_fault}",
                                       throttle_duration_sec=5.0)
-        for frame in frames:
+        for out in frames:
             try:
-                out = convert.frame_to_rgbd_msg(frame)
+                self.publisher.publish(out)
             except Exception as exc:  # noqa: BLE001 - a frame we cannot publish is dropped, counted
                 reason, n = self.drops.drop("output", exc)
                 self.get_logger().warning(f"dropped an assembled frame ({reason}): {exc}", throttle_duration_sec=5.0)
                 continue
-            self.publisher.publish(out)
             self.monitor.count("published")
-            self.monitor.record("sync_delay_ms", (time.time_ns() - frame.stamp_ns) / 1e6)
+            self.monitor.record("sync_delay_ms", (time.time_ns() - convert.stamp_to_ns(out.header.stamp)) / 1e6)
 
     def counters(self) -> dict:
         """All drop / fault counters in one flat dict (what /diagnostics reports)."""

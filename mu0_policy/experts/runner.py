@@ -152,6 +152,13 @@ class ExpertRunner:
         self._plan = self._plan_raw = None
         return was
 
+    def replan(self) -> None:
+        """Fresh traces arrived (event-driven re-planning, the action_expert node): the next tick()
+        asks the expert with them instead of finishing the current chunk. The new chunk goes through
+        the guard like any other, from the last commanded row (the guard keeps it)."""
+        self._plan = self._plan_raw = None
+        self.counts["replans_on_traces"] += 1
+
     def restart(self) -> None:
         """Start a new command stream (lifecycle activate): the next command starts from the measured
         joints, not from a command sent before an inactive period."""

@@ -17,7 +17,9 @@ Parameters
   dry_run       (bool, default: the config's safety.dry_run, itself true by default) log what would
                 be sent instead of sending; can be changed at run time (`ros2 param set`).
   autostart     (bool, true)
-  traces_topic  (/mu0/traces)   mu0_msgs/TraceArray (reliable, keep last 1)
+  traces_topic  (/mu0/traces)   mu0_msgs/TraceArray (reliable, keep last 1); fresh traces trigger a
+                                re-plan (event-driven): a joint_trajectory robot gets the new
+                                trajectory at once, a streaming one at its next control tick
   estop_topic   (/mu0/estop)    std_msgs/Bool; true latches a hold until ~/reset_estop (std_srvs/Trigger)
   max_stamp_future_s (5.0)      input stamps further ahead of the node clock are dropped
   diagnostics_period_s (1.0)    /diagnostics
@@ -146,7 +148,9 @@ class ActionExpertNode(LifecycleNode):
         js_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5, reliability=ReliabilityPolicy.BEST_EFFORT)
         reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
         add = lambda kind, h: self._endpoints.append((kind, h)) or h  # noqa: E731
-        add("sub", self.create_subscription(TraceArray, traces_topic, self._on_traces, newest,
+        # raw: the serialized TraceArray is read straight into arrays (convert.trace_cdr_to_set)
+        # instead of as ~1000 rclpy Point objects
+        add("sub", self.create_subscription(TraceArray, traces_topic, self._on_traces, newest, raw=True,
                                             event_callbacks=self.qos_events.subscription(traces_topic)))
         add("sub", self.create_subscription(JointState, robot.joint_state_topic, self._on_joint_state, js_qos,
                                             event_callbacks=self.qos_events.subscription(robot.joint_state_topic)))
@@ -243,18 +247,29 @@ class ActionExpertNode(LifecycleNode):
     def _now(self) -> int:
         return self.get_clock().now().nanoseconds
 
-    def _on_traces(self, msg):
+    def _on_traces(self, data: bytes):
         self.counts["in_traces"] += 1
         try:
             if self.runner is None:
                 return
-            traces = convert.trace_msg_to_set(msg)
+            traces = convert.trace_cdr_to_set(data)
             now = self._now()
             convert.check_stamp(traces.stamp_ns, now, self.max_future_s)
             with self._lock:
                 self.runner.update_traces(traces, now)
+                if not self._active:
+                    return
+                # event-driven re-planning: fresh traces are acted on now, not after the rest of
+                # the chunk, so command latency follows trace latency
+                self.runner.replan()
         except Exception as err:  # noqa: BLE001 - one message never stops the node
             self._dropped("traces", err)
+            return
+        if self.robot.command_interface == "joint_trajectory":
+            # a trajectory is timed from its receipt: send the new one now (guarded as every
+            # command). Streaming interfaces (forward_position, ee_delta) emit one row per control
+            # tick, since the guard's step limits are per tick: their next tick uses the new plan.
+            self._on_tick()
 
     def _on_joint_state(self, msg):
         self.counts["in_joint_states"] += 1

@@ -16,8 +16,11 @@ and counts as dropped: never a backlog), /mu0/instruction (std_msgs/String, tran
 and the ~/set_instruction service, /mu0/queries (mu0_msgs/QueryPoints, when `queries` is
 `given`). Outputs: /mu0/traces (TraceArray stamped with the source frame; base frame when
 `camera_to_base` = [x, y, z, qx, qy, qz, qw] is given, else camera frame), /mu0/traces_camera
-(always camera frame), /mu0/trace_markers (LINE_STRIP per trace, namespace per entity, colour by
-time, lifetime 2 x `expected_period`), /diagnostics (per-stage ms, frame age, drops).
+(always camera frame; published only while it has subscribers), /mu0/trace_markers (LINE_STRIP
+per trace, namespace per entity, colour by time, lifetime 2 x `expected_period`; only while it has
+subscribers), /diagnostics (per-stage ms, frame age, drops). Traces and markers are serialized
+from numpy directly (`convert.trace_set_to_cdr`, `convert.marker_array_cdr`); /mu0/rgbd arrives
+with the camera's own 16UC1 depth and each image is decoded once (`convert.rgbd_msg_to_frame`).
 The per-frame work is `mu0_policy.runtime.TracePipeline` (shared with offline replay).
 """
 from __future__ import annotations
@@ -405,13 +408,20 @@ class Mu0Node(LifecycleNode):
         self.monitor.count("queries_without_depth", out.queries_without_depth)
         t_pub = time.perf_counter()
         if self._active and self.traces_pub is not None:
-            self.traces_pub.publish(convert.trace_set_to_msg(out.published))
-            self.camera_traces_pub.publish(convert.trace_set_to_msg(out.camera_traces))
-            # entities that disappeared since the last frame: delete their namespaces explicitly
-            current = {s.namespace for s in out.markers}
-            self.markers_pub.publish(convert.marker_array_msg(out.markers, 2.0 * self.period, set(self._entities) - current,
-                                                      frame.stamp_ns, out.published.frame_id))
-            self._entities = sorted(current)
+            # serialized straight from the arrays (convert.trace_set_to_cdr: the same TraceArray,
+            # without ~1000 Point objects per set); the robot's input goes out first
+            self.traces_pub.publish(convert.trace_set_to_cdr(out.published))
+            # the camera-frame copy and the RViz markers only when someone listens: nobody pays
+            # for an unwatched visualisation
+            if self.camera_traces_pub.get_subscription_count() > 0:
+                self.camera_traces_pub.publish(convert.trace_set_to_cdr(out.camera_traces))
+            if self.markers_pub.get_subscription_count() > 0:
+                # entities that disappeared since the last markers: delete their namespaces explicitly
+                current = {s.namespace for s in out.markers}
+                self.markers_pub.publish(convert.marker_array_cdr(out.markers, 2.0 * self.period,
+                                                                  set(self._entities) - current,
+                                                                  frame.stamp_ns, out.published.frame_id))
+                self._entities = sorted(current)
             self.monitor.count("published_frames")
         self.monitor.record("publish_ms", (time.perf_counter() - t_pub) * 1e3)
         self.monitor.record("total_ms", (time.perf_counter() - start) * 1e3)
