@@ -6,6 +6,13 @@ Single process on CPU/GPU, or unchanged under `torchrun --nproc_per_node=G -m mu
 ...` (DDP; rank 0 logs, evaluates and writes checkpoints). Checkpoints are model.safetensors +
 config.json (+ trainer_state.safetensors for --resume). Periodic evaluation reports the
 validation loss and top-1 minADE@H (uvz) of one flow sample against constant velocity.
+
+As the authors train (issue #15): each training sample keeps a random N ~ U[1, #moving] of its
+MOVING queries (`--queries moving`, default; static queries never enter the loss), the history is
+dropped for 50 % of the samples and 30 % of the queries (`--history-drop-sample/-query`), and
+the per-axis trace scale is the 95th percentile over moving queries (`--normalizer moving`,
+default: refitted from the train split when the dataset's own normaliser was fitted on all
+queries, and the control-point targets re-encoded with it).
 """
 from __future__ import annotations
 
@@ -24,6 +31,9 @@ import torch
 from mu0_policy.model.checkpoint import read_config, save_checkpoint
 from mu0_policy.model.config import PRESETS, Mu0Config, preset
 from mu0_policy.model.checkpoint import CheckpointError
+from mu0_core.bspline import TraceNormalizer
+from mu0_policy.training.augment import (HISTORY_DROP_QUERY, HISTORY_DROP_SAMPLE, history_dropout,
+                                         moving_query_subset)
 from mu0_policy.training.data import DatasetError, TraceDataset, collate
 
 STATE_FILE = "trainer_state.safetensors"
@@ -66,6 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for forward/loss (GPU training)")
     p.add_argument("--resume", action="store_true", help="continue from --out's trainer_state.safetensors")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--queries", default="moving", choices=("moving", "all"),
+                   help="moving (default, the authors'): N ~ U[1, #moving] moving queries per sample; "
+                        "all: every query of the sample (the behaviour before issue #15)")
+    p.add_argument("--history-drop-sample", type=float, default=HISTORY_DROP_SAMPLE,
+                   help="probability of withholding a whole sample's history (authors: 0.5; 0 = never)")
+    p.add_argument("--history-drop-query", type=float, default=HISTORY_DROP_QUERY,
+                   help="probability of withholding one query's history (authors: 0.3; 0 = never)")
+    p.add_argument("--normalizer", default="moving", choices=("moving", "dataset"),
+                   help="moving (default): trace scale over moving queries (refitted from the train split "
+                        "if the dataset's was fitted on all queries); dataset: the dataset's as is")
     p.add_argument("--rank-weights-dir", default="",
                    help="check: every rank writes its final weights to DIR/rank<r>.safetensors "
                         "(under DDP they must be identical: gradients are synchronised)")
@@ -92,11 +112,43 @@ def distributed_setup():
     return dist.get_rank(), world, local
 
 
-class BatchBuilder:
-    """Collate + instruction embeddings (cached per caption) or VLM prompt ids."""
+def moving_normalizer(dataset: TraceDataset, num_ctrl: int, max_samples: int = 20000,
+                      seed: int = 0) -> TraceNormalizer:
+    """The dataset normaliser refitted on the moving queries of ``dataset`` (all of it, or a
+    random ``max_samples`` of its samples)."""
+    idx = np.arange(len(dataset))
+    if len(idx) > max_samples:
+        idx = np.sort(np.random.default_rng(seed).choice(idx, max_samples, replace=False))
+    futs, vals = [], []
+    for i in idx:
+        it = dataset[int(i)]
+        m = np.asarray(it["query_mask"], bool) & np.asarray(it["moving"], bool)
+        futs.append(np.asarray(it["future_uvz"])[m])
+        vals.append(np.asarray(it["future_valid"])[m])
+    fut = np.concatenate(futs) if futs else np.zeros((0,))
+    if fut.size == 0:
+        raise DatasetError(f"{dataset.index.root}: no moving query in the train split (the normaliser needs some)")
+    base = dataset.index.normalizer
+    return TraceNormalizer.from_corpus(fut, np.concatenate(vals), num_ctrl=num_ctrl, percentile=base.percentile,
+                                       clip=base.clip, ridge=base.ridge)
 
-    def __init__(self, cfg: Mu0Config, model=None):
+
+def normalizer_queries(dataset: TraceDataset) -> str:
+    """Which queries the dataset's own normaliser was fitted on ("moving" or "all")."""
+    return str(dataset.index.raw.get("normalizer_queries", "all"))
+
+
+class BatchBuilder:
+    """Collate + instruction embeddings (cached per caption) or VLM prompt ids; re-encodes the
+    control-point targets when the model's normaliser is not the dataset's."""
+
+    def __init__(self, cfg: Mu0Config, model=None, dataset_normalizer: TraceNormalizer | None = None):
         self.cfg = cfg
+        self.encoder = None
+        if cfg.normalizer and dataset_normalizer is not None:
+            mine = TraceNormalizer.from_dict(cfg.normalizer)
+            if not np.allclose(mine.scale, dataset_normalizer.scale, rtol=1e-6, atol=0):
+                self.encoder = mine
         self.hw = (cfg.image_height, cfg.image_width)
         self.embedder = None
         self.tokenizer = None
@@ -110,6 +162,9 @@ class BatchBuilder:
 
     def __call__(self, items):
         batch = collate(items, self.hw)
+        if self.encoder is not None:
+            ctrl = self.encoder.encode(batch["future_uvz"].numpy(), batch["future_valid"].numpy())
+            batch["ctrl_norm"] = torch.from_numpy(ctrl) * batch["ctrl_valid"][..., None, None]
         if self.embedder is not None:
             batch["text_emb"] = torch.from_numpy(self.embedder.embed(batch["captions"]))
         else:
@@ -222,7 +277,17 @@ def main(argv: list[str] | None = None) -> int:
         overrides.setdefault("history", idx.history)
         overrides.setdefault("num_ctrl", idx.num_ctrl)
         overrides.setdefault("step_period", idx.step_period)
-        cfg = preset(args.preset, normalizer=idx.normalizer.to_dict(), **overrides)
+        norm = idx.normalizer
+        if args.normalizer == "moving" and normalizer_queries(train_set) != "moving":
+            try:
+                norm = moving_normalizer(train_set, idx.num_ctrl, seed=args.seed)
+            except DatasetError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            if rank == 0:
+                print(f"normaliser refitted on moving queries: scale {np.round(idx.normalizer.scale, 4).tolist()} "
+                      f"-> {np.round(norm.scale, 4).tolist()}", file=sys.stderr)
+        cfg = preset(args.preset, normalizer=norm.to_dict(), **overrides)
 
     from mu0_policy.model.mu0 import Mu0Model
 
@@ -240,9 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local] if device.type == "cuda" else None)
 
-    builder = BatchBuilder(cfg, model)
+    builder = BatchBuilder(cfg, model, train_set.index.normalizer)
     sampler = (torch.utils.data.distributed.DistributedSampler(train_set, seed=args.seed) if world > 1 else None)
     gen = torch.Generator().manual_seed(args.seed + rank)
+    aug_gen = torch.Generator().manual_seed(args.seed + rank + 7919 * (start + 1))   # query subsets, dropout
     loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, shuffle=sampler is None,
                                          sampler=sampler, collate_fn=builder, num_workers=args.workers,
                                          drop_last=len(train_set) >= args.batch_size, generator=gen)
@@ -264,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         training = {"steps": step, "total_steps": args.steps, "seed": args.seed, "data": str(args.data),
                     "preset": args.preset, "batch_size": args.batch_size * world, "lr": args.lr,
                     "argv": list(argv) if argv is not None else sys.argv[1:], "history": history,
+                    "queries": args.queries, "normalizer": args.normalizer,
+                    "history_dropout": {"sample": args.history_drop_sample, "query": args.history_drop_query},
                     "train_seconds": round(time.time() - t0 + prior_seconds, 1)}
         save_checkpoint(out, model, cfg, training,
                         extra_tensors=save_trainer_state(out, optimizer, step), extra_name=STATE_FILE)
@@ -282,11 +350,23 @@ def main(argv: list[str] | None = None) -> int:
         for batch in loader:
             if step >= args.steps:
                 break
+            weight = 1.0
+            if args.queries == "moving":
+                sub = moving_query_subset(batch, aug_gen)
+                if sub is None:            # no moving query in the whole batch
+                    if world == 1:
+                        continue
+                    weight = 0.0           # DDP: every rank must step; this one adds no gradient
+                else:
+                    batch = sub
+            if args.history_drop_sample > 0 or args.history_drop_query > 0:
+                batch = history_dropout(batch, args.history_drop_sample, args.history_drop_query, aug_gen)
             for g in optimizer.param_groups:
                 g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
             batch = to_device(batch, device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
                 loss, info = net(batch)   # Mu0Model.forward is the loss, so DDP's gradient hooks fire
+                loss = loss * weight
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
