@@ -1,5 +1,5 @@
 """TraceExtract dataset: training tuples from EpisodeTraces, staged per episode, packed into
-safetensors shards + index.json (docs/dataset.md; contract in docs/interfaces.md).
+safetensors shards + index.json (docs/dataset.md; the format is `mu0_core.trace_dataset`).
 
 Writing is crash-safe: every file is written to a temporary name in the same directory and
 renamed into place (atomic on POSIX), index.json last. A run is two phases:
@@ -11,7 +11,6 @@ renamed into place (atomic on POSIX), index.json last. A run is two phases:
 from __future__ import annotations
 
 import json
-import os
 import re
 import zlib
 from dataclasses import asdict, dataclass
@@ -19,29 +18,27 @@ from pathlib import Path
 
 import numpy as np
 from safetensors import safe_open
-from safetensors.numpy import save_file
 
+from mu0_core.bspline import TraceNormalizer, enough_valid_steps
+from mu0_core.camera import arc_length_reparameterize
+from mu0_core.query_geometry import history_model_input, normalized_to_pixels, pixels_to_normalized
+from mu0_core.trace_dataset import (SAMPLE_KEYS, DatasetWriter, atomic_save_safetensors,  # noqa: F401
+                                    atomic_write_bytes, atomic_write_json, sample_record)
+from mu0_core.trace_spec import HISTORY_STEPS, HORIZON_STEPS, NUM_CTRL, STEP_PERIOD_S, TraceSpec
 from mu0_perception import keypoints as kp
-from mu0_core.camera import arc_length_reparameterize, normalized_to_pixels, pixels_to_normalized
 from mu0_perception.trace_extract import lift, resample
 from mu0_perception.trace_extract.pipeline import EpisodeTraces
-from mu0_core.bspline import TraceNormalizer, enough_valid_steps
 
-FORMAT_VERSION = 1
 STAGE_DIR = "episodes"
-KEYS = ("color", "depth", "intrinsics", "query_mask", "query_uvz", "query_xyz", "entity_id", "moving",
-        "history_uvz", "history_valid", "future_uvz", "future_xyz", "future_valid", "ctrl_norm",
-        "ctrl_valid", "episode_index", "frame_index")
-
-
+KEYS = tuple(SAMPLE_KEYS)
 PARAMETERIZATIONS = ("synchronous", "arc_length", "time")
 
 
 @dataclass
 class SampleConfig:
     max_queries: int = 64         # N: queries per sample (padded, query_mask)
-    horizon: int = 32             # H future steps (H + 1 samples incl. the query)
-    history: int = 8              # h past steps
+    horizon: int = HORIZON_STEPS  # H future steps (H + 1 samples incl. the query)
+    history: int = HISTORY_STEPS  # h past steps
     stride: int = 4               # a sample every `stride` frames
     moving_share: float = 0.75    # at most this share of the queries are moving points; rest static
     min_future_valid: int = 10    # a query needs >= this many valid future samples (= D) to be kept
@@ -61,27 +58,6 @@ class SampleConfig:
         for name in ("max_queries", "horizon", "stride"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=1).encode())
-
-
-def atomic_save_safetensors(path: Path, arrays: dict, metadata: dict | None = None) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
 
 
 def _prefix_valid(v: np.ndarray) -> np.ndarray:
@@ -193,6 +169,8 @@ def build_samples(tr: EpisodeTraces, color: np.ndarray, depth: np.ndarray, cfg: 
             xyz = pc[:, pick].transpose(1, 0, 2)
             fv = fut_v[pick]
             hist_v = V[:h, pick].T
+        # the model's history input by the runtime's rule (finite, depth > 0) within the track's validity
+        hist_uvz, hist_v = history_model_input(uvz[:, :h], hist_v)
         fut_uvz, fut_xyz = uvz[:, h:].copy(), xyz[:, h:].copy()
         if cfg.parameterization == "arc_length":
             for i in range(n):  # resample the valid prefix along its path; validity pattern kept
@@ -207,14 +185,14 @@ def build_samples(tr: EpisodeTraces, color: np.ndarray, depth: np.ndarray, cfg: 
             return np.concatenate([a, np.full((pad,) + a.shape[1:], fill, a.dtype)]) if pad else a
 
         out["color"].append(color[t])
-        out["depth"].append(depth[t].astype(np.float16))
+        out["depth"].append(depth[t].astype(np.float32))
         out["intrinsics"].append(intr.as_array())
         out["query_mask"].append(padded(np.ones(n, bool), False))
         out["query_uvz"].append(padded(fut_uvz[:, 0].astype(np.float32)))
         out["query_xyz"].append(padded(fut_xyz[:, 0].astype(np.float32)))
         out["entity_id"].append(padded(tr.entity_id[cand[pick]].astype(np.int32)))
         out["moving"].append(padded(mov[pick], False))
-        out["history_uvz"].append(padded(np.where(hist_v[..., None], uvz[:, :h], 0).astype(np.float32)))
+        out["history_uvz"].append(padded(hist_uvz))
         out["history_valid"].append(padded(hist_v, False))
         out["future_uvz"].append(padded(np.where(fv[..., None], fut_uvz, 0).astype(np.float32)))
         out["future_xyz"].append(padded(np.where(fv[..., None], fut_xyz, 0).astype(np.float32)))
@@ -259,7 +237,7 @@ def _split(episodes: list[dict], val_fraction: float, heldout_tasks: set) -> dic
 
 
 def finalize(out_dir, episode_ids: list[str] | None = None, shard_size: int = 256, val_fraction: float = 0.1,
-             heldout_tasks=(), step_period: float = 0.0125, sample_config: SampleConfig | None = None,
+             heldout_tasks=(), step_period: float = STEP_PERIOD_S, sample_config: SampleConfig | None = None,
              extract_config: dict | None = None) -> dict:
     """Pack staged episodes into shards with fitted control points and write index.json."""
     cfg = sample_config or SampleConfig()
@@ -286,19 +264,7 @@ def finalize(out_dir, episode_ids: list[str] | None = None, shard_size: int = 25
     use = mov if mov.any() else np.ones_like(mov)
     normalizer = TraceNormalizer.from_corpus(np.concatenate(futs)[use], np.concatenate(vals)[use],
                                              num_ctrl=cfg.num_ctrl)
-    shards, samples, buf = [], [], {k: [] for k in KEYS}
-    n_buf = 0
-
-    def flush():
-        nonlocal buf, n_buf
-        if n_buf == 0:
-            return
-        name = f"shard-{len(shards):05d}.safetensors"
-        atomic_save_safetensors(out / name, {k: np.concatenate(v) for k, v in buf.items()},
-                                metadata={"format_version": str(FORMAT_VERSION)})
-        shards.append({"file": name, "num_samples": n_buf})
-        buf, n_buf = {k: [] for k in KEYS}, 0
-
+    writer = DatasetWriter(out, shard_size)
     for ei, info in enumerate(infos):
         with safe_open(str(stage / f"{_safe_id(info['episode_id'])}.safetensors"), "numpy") as f:
             arr = {k: f.get_tensor(k) for k in f.keys()}
@@ -307,62 +273,12 @@ def finalize(out_dir, episode_ids: list[str] | None = None, shard_size: int = 25
         arr["ctrl_valid"] = arr["query_mask"] & fv[..., 0] & enough_valid_steps(fv, cfg.num_ctrl)
         arr["ctrl_norm"] = np.where(arr["ctrl_valid"][..., None, None], ctrl, 0).astype(np.float32)
         arr["episode_index"] = np.full(len(arr["color"]), ei, np.int32)
-        S = len(arr["color"])
-        for s in range(S):
-            samples.append(dict(episode=info["episode_id"], task=info["task"], frame=int(arr["frame_index"][s]),
-                                caption=info["captions"][s][0], captions=info["captions"][s]))
-        start = 0
-        while start < S:
-            take = min(S - start, shard_size - n_buf)
-            for k in KEYS:
-                buf[k].append(arr[k][start:start + take])
-            n_buf += take
-            start += take
-            if n_buf >= shard_size:
-                flush()
-    flush()
-    h, w = infos[0].get("image_size", [None, None]) if "image_size" in infos[0] else (None, None)
-    first = stage / f"{_safe_id(infos[0]['episode_id'])}.safetensors"
-    with safe_open(str(first), "numpy") as f:
-        h, w = f.get_slice("color").get_shape()[1:3]
-    index = dict(format_version=FORMAT_VERSION, shards=shards, samples=samples,
-                 normalizer=normalizer.to_dict(), image_size=[int(h), int(w)], horizon=cfg.horizon,
-                 history=cfg.history, num_ctrl=cfg.num_ctrl, step_period=step_period,
-                 parameterization=cfg.parameterization, max_queries=cfg.max_queries,
-                 normalizer_queries="moving" if mov.any() else "all",
-                 split=_split(infos, val_fraction, set(heldout_tasks)),
-                 episodes=[{k: i[k] for k in ("episode_id", "task", "instruction", "num_samples", "coverage",
-                                              "pose_source", "segments", "captioner")} for i in infos],
-                 sample_config=asdict(cfg), extract_config=extract_config or {})
-    atomic_write_json(out / "index.json", index)
-    for stale in out.glob("shard-*.safetensors"):  # shards of a previous, larger packing
-        if stale.name not in {s["file"] for s in shards}:
-            stale.unlink()
-    return index
-
-
-class TraceDataset:
-    """Minimal reader (viewer, tests): samples as dicts of numpy arrays."""
-
-    def __init__(self, root):
-        self.root = Path(root)
-        p = self.root / "index.json"
-        if not p.is_file():
-            raise ValueError(f"dataset {self.root}: index.json missing")
-        self.index = json.loads(p.read_text())
-        self._starts = np.cumsum([0] + [s["num_samples"] for s in self.index["shards"]])
-        self.normalizer = TraceNormalizer.from_dict(self.index["normalizer"])
-
-    def __len__(self) -> int:
-        return int(self._starts[-1])
-
-    def __getitem__(self, i: int) -> dict:
-        if not 0 <= i < len(self):
-            raise IndexError(i)
-        s = int(np.searchsorted(self._starts, i, side="right") - 1)
-        with safe_open(str(self.root / self.index["shards"][s]["file"]), "numpy") as f:
-            j = i - int(self._starts[s])
-            return {k: f.get_slice(k)[j:j + 1][0] for k in f.keys()}
-
-    def captions(self, i: int) -> list:
-        return self.index["samples"][i]["captions"]
+        writer.add(arr, [sample_record(info["episode_id"], info["task"], int(frame), caps)
+                         for frame, caps in zip(arr["frame_index"], info["captions"])])
+    spec = TraceSpec(horizon=cfg.horizon, history=cfg.history, step_period=step_period, num_ctrl=cfg.num_ctrl)
+    return writer.close(normalizer, _split(infos, val_fraction, set(heldout_tasks)), spec,
+                        parameterization=cfg.parameterization, max_queries=cfg.max_queries,
+                        normalizer_queries="moving" if mov.any() else "all",
+                        episodes=[{k: i[k] for k in ("episode_id", "task", "instruction", "num_samples", "coverage",
+                                                     "pose_source", "segments", "captioner")} for i in infos],
+                        sample_config=asdict(cfg), extract_config=extract_config or {})

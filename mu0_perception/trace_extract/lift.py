@@ -14,35 +14,7 @@ import numpy as np
 
 from mu0_core import camera
 from mu0_core.camera import CameraIntrinsics
-
-
-def sample_depth(depth: np.ndarray, uv: np.ndarray, window: int = 1) -> np.ndarray:
-    """Depth (m) at pixel positions uv (N, 2): the median of the finite values in a
-    (2*window+1)^2 neighbourhood of the nearest pixel. A median (not bilinear) keeps a value from
-    one surface at depth edges. NaN where uv is NaN/out of image or no finite depth."""
-    H, W = depth.shape
-    uv = np.asarray(uv, dtype=np.float64)
-    out = np.full(len(uv), np.nan, np.float32)
-    ok = np.isfinite(uv).all(1)
-    ui = np.rint(np.nan_to_num(uv[:, 0])).astype(int)
-    vi = np.rint(np.nan_to_num(uv[:, 1])).astype(int)
-    ok &= (ui >= 0) & (ui < W) & (vi >= 0) & (vi < H)
-    if not ok.any():
-        return out
-    offs = np.arange(-window, window + 1)
-    du, dv = np.meshgrid(offs, offs)
-    uu = np.clip(ui[ok, None] + du.reshape(1, -1), 0, W - 1)
-    vv = np.clip(vi[ok, None] + dv.reshape(1, -1), 0, H - 1)
-    vals = depth[vv, uu]
-    center = depth[vi[ok], ui[ok]]
-    # prefer the centre pixel; fall back to the neighbourhood median where it is invalid
-    import warnings
-
-    with warnings.catch_warnings():  # all-NaN neighbourhoods are expected (no depth there)
-        warnings.simplefilter("ignore", RuntimeWarning)
-        med = np.nanmedian(vals, axis=1) if vals.size else center
-    out[ok] = np.where(np.isfinite(center), center, med)
-    return out
+from mu0_core.query_geometry import depth_at_pixels
 
 
 def deproject(uv: np.ndarray, z: np.ndarray, intr: CameraIntrinsics) -> np.ndarray:
@@ -72,10 +44,13 @@ def project(xyz: np.ndarray, intr: CameraIntrinsics) -> tuple[np.ndarray, np.nda
 
 def lift_tracks(uv: np.ndarray, visible: np.ndarray, depths: np.ndarray, intr: CameraIntrinsics,
                 min_depth: float = 0.05, max_depth: float = 10.0):
-    """(T, N, 2) tracks + (T, H, W) depth -> camera xyz (T, N, 3) and valid (T, N)."""
+    """(T, N, 2) tracks + (T, H, W) depth -> camera xyz (T, N, 3) and valid (T, N).
+
+    Depth at a track point is `mu0_core.query_geometry.depth_at_pixels`, the rule the runtime
+    samples its query depth with, so a training anchor and a served anchor agree pixel for pixel."""
     T, N = visible.shape
     xyz = np.full((T, N, 3), np.nan)
-    z = np.stack([sample_depth(depths[t], uv[t]) for t in range(T)])
+    z = np.stack([depth_at_pixels(depths[t], uv[t]) for t in range(T)])
     valid = visible & np.isfinite(z) & (z > min_depth) & (z < max_depth)
     xyz[valid] = deproject(uv[valid], z[valid], intr)
     return xyz, valid

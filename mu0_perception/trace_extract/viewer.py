@@ -11,6 +11,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from mu0_core.query_geometry import normalized_to_pixels
+from mu0_core.trace_dataset import DatasetReader
+
 _PALETTE = np.array([(255, 205, 0), (0, 200, 124), (0, 92, 180), (226, 26, 91), (150, 111, 51),
                      (255, 110, 36), (124, 0, 160), (128, 128, 128), (0, 180, 216), (144, 238, 144),
                      (255, 69, 0), (147, 112, 219)], np.uint8)
@@ -74,9 +77,7 @@ def write_video(frames: list, path, fps: float = 10.0) -> Path:
 
 def dataset_sample_images(dataset_dir, samples=None, scale: int = 2) -> list:
     """One picture per dataset sample: its image with the future traces (reference camera)."""
-    from mu0_perception.trace_extract.dataset import TraceDataset
-
-    ds = TraceDataset(dataset_dir)
+    ds = DatasetReader(dataset_dir)
     idx = range(len(ds)) if samples is None else samples
     frames = []
     for i in idx:
@@ -84,7 +85,7 @@ def dataset_sample_images(dataset_dir, samples=None, scale: int = 2) -> list:
         H, W = s["color"].shape[:2]
         m = s["query_mask"]
         fut = s["future_uvz"][m]
-        px = np.stack([(fut[..., 0] + 1) * W / 2 - 0.5, (fut[..., 1] + 1) * H / 2 - 0.5], -1)
+        px = normalized_to_pixels(fut[..., :2], W, H)
         img = draw_traces(s["color"], px, s["future_valid"][m], s["entity_id"][m], s["moving"][m], scale)
         cv2.putText(img, ds.captions(i)[-1][:80], (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1,
                     cv2.LINE_AA)
