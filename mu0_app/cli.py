@@ -24,7 +24,7 @@ SUBCOMMANDS = {
     "extract": ("mu0_perception.trace_extract.cli", "TraceExtract: bags -> trace-supervision dataset"),
     "view-dataset": ("mu0_perception.trace_extract.viewer", "PNG/MP4 of dataset traces over frames"),
     "train": ("mu0_policy.training.train", "train μ_0 on a TraceExtract dataset"),
-    "eval": ("mu0_policy.training.evaluate", "metrics table of μ_0 vs baselines, with a plot"),
+    "eval": ("mu0_policy.training.evaluate", "metrics table of μ_0 vs baselines, with a plot (--protocol ours|paper)"),
     "export": ("mu0_policy.training.export", "export a checkpoint to ONNX"),
     "train-expert": ("mu0_policy.training.train_expert", "train the learned action expert from demo bags (cached μ_0 traces)"),
     "eval-policy": ("mu0_app.eval_policy", "closed-loop success of an expert + μ_0 in the sim, over tasks x seeds"),

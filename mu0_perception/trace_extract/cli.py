@@ -28,6 +28,7 @@ import traceback
 from dataclasses import fields
 from pathlib import Path
 
+from mu0_core.trace_spec import STEP_PERIOD_S
 from mu0_perception import keypoints as kp
 from mu0_perception.tracking import registered_trackers
 from mu0_perception.trace_extract.dataset import (PARAMETERIZATIONS, SampleConfig, atomic_write_json, build_samples,
@@ -139,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--shard-size", type=int, default=256)
     ap.add_argument("--val-fraction", type=float, default=0.1)
     ap.add_argument("--heldout-tasks", default="", help="comma-separated task names kept out of train/val")
-    ap.add_argument("--step-period", type=float, default=0.0125, help="seconds per frame (sim: 0.0125)")
+    ap.add_argument("--step-period", type=float, default=STEP_PERIOD_S, help=f"seconds per frame (sim: {STEP_PERIOD_S})")
     ap.add_argument("--backbone", choices=kp.BACKBONES, default=ExtractConfig.backbone,
                     help="keypoint features: local (CPU, no weights) | transformers (DINOv2-class, --backbone-path)")
     ap.add_argument("--backbone-path", default="", help="transformers backbone: local checkpoint directory")

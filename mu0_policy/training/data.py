@@ -159,9 +159,12 @@ def synthetic_samples(num_episodes: int = 8, frames_per_episode: int = 8, image_
     normalizer = TraceNormalizer.from_corpus(traces, valid, num_ctrl=num_ctrl)
     arrays["ctrl_norm"] = normalizer.encode(traces, valid)
     arrays["ctrl_valid"] = valid[..., 0] & (valid.sum(-1) >= num_ctrl)
-    # moving: trace diameter (uv, depth weighted 0.1) above ~1% of the image width
-    diam = np.linalg.norm((traces - traces[:, :, :1]) * np.array([1, 1, 0.1]), axis=-1).max(-1)
-    arrays["moving"] = diam > 0.02
+    # moving: the one rule (mu0_core.metrics.moving_mask: diameter of (u px, v px, 0.1 z m) > 5 %
+    # of the image diagonal) in this image's pixels
+    from mu0_core.metrics import moving_mask
+
+    arrays["moving"] = moving_mask(traces.reshape(-1, *traces.shape[2:]), valid.reshape(-1, valid.shape[-1]),
+                                   (w, h)).reshape(traces.shape[:2])
     return arrays, captions, task_list, episodes, normalizer
 
 

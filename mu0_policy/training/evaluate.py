@@ -9,6 +9,16 @@ methods run through the Inference API (`TracePredictor.predict`) on the same req
 evaluation exercises exactly what the node runs. Metrics (mu0_core.metrics.full_results) on
 moving points: minADE / minFDE / minDTW / Fréchet, top-1 and top-K, T in {8, 16, 32}, in 2D (uv)
 and the paper's 3D (uvz). Writes metrics.json, metrics.md and metrics.png (+ example overlays).
+
+Protocols (`--protocol`):
+- `ours` (default): every sample of the split, all its queries with their history and the depth
+  image; the tables average the moving queries.
+- `paper`: the authors' headline setting (their EVALUATION.md): 3 frames per episode (the first
+  sample at or after frame offsets 4, 8, 12 from the episode's first sample), 16 moving queries
+  per frame (fewer if the frame has fewer), NO history and NO depth image; best of K = 5. The
+  query keypoints' own depth (the trace's anchor, which the authors also take from the dataset)
+  is the only depth the model gets: it is written at the query pixels of an otherwise empty
+  depth image, so the trace is decoded in metres.
 """
 from __future__ import annotations
 
@@ -20,9 +30,70 @@ from pathlib import Path
 import numpy as np
 
 from mu0_core.camera import CameraIntrinsics
+from mu0_core.metrics import DEFAULT_HORIZONS
+from mu0_core.query_geometry import normalized_to_pixels
 from mu0_policy.inference import TracePredictor, TraceRequest
 
 METHOD_ORDER = ("mu0", "mu0_raw_waypoints", "constant_velocity", "zero_motion")
+PROTOCOLS = ("ours", "paper")
+PAPER_FRAME_OFFSETS = (4, 8, 12)
+PAPER_NUM_QUERIES = 16
+
+
+def _sample_frames(dataset) -> list[tuple[str, int]]:
+    """(episode, frame) of every sample of the split, from index.json when it records frames."""
+    idx = dataset.index
+    recs = idx.raw.get("samples")
+    out = []
+    for i in range(len(dataset)):
+        g = int(dataset.indices[i])
+        if isinstance(recs, list) and isinstance(recs[g], dict) and "frame" in recs[g]:
+            out.append((idx.episodes[g], int(recs[g]["frame"])))
+        else:
+            out.append((idx.episodes[g], int(dataset[i]["frame_index"])))
+    return out
+
+
+def paper_protocol_indices(dataset, offsets=PAPER_FRAME_OFFSETS) -> list[int]:
+    """Per episode, the first sample at or after (its first sample's frame + offset) for each
+    offset; each sample at most once. Returns split-local indices in episode order."""
+    by_ep: dict[str, list[tuple[int, int]]] = {}
+    for i, (ep, frame) in enumerate(_sample_frames(dataset)):
+        by_ep.setdefault(ep, []).append((frame, i))
+    chosen = []
+    for ep in by_ep:
+        rows = sorted(by_ep[ep])
+        first = rows[0][0]
+        picked = []
+        for off in offsets:
+            hit = next((i for f, i in rows if f >= first + off), None)
+            if hit is not None and hit not in picked:
+                picked.append(hit)
+        chosen.extend(picked)
+    return chosen
+
+
+def paper_item(item: dict, rng: np.random.Generator, num_queries: int = PAPER_NUM_QUERIES) -> dict | None:
+    """A sample as the paper evaluates it: <= ``num_queries`` random moving queries, no history,
+    no depth image except each query's own depth at its pixel. None if no query moves."""
+    qm = np.asarray(item["query_mask"], bool)
+    cand = np.nonzero(qm & np.asarray(item["moving"], bool))[0]
+    if len(cand) == 0:
+        return None
+    pick = np.sort(rng.permutation(cand)[:num_queries])
+    out = dict(item)
+    mask = np.zeros_like(qm)
+    mask[pick] = True
+    out["query_mask"] = mask
+    out["history_valid"] = np.zeros_like(np.asarray(item["history_valid"], bool))
+    h, w = np.asarray(item["color"]).shape[:2]
+    depth = np.full((h, w), np.nan, np.float32)
+    uvz = np.asarray(item["query_uvz"], np.float64)[pick]
+    u = np.clip(np.rint((uvz[:, 0] + 1) * w / 2 - 0.5).astype(int), 0, w - 1)
+    v = np.clip(np.rint((uvz[:, 1] + 1) * h / 2 - 0.5).astype(int), 0, h - 1)
+    depth[v, u] = uvz[:, 2]
+    out["depth"] = depth
+    return out
 
 
 def sample_to_request(item: dict) -> tuple[TraceRequest, np.ndarray]:
@@ -32,53 +103,77 @@ def sample_to_request(item: dict) -> tuple[TraceRequest, np.ndarray]:
     fx, fy, cx, cy = (float(x) for x in item["intrinsics"])
     intr = CameraIntrinsics(w, h, fx, fy, cx, cy)
     keep = np.nonzero(item["query_mask"])[0]
-    uv = item["query_uvz"][keep, :2].astype(np.float64)
-    px = np.stack([(uv[:, 0] + 1) * w / 2 - 0.5, (uv[:, 1] + 1) * h / 2 - 0.5], -1)
+    px = normalized_to_pixels(item["query_uvz"][keep, :2], w, h)
     hist = item["history_uvz"][keep].astype(np.float32).copy()
     hist[~item["history_valid"][keep]] = np.nan
+    if not np.asarray(item["history_valid"])[keep].any():
+        hist = None                       # no history at all: the request says so
     depth = np.asarray(item["depth"], np.float32)
     return TraceRequest(color, depth, intr, item["caption"], px, hist), keep
 
 
+def protocol_items(dataset, protocol: str = "ours", max_samples: int | None = None, seed: int = 0):
+    """The split's samples as the protocol evaluates them: a list of callables returning items."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if protocol == "ours":
+        idx = list(range(len(dataset)))
+        get = [lambda i=i: dataset[i] for i in idx]
+    else:
+        idx = paper_protocol_indices(dataset)
+        get = [lambda i=i: paper_item(dataset[i], np.random.default_rng([seed, i])) for i in idx]
+    return get if max_samples is None else get[:max_samples]
+
+
 def collect(predictors: dict[str, TracePredictor], dataset, num_samples: int, seed: int, batch: int = 8,
-            max_samples: int | None = None, progress: bool = True):
+            max_samples: int | None = None, progress: bool = True, protocol: str = "ours"):
     """Run every predictor on the split; stack predictions and ground truth per query."""
-    n = len(dataset) if max_samples is None else min(len(dataset), max_samples)
+    getters = protocol_items(dataset, protocol, max_samples, seed)
+    n = len(getters)
     preds = {name: [] for name in predictors}
     gts, valids, moving, examples = [], [], [], []
+    n_frames = 0
     it = range(0, n, batch)
     if progress:
         from tqdm import tqdm
-        it = tqdm(it, desc=f"eval {dataset.split}", total=(n + batch - 1) // batch)
+        it = tqdm(it, desc=f"eval {dataset.split} ({protocol})", total=(n + batch - 1) // batch)
     for start in it:
-        items = [dataset[i] for i in range(start, min(n, start + batch))]
+        items = [x for x in (g() for g in getters[start:start + batch]) if x is not None]
+        if not items:
+            continue
+        n_frames += len(items)
         reqs, keeps = zip(*(sample_to_request(x) for x in items))
         for name, pred in predictors.items():
             res = pred.predict(list(reqs), num_samples=num_samples, seed=seed + start)
             preds[name].extend(r.samples_uvz for r in res)
-            if start == 0:
+            if not examples or examples[0][0] != "gt":
                 examples.append((name, res[0]))
         for x, keep in zip(items, keeps):
             gts.append(x["future_uvz"][keep])
             valids.append(x["future_valid"][keep])
             moving.append(x["moving"][keep])
-        if start == 0:
+        if not examples or examples[0][0] != "gt":
             examples.insert(0, ("gt", items[0]))
+    if not gts:
+        raise ValueError(f"split {dataset.split}: no sample to evaluate under protocol {protocol!r}")
     pred = {k: np.concatenate(v, axis=1) for k, v in preds.items()}
-    return pred, np.concatenate(gts), np.concatenate(valids), np.concatenate(moving), examples
+    return pred, np.concatenate(gts), np.concatenate(valids), np.concatenate(moving), examples, n_frames
 
 
-def evaluate_split(predictors, dataset, num_samples, seed, batch=8, max_samples=None, progress=True) -> dict:
+def evaluate_split(predictors, dataset, num_samples, seed, batch=8, max_samples=None, progress=True,
+                   protocol: str = "ours") -> dict:
     from mu0_core.metrics import full_results
 
-    pred, gt, valid, moving, examples = collect(predictors, dataset, num_samples, seed, batch, max_samples, progress)
+    pred, gt, valid, moving, examples, n_frames = collect(predictors, dataset, num_samples, seed, batch, max_samples,
+                                                          progress, protocol)
     gt = np.where(valid[..., None], gt, 0.0)
     topk = (1,) if num_samples == 1 else (1, num_samples)
     out = {name: full_results(p, gt, valid, topk=topk, moving=moving) for name, p in pred.items()}
-    return {"tables": out, "num_queries": int(len(gt)), "num_moving": int(moving.sum()), "examples": examples}
+    return {"tables": out, "num_queries": int(len(gt)), "num_moving": int(moving.sum()), "examples": examples,
+            "protocol": protocol, "num_frames": int(n_frames)}
 
 
-def markdown_table(tables: dict, space="uvz", k=5, horizons=(8, 16, 32)) -> str:
+def markdown_table(tables: dict, space="uvz", k=5, horizons=DEFAULT_HORIZONS) -> str:
     cols = [f"top{k}/{m}@{T}" for m in ("ADE", "FDE", "DTW") for T in horizons]
     lines = ["| method | " + " | ".join(c.replace(f"top{k}/", "") for c in cols) + " |",
              "|---|" + "---|" * len(cols)]
@@ -119,7 +214,7 @@ def plot(results: dict, out_png: Path, k: int = 5) -> None:
             keep = np.nonzero(item["query_mask"])[0]
         all_q = np.nonzero(item["query_mask"])[0]
         sel = np.searchsorted(all_q, keep[:12])
-        to_px = lambda uv: ((uv[..., 0] + 1) * w / 2 - 0.5, (uv[..., 1] + 1) * h / 2 - 0.5)  # noqa: E731
+        to_px = lambda uv: normalized_to_pixels(uv[..., :2], w, h).T  # noqa: E731
         fv = item["future_valid"]
         for j, q in zip(sel, keep[:12]):
             gx, gy = to_px(item["future_uvz"][q][fv[q]])
@@ -150,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1) / onnxruntime provider choice")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--splits", default="val,heldout_tasks", help="comma-separated: val, heldout_tasks, train, all")
+    p.add_argument("--protocol", default="ours", choices=PROTOCOLS,
+                   help="ours (default): all samples, history + depth; paper: the authors' headline setting "
+                        "(3 frames per episode, 16 moving queries, no history, no depth image)")
     p.add_argument("--num-samples", type=int, default=5, help="K samples per query (top-K metrics)")
     p.add_argument("--max-samples", type=int, default=None, help="evaluate at most this many dataset samples")
     p.add_argument("--batch", type=int, default=8)
@@ -187,14 +285,23 @@ def main(argv: list[str] | None = None) -> int:
         if len(ds) == 0:
             print(f"split {split}: no samples, skipped", file=sys.stderr)
             continue
-        r = evaluate_split(predictors, ds, args.num_samples, args.seed, args.batch, args.max_samples,
-                           progress=not args.no_progress)
+        try:
+            r = evaluate_split(predictors, ds, args.num_samples, args.seed, args.batch, args.max_samples,
+                               progress=not args.no_progress, protocol=args.protocol)
+        except ValueError as exc:
+            print(f"split {split}: {exc}, skipped", file=sys.stderr)
+            continue
         results[split] = r
         report[split] = {"tables": r["tables"], "num_queries": r["num_queries"], "num_moving": r["num_moving"],
+                         "protocol": args.protocol, "num_frames": r["num_frames"],
                          "num_dataset_samples": len(ds) if args.max_samples is None else min(len(ds), args.max_samples)}
-        md.append(f"### {split} ({r['num_moving']} moving of {r['num_queries']} queries), 3D uvz, top-{args.num_samples}\n")
-        md.append(markdown_table(r["tables"], "uvz", args.num_samples))
-        md.append("")
+        ks = sorted({1, args.num_samples})
+        for space, label in (("uvz", "3D uvz"), ("uv", "2D uv")):
+            for k in ks:
+                md.append(f"### {split}, protocol {args.protocol} ({r['num_frames']} frames, {r['num_moving']} moving "
+                          f"of {r['num_queries']} queries), {label}, top-{k}\n")
+                md.append(markdown_table(r["tables"], space, k))
+                md.append("")
         cv = r["tables"]["constant_velocity"]["uvz"][f"top{args.num_samples}/ADE@32"]
         mu = r["tables"]["mu0"]["uvz"][f"top{args.num_samples}/ADE@32"]
         md.append(f"μ0 / constant velocity, top-{args.num_samples} minADE@32: {mu / cv:.3f}\n")
