@@ -20,8 +20,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from mu0_core.trace_spec import HISTORY_STEPS
+
 MODES = ("automatic", "grid", "given")
-HISTORY_STEPS = 8
 
 
 @dataclass

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from mu0_core.camera import CameraIntrinsics
+from mu0_core.trace_spec import STEP_PERIOD_S
 
 
 class EpisodeReadError(ValueError):
@@ -245,7 +246,7 @@ def read_folder(path) -> Episode:
         depth.append(d)
     meta = json.loads((path / "episode.json").read_text()) if (path / "episode.json").is_file() else {}
     T = meta.get("T_world_cam")
-    period_ns = int(float(meta.get("step_period", 0.0125)) * 1e9)
+    period_ns = int(float(meta.get("step_period", STEP_PERIOD_S)) * 1e9)
     return Episode(episode_id=str(meta.get("episode_id", path.name)), color=color, depth=np.stack(depth),
                    intrinsics=intr, stamps_ns=np.arange(len(color), dtype=np.int64) * period_ns,
                    instruction=str(meta.get("instruction", "")), task=str(meta.get("task", "")),
