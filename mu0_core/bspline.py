@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 
 # the knot rule and the default sizes are the trace spec's; re-exported for callers of bspline
-from mu0_core.trace_spec import HORIZON_STEPS, NUM_CTRL, SPLINE_DEGREE, SUPPORTED_NUM_CTRL, paper_knots  # noqa: F401
+from mu0_core.trace_spec import (HORIZON_STEPS, NUM_CTRL, SPLINE_DEGREE, SUPPORTED_NUM_CTRL,  # noqa: F401
+                                 check_int, paper_knots)
 
 DEFAULT_DEGREE = SPLINE_DEGREE
 DEFAULT_HORIZON = HORIZON_STEPS
@@ -40,18 +41,10 @@ DEFAULT_PERCENTILE = 95.0
 # ----------------------------------------------------------------------------------------------
 # knots and basis
 # ----------------------------------------------------------------------------------------------
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
 def uniform_clamped_knots(num_ctrl: int, degree: int = 3) -> np.ndarray:
     """Clamped knots with simple (multiplicity-1) uniformly spaced interior knots: C^(degree-1)."""
-    degree = _check_int("degree", degree, 1)
-    num_ctrl = _check_int("num_ctrl", num_ctrl, degree + 1)
+    degree = check_int("degree", degree, 1)
+    num_ctrl = check_int("num_ctrl", num_ctrl, degree + 1)
     spans = num_ctrl - degree
     interior = np.arange(1, spans) / spans
     return np.concatenate([np.zeros(degree + 1), interior, np.ones(degree + 1)])
@@ -94,7 +87,7 @@ def basis_functions(t, knots, degree: int = 3, derivative: int = 0) -> np.ndarra
         raise ValueError(f"t must be a finite 1-D array, got shape {t.shape}")
     if np.any(t < knots[0]) or np.any(t > knots[-1]):
         raise ValueError(f"t must lie in [{knots[0]}, {knots[-1]}]")
-    derivative = _check_int("derivative", derivative, 0)
+    derivative = check_int("derivative", derivative, 0)
     n_funcs0 = len(knots) - 1
     # degree-0 indicators on every knot span
     left, right = knots[:-1], knots[1:]
@@ -127,9 +120,9 @@ def basis_matrix(num_ctrl: int = NUM_CTRL, horizon: int = DEFAULT_HORIZON, degre
     ``knots=None`` uses :func:`paper_knots`. ``derivative`` > 0 gives d^k/dt^k of the basis
     (t in [0, 1] over the whole horizon).
     """
-    degree = _check_int("degree", degree, 1)
-    num_ctrl = _check_int("num_ctrl", num_ctrl, degree + 1)
-    horizon = _check_int("horizon", horizon, 1)
+    degree = check_int("degree", degree, 1)
+    num_ctrl = check_int("num_ctrl", num_ctrl, degree + 1)
+    horizon = check_int("horizon", horizon, 1)
     if horizon < num_ctrl:
         raise ValueError(f"horizon must be >= num_ctrl ({num_ctrl}) so a fit is determined, "
                          f"got horizon={horizon}")
@@ -140,7 +133,7 @@ def basis_matrix(num_ctrl: int = NUM_CTRL, horizon: int = DEFAULT_HORIZON, degre
 
 def first_difference_matrix(num_ctrl: int) -> np.ndarray:
     """(num_ctrl - 1, num_ctrl) operator with rows [.., -1, 1, ..]: (Gamma P)_j = P_{j+1} - P_j."""
-    num_ctrl = _check_int("num_ctrl", num_ctrl, 2)
+    num_ctrl = check_int("num_ctrl", num_ctrl, 2)
     G = np.zeros((num_ctrl - 1, num_ctrl))
     idx = np.arange(num_ctrl - 1)
     G[idx, idx] = -1.0
@@ -361,7 +354,7 @@ class TraceNormalizer:
         if not (np.isfinite(self.ridge) and self.ridge >= 0):
             raise ValueError(f"ridge must be finite and >= 0, got {self.ridge}")
         k = paper_knots(self.num_ctrl, self.degree) if self.knots is None else self.knots
-        self.knots = _check_knots(k, _check_int("num_ctrl", self.num_ctrl, self.degree + 1), self.degree)
+        self.knots = _check_knots(k, check_int("num_ctrl", self.num_ctrl, self.degree + 1), self.degree)
         self._basis = basis_matrix(self.num_ctrl, self.horizon, self.degree, self.knots)
 
     @property

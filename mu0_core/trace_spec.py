@@ -25,7 +25,8 @@ SPLINE_DEGREE = 3           # cubic
 SUPPORTED_NUM_CTRL = (4, 7, 10)   # the authors' code: one, two or three Bézier segments
 
 
-def _positive_int(name: str, value, minimum: int) -> int:
+def check_int(name: str, value, minimum: int) -> int:
+    """``value`` as an int when it is an integer >= ``minimum`` (bools are not sizes); else ValueError."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise ValueError(f"{name} must be an integer, got {value!r}")
     if value < minimum:
@@ -39,8 +40,8 @@ def paper_knots(num_ctrl: int = NUM_CTRL, degree: int = SPLINE_DEGREE) -> np.nda
     D = 10 gives [0,0,0,0, 1/3,1/3,1/3, 2/3,2/3,2/3, 1,1,1,1]; D = 7 has one interior knot at 1/2;
     D = 4 is a single cubic Bézier segment.
     """
-    degree = _positive_int("degree", degree, 1)
-    num_ctrl = _positive_int("num_ctrl", num_ctrl, degree + 1)
+    degree = check_int("degree", degree, 1)
+    num_ctrl = check_int("num_ctrl", num_ctrl, degree + 1)
     if degree == 3 and num_ctrl not in SUPPORTED_NUM_CTRL:
         raise ValueError(f"num_ctrl must be one of {SUPPORTED_NUM_CTRL} for the paper's cubic knots, "
                          f"got {num_ctrl}")
@@ -63,8 +64,8 @@ class TraceSpec:
     degree: int = SPLINE_DEGREE
 
     def __post_init__(self):
-        _positive_int("horizon", self.horizon, 1)
-        _positive_int("history", self.history, 1)
+        check_int("horizon", self.horizon, 1)
+        check_int("history", self.history, 1)
         if not (np.isfinite(self.step_period) and self.step_period > 0):
             raise ValueError(f"step_period must be a positive number of seconds, got {self.step_period!r}")
         paper_knots(self.num_ctrl, self.degree)     # raises for a D the knot rule cannot make
