@@ -5,6 +5,15 @@
 One bag directory per episode: <out>/<task>__<embodiment>__seed<seed>/ with metadata.yaml, the
 .mcap file and the sidecar episode.json. Bags are self-describing: mu0_msgs/NamedPoints is
 registered from its .msg text, so readers that never saw the type can decode it.
+
+Several viewpoints of one episode (`--cameras corner,corner2 --perturbed-views 2`): the episode
+is simulated once per view (the scripted expert and the physics do not depend on the camera,
+so every view shows the same motion) and each view is its own bag
+<task>__<embodiment>__seed<seed>__<view>; a perturbed view is the first camera moved by a
+random yaw about the table, a height change and a small shift, seeded by (task, seed, view).
+<out>/record_manifest.json records every episode (done / unsuccessful / failed); `--resume`
+skips what it lists, so a killed run continues where it stopped. `--engine ray` records each
+episode as one Ray task (mu0_core/batch.py), locally or on the cluster at `--ray-address`.
 """
 from __future__ import annotations
 
@@ -200,6 +209,151 @@ def record_episode_result(task, seed, out_dir, embodiment="sawyer_ee", camera=DE
     return EpisodeResult(bag_dir, task, int(seed), embodiment, bool(env.ever_succeeded), steps, wall)
 
 
+MANIFEST = "record_manifest.json"
+PERTURB_PIVOT = (0.0, 0.6, 0.0)     # the table centre the perturbed cameras keep looking at
+
+
+def _rot_z_quat(yaw: float) -> np.ndarray:
+    return np.array([np.cos(yaw / 2.0), 0.0, 0.0, np.sin(yaw / 2.0)])
+
+
+def _set_view(env: SawyerSimEnv, perturbation: dict | None) -> None:
+    """Puts env's (world-fixed) camera at its model pose, or at that pose perturbed: yawed about
+    the vertical axis through the table centre (still looking at it), raised/lowered, shifted."""
+    import mujoco
+
+    m, cid = env.model, env._cam_id
+    if not hasattr(env, "_view_home"):
+        env._view_home = (m.cam_pos[cid].copy(), m.cam_quat[cid].copy())
+    pos, quat = (a.copy() for a in env._view_home)
+    if perturbation is not None:
+        if m.cam_bodyid[cid] != 0:
+            raise ValueError(f"perturbed views need a world-fixed camera; {env.camera_name!r} rides on the arm")
+        yaw = np.deg2rad(perturbation["yaw_deg"])
+        c, s_ = np.cos(yaw), np.sin(yaw)
+        R = np.array([[c, -s_, 0.0], [s_, c, 0.0], [0.0, 0.0, 1.0]])
+        pivot = np.asarray(PERTURB_PIVOT)
+        pos = pivot + R @ (pos - pivot) + np.asarray(perturbation["shift_m"])
+        mujoco.mju_mulQuat(quat, _rot_z_quat(yaw), env._view_home[1].copy())
+    m.cam_pos[cid], m.cam_quat[cid] = pos, quat
+    env._cam_pos0, env._cam_quat0 = pos.copy(), quat.copy()   # a CameraMotion orbits this pose
+    mujoco.mj_kinematics(m, env.data)
+    mujoco.mj_camlight(m, env.data)
+
+
+def view_specs(task: str, seed: int, cameras: list[str], perturbed: int, yaw_deg: float = 20.0,
+               height_m: float = 0.08, shift_m: float = 0.04) -> list[dict]:
+    """The views of one episode: each fixed camera, then `perturbed` random perturbations of the
+    first one. Seeded by (task, seed, k), so every re-run and every worker draws the same poses."""
+    import zlib
+
+    views = [{"name": c, "camera": c, "perturbation": None} for c in cameras]
+    for k in range(int(perturbed)):
+        rng = np.random.default_rng([zlib.crc32(task.encode()), int(seed), k])
+        shift = rng.uniform(-shift_m, shift_m, 3)
+        shift[2] += rng.uniform(-height_m, height_m)
+        views.append({"name": f"{cameras[0]}-p{k}", "camera": cameras[0],
+                      "perturbation": {"yaw_deg": float(rng.uniform(-yaw_deg, yaw_deg)),
+                                       "shift_m": [float(x) for x in shift]}})
+    return views
+
+
+_ENVS: dict = {}   # per worker process: the envs of the task it last recorded, one per camera
+
+
+def _env_for(job: dict, camera: str) -> SawyerSimEnv:
+    key = (job["task"], job["embodiment"], camera, job["width"], job["height"], job["shadows"],
+           job["motion"], job["max_steps"])
+    if key not in _ENVS:
+        if any(k[0] != job["task"] for k in _ENVS):   # a new task: free the previous task's envs
+            for env in _ENVS.values():
+                env.close()
+            _ENVS.clear()
+        motion = CameraMotion(*job["motion"]) if job["motion"] else None
+        _ENVS[key] = SawyerSimEnv(job["task"], seed=job["seed"], embodiment=job["embodiment"], camera=camera,
+                                  width=job["width"], height=job["height"], shadows=job["shadows"],
+                                  camera_motion=motion, max_steps=job["max_steps"])
+    return _ENVS[key]
+
+
+def _expert_succeeds(env: SawyerSimEnv, seed: int, max_steps: int) -> bool:
+    """Physics only (no rendering, ~0.2 s): does the scripted expert succeed within max_steps?"""
+    env.reset(seed, render=False)
+    for _ in range(max_steps):
+        env.step(env.expert_action(), render=False)
+        if env.ever_succeeded:
+            return True
+    return False
+
+
+def record_job(job: dict) -> dict:
+    """One episode (task, seed) in every view -> bags; returns its manifest record, never raises.
+
+    The batch unit of both engines (a Ray task runs exactly this). With only_success the expert
+    is first run without rendering and an unsuccessful episode is recorded as such, no bag
+    written. With resume, views whose bag is complete (episode.json) are kept."""
+    import shutil
+
+    t0 = time.perf_counter()
+    out = Path(job["out"])
+    rec = {"key": job["key"], "task": job["task"], "seed": job["seed"], "views": []}
+    try:
+        views = job["views"]
+        if job["only_success"] and not _expert_succeeds(_env_for(job, views[0]["camera"]), job["seed"],
+                                                        job["max_steps"]):
+            return {**rec, "status": "unsuccessful", "success": False, "wall_s": time.perf_counter() - t0}
+        steps, success = 0, True
+        for v in views:
+            name = job["key"] if v["name"] is None else f"{job['key']}__{v['name']}"
+            bag = out / name
+            if job["resume"] and bag.exists():
+                if (bag / "episode.json").is_file():
+                    ep = json.loads((bag / "episode.json").read_text())
+                    steps, success = ep["num_steps"], success and ep["success"]
+                    rec["views"].append(name)
+                    continue
+                shutil.rmtree(bag)                       # a partial bag from an interrupted run
+            env = _env_for(job, v["camera"])
+            _set_view(env, v["perturbation"])   # envs are reused across views: always set the pose
+            r = record_episode_result(job["task"], job["seed"], out, job["embodiment"], v["camera"],
+                                      job["width"], job["height"], job["max_steps"], job["post_success_steps"],
+                                      env.camera_motion, job["shadows"], env=env, name=name,
+                                      overwrite=job["overwrite"])
+            if v["name"] is not None:   # which view this bag is: episode.json, rewritten atomically
+                ep_path = r.path / "episode.json"
+                ep = json.loads(ep_path.read_text())
+                ep.update(view=v["name"], camera_perturbation=v["perturbation"])
+                tmp = ep_path.with_suffix(".json.tmp")
+                tmp.write_text(json.dumps(ep, indent=2))
+                tmp.replace(ep_path)
+            steps, success = r.num_steps, success and r.success
+            rec["views"].append(name)
+            if job["only_success"] and not r.success:   # cannot happen after the check above; kept honest
+                for n in rec["views"]:
+                    shutil.rmtree(out / n, ignore_errors=True)
+                return {**rec, "views": [], "status": "unsuccessful", "success": False,
+                        "wall_s": time.perf_counter() - t0}
+        return {**rec, "status": "done", "success": bool(success), "num_steps": int(steps),
+                "wall_s": time.perf_counter() - t0}
+    except Exception as exc:  # one broken episode must not stop a corpus: recorded, retried on resume
+        import traceback
+
+        return {**rec, "status": "failed", "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(limit=5), "wall_s": time.perf_counter() - t0}
+
+
+def _crashed(job: dict, exc: BaseException) -> dict:
+    """The record of an episode whose Ray worker died (record_job itself never raises)."""
+    return {"key": job["key"], "task": job["task"], "seed": job["seed"], "views": [], "status": "failed",
+            "error": f"worker crashed: {type(exc).__name__}: {exc}"}
+
+
+def _write_manifest(out: Path, manifest: dict) -> None:
+    tmp = out / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1))
+    tmp.replace(out / MANIFEST)     # atomic: a kill leaves the old or the new manifest, never half
+
+
 def _parse_seeds(text: str) -> list[int]:
     seeds = []
     for part in str(text).split(","):
@@ -230,6 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="episodes per task (seeds 0..N-1); overrides --seeds")
     p.add_argument("--embodiment", choices=("sawyer_ee", "sawyer_joint"), default="sawyer_ee")
     p.add_argument("--camera", choices=CAMERAS, default=DEFAULT_CAMERA)
+    p.add_argument("--cameras", default=None,
+                   help="comma-separated cameras, each a view (its own bag) of every episode; overrides --camera")
+    p.add_argument("--perturbed-views", type=int, default=0,
+                   help="extra views per episode: the first camera at a random perturbed pose (seeded)")
     p.add_argument("--resolution", default="320x240", help="WxH, e.g. 320x240 or 640x480")
     p.add_argument("--max-steps", type=int, default=300)
     p.add_argument("--post-success-steps", type=int, default=10,
@@ -243,6 +401,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--resume", action="store_true",
                    help="skip episodes whose bag is complete (has episode.json); re-record partial ones")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: episodes in this process; ray: one Ray task per episode")
+    p.add_argument("--ray-address", default=None,
+                   help="--engine ray: the cluster to submit to (e.g. auto); default: a local Ray")
+    p.add_argument("--workers", type=int, default=None, help="--engine ray: local Ray slots (default: all cores)")
     p.add_argument("--out", required=True, help="output directory")
     return p
 
@@ -259,60 +422,97 @@ def main(argv: list[str] | None = None) -> int:
         tasks = task_names() if args.tasks == "all" else [canonical_task(t) for t in args.tasks.split(",") if t.strip()]
         seeds = list(range(args.episodes)) if args.episodes is not None else _parse_seeds(args.seeds)
         w, h = (int(x) for x in args.resolution.lower().split("x"))
-        motion = (CameraMotion(args.camera_amplitude_deg, args.camera_period_s)
-                  if args.moving_camera else None)
+        cameras = [c.strip() for c in args.cameras.split(",") if c.strip()] if args.cameras else [args.camera]
+        bad = [c for c in cameras if c not in CAMERAS]
+        if bad or not cameras:
+            raise ValueError(f"--cameras: {bad or 'none given'} (choose from {CAMERAS})")
+        if args.perturbed_views < 0:
+            raise ValueError("--perturbed-views must be >= 0")
+        if args.ray_address and args.engine != "ray":
+            raise ValueError("--ray-address needs --engine ray")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    results: list[EpisodeResult] = []
-    bar = tqdm(total=len(tasks) * len(seeds), desc="episodes", unit="ep")
+    if args.engine == "ray":
+        from mu0_core.batch import ray_available
+
+        if not ray_available():
+            print("error: --engine ray: the `ray` package is not installed (pip install -r requirements.txt)",
+                  file=sys.stderr)
+            return 2
+    motion = ((args.camera_amplitude_deg, args.camera_period_s) if args.moving_camera else None)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = {"episodes": {}}
+    if (out / MANIFEST).is_file():
+        manifest = json.loads((out / MANIFEST).read_text())
+    eps = manifest.setdefault("episodes", {})
+    single = len(cameras) == 1 and args.perturbed_views == 0   # one view: the plain bag name, as before
+    jobs, skipped = [], 0
     for task in tasks:
-        env = SawyerSimEnv(task, seed=seeds[0], embodiment=args.embodiment, camera=args.camera,
-                           width=w, height=h, shadows=args.shadows, camera_motion=motion,
-                           max_steps=args.max_steps)
         for seed in seeds:
-            bag = Path(args.out) / f"{task}__{args.embodiment}__seed{int(seed)}"
-            if args.resume and bag.exists():
-                if (bag / "episode.json").is_file():
-                    bar.update(1)
-                    continue
-                import shutil
+            key = f"{task}__{args.embodiment}__seed{int(seed)}"
+            if args.resume and eps.get(key, {}).get("status") in ("done", "unsuccessful"):
+                skipped += 1          # failed ones (an exception) are tried again
+                continue
+            views = view_specs(task, seed, cameras, args.perturbed_views)
+            if single:
+                views[0]["name"] = None
+            jobs.append(dict(key=key, task=task, seed=int(seed), embodiment=args.embodiment, views=views,
+                             width=w, height=h, max_steps=args.max_steps,
+                             post_success_steps=args.post_success_steps, motion=motion, shadows=args.shadows,
+                             only_success=args.only_success, resume=args.resume, overwrite=args.overwrite,
+                             out=str(out)))
+    results: list[dict] = []
+    bar = tqdm(total=len(jobs), desc="episodes", unit="ep")
 
-                shutil.rmtree(bag)   # a partial bag from an interrupted run
-            r = record_episode_result(task, seed, args.out, args.embodiment, args.camera, w, h,
-                                      args.max_steps, args.post_success_steps, motion, args.shadows,
-                                      env=env, overwrite=args.overwrite)
-            if args.only_success and not r.success:
-                import shutil
+    def finished(rec: dict) -> None:
+        eps[rec["key"]] = rec
+        _write_manifest(out, manifest)         # after every episode: a kill loses at most those in flight
+        results.append(rec)
+        bar.set_postfix(task=rec["task"], ok=sum(r.get("success", False) for r in results), refresh=False)
+        bar.update(1)
 
-                shutil.rmtree(r.path)
-            results.append(r)
-            bar.set_postfix(task=task, ok=sum(x.success for x in results), refresh=False)
-            bar.update(1)
-        env.close()
+    if args.engine == "ray":
+        from mu0_core.batch import ray_imap_unordered
+
+        for _, rec in ray_imap_unordered(record_job, jobs, address=args.ray_address, num_cpus=args.workers,
+                                         on_error=_crashed):
+            finished(rec)
+    else:
+        try:
+            for job in jobs:
+                finished(record_job(job))
+        finally:
+            for env in _ENVS.values():
+                env.close()
+            _ENVS.clear()
     bar.close()
+    failed = [r for r in results if r["status"] == "failed"]
+    for r in failed:
+        print(f"failed: {r['key']}: {r['error']}", file=sys.stderr)
 
     if not results:
-        print(f"nothing to record: every episode is already in {args.out}")
+        print(f"nothing to record: every episode is already in {args.out} ({skipped} in its manifest)")
         return 0
-    table = Table(title=f"recorded {len(results)} episodes -> {args.out} "
-                        f"({args.embodiment}, {args.camera}, {w}x{h})")
-    for col in ("task", "episodes", "success", "mean steps", "frames/s", "s/episode"):
+    table = Table(title=f"recorded {len(results)} episodes x {len(jobs[0]['views'])} views -> {args.out} "
+                        f"({args.embodiment}, {','.join(cameras)} + {args.perturbed_views} perturbed, {w}x{h}, "
+                        f"engine {args.engine})")
+    for col in ("task", "episodes", "success", "mean steps", "s/episode"):
         table.add_column(col, justify="right" if col != "task" else "left")
+    ran = [r for r in results if r["status"] != "failed"]
     for task in tasks:
-        rs = [r for r in results if r.task == task]
-        frames = sum(r.num_steps + 1 for r in rs)
-        wall = sum(r.wall_s for r in rs)
-        table.add_row(task, str(len(rs)), f"{np.mean([r.success for r in rs]):.0%}",
-                      f"{np.mean([r.num_steps for r in rs]):.0f}", f"{frames / wall:.1f}",
-                      f"{wall / len(rs):.2f}")
-    total_wall = sum(r.wall_s for r in results)
-    table.add_row("all", str(len(results)), f"{np.mean([r.success for r in results]):.0%}",
-                  f"{np.mean([r.num_steps for r in results]):.0f}",
-                  f"{sum(r.num_steps + 1 for r in results) / total_wall:.1f}",
-                  f"{total_wall / len(results):.2f}", style="bold")
+        rs = [r for r in ran if r["task"] == task]
+        if rs:
+            table.add_row(task, str(len(rs)), f"{np.mean([r['success'] for r in rs]):.0%}",
+                          f"{np.mean([r.get('num_steps', 0) for r in rs]):.0f}",
+                          f"{np.mean([r['wall_s'] for r in rs]):.2f}")
+    if ran:
+        table.add_row("all", str(len(ran)), f"{np.mean([r['success'] for r in ran]):.0%}",
+                      f"{np.mean([r.get('num_steps', 0) for r in ran]):.0f}",
+                      f"{np.mean([r['wall_s'] for r in ran]):.2f}", style="bold")
     Console().print(table)
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

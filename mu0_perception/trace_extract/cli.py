@@ -16,6 +16,10 @@ A re-run skips inputs already done, skipped or failed (use --retry-failed to try
 episode files and shards are written to temporary names and renamed, so a killed run never
 leaves a half-written file. The dataset (shards + index.json) is packed at the end from all
 staged episodes.
+
+Batch engine: `--engine ray` runs each episode as one Ray task (mu0_core/batch.py): a local Ray
+with `--workers` slots (default: every core), or the cluster at `--ray-address`. The driver
+records the manifest as tasks finish, so resuming works exactly as with the local engine.
 """
 from __future__ import annotations
 
@@ -88,8 +92,13 @@ def process_one(job: tuple) -> dict:
                     traceback=traceback.format_exc(limit=5), wall_s=time.perf_counter() - t0)
 
 
+def _crashed(job: tuple, exc: BaseException) -> dict:
+    """The manifest record of an episode whose Ray worker died (process_one itself never raises)."""
+    return dict(source=job[0], status="failed", error=f"worker crashed: {type(exc).__name__}: {exc}")
+
+
 def run(inputs: list[Path], out_dir: Path, ecfg: dict, scfg: dict, workers: int = 1, retry_failed: bool = False,
-        progress: bool = True) -> dict:
+        progress: bool = True, engine: str = "local", ray_address: str | None = None) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = load_manifest(out_dir)
@@ -110,7 +119,13 @@ def run(inputs: list[Path], out_dir: Path, ecfg: dict, scfg: dict, workers: int 
         bar.update(1)
         bar.set_postfix_str(f"{res['status']} {Path(res['source']).name}")
 
-    if workers > 1 and len(todo) > 1:
+    if engine == "ray":
+        from mu0_core.batch import ray_imap_unordered
+
+        for _, res in ray_imap_unordered(process_one, todo, address=ray_address, num_cpus=workers,
+                                         on_error=_crashed):
+            record(res)
+    elif workers > 1 and len(todo) > 1:
         with mp.get_context("spawn").Pool(workers) as pool:
             for res in pool.imap_unordered(process_one, todo):
                 record(res)
@@ -126,7 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="mu0 extract", description=__doc__.split("\n\n")[0])
     ap.add_argument("inputs", help="a folder of rosbag2 directories / frame folders (searched recursively)")
     ap.add_argument("out", help="dataset directory (created; resumable)")
-    ap.add_argument("--workers", type=int, default=1, help="parallel episode workers (processes)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="parallel episode workers (processes; default 1), or local Ray slots (default: all cores)")
+    ap.add_argument("--engine", choices=("local", "ray"), default="local",
+                    help="local: this process / a process pool; ray: one Ray task per episode")
+    ap.add_argument("--ray-address", default=None,
+                    help="--engine ray: the cluster to submit to (e.g. auto, ray://head:10001); default: a local Ray")
     ap.add_argument("--width", type=int, default=None, help="image width to process and store (default: the bag's)")
     ap.add_argument("--height", type=int, default=None, help="image height (default: the bag's)")
     ap.add_argument("--points-per-chunk", type=int, default=ExtractConfig.points_per_chunk)
@@ -154,8 +174,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.workers < 1:
+    if args.workers is not None and args.workers < 1:
         raise SystemExit("--workers must be >= 1")
+    if args.ray_address and args.engine != "ray":
+        raise SystemExit("--ray-address needs --engine ray")
+    if args.engine == "ray":
+        from mu0_core.batch import ray_available
+
+        if not ray_available():
+            print("error: --engine ray: the `ray` package is not installed (pip install -r requirements.txt)",
+                  file=sys.stderr)
+            return 2
+    workers = args.workers if args.workers is not None else (None if args.engine == "ray" else 1)
     if args.backbone == "transformers":
         try:  # fail at start, naming the directory, not once per episode
             kp.make_backbone("transformers", model_dir=args.backbone_path, device=args.backbone_device)
@@ -172,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
                 backbone_path=str(Path(args.backbone_path).resolve()) if args.backbone_path else "",
                 backbone_device=args.backbone_device, tracker=args.tracker)
     scfg = dict(max_queries=args.max_queries, stride=args.stride, parameterization=args.parameterization)
-    manifest = run(inputs, Path(args.out), ecfg, scfg, args.workers, args.retry_failed, not args.no_progress)
+    manifest = run(inputs, Path(args.out), ecfg, scfg, workers, args.retry_failed, not args.no_progress,
+                   args.engine, args.ray_address)
     recs = [manifest["episodes"][str(s)] for s in inputs if str(s) in manifest["episodes"]]
     done = [r for r in recs if r["status"] == "done"]
     for r in recs:
