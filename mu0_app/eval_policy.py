@@ -88,8 +88,9 @@ class PredictedTraces(TraceSource):
     """μ_0 through the runtime's TracePipeline. With `robot`, the gripper is also queried where the
     arm's forward kinematics (of the measured joints) puts it, as mu0_node does with a robot config."""
 
-    def __init__(self, model: str, max_queries: int = 32, queries: str = "automatic", backend: str = "torch",
+    def __init__(self, model: str, max_queries: int = 32, queries: str = "objects", backend: str = "torch",
                  robot=None):
+        self.robot = robot
         self.kin = None if robot is None else robot.build_kinematics()
         self.arm = None if robot is None else list(robot.joint_names)
         from mu0_policy.predictors import make_predictor
@@ -106,14 +107,15 @@ class PredictedTraces(TraceSource):
         from mu0_core.frames import RGBDFrame
         from mu0_sim.record import COLOR_FRAME
 
-        from mu0_policy.runtime import gripper_query
+        from mu0_policy.runtime import robot_queries
 
         self.pipeline.config.camera_to_base = obs.T_base_cam
-        extra = None
+        extra = robot_pixels = None
         if self.kin is not None:
             q = np.array([obs.joint_positions[obs.joint_names.index(n)] for n in self.arm])
-            extra = gripper_query(self.kin.ee_pose(q)[:3, 3], obs.T_base_cam, obs.intrinsics)
-        out = self.pipeline.process(RGBDFrame(obs.stamp_ns, COLOR_FRAME, obs.color, obs.depth, obs.intrinsics), extra)
+            extra, robot_pixels = robot_queries(self.robot, self.kin, q, obs.T_base_cam, obs.intrinsics)
+        out = self.pipeline.process(RGBDFrame(obs.stamp_ns, COLOR_FRAME, obs.color, obs.depth, obs.intrinsics),
+                                    extra, robot_pixels)
         if out is None or out.base_traces is None:
             return empty_trace_set(obs.stamp_ns, env.instruction)
         return out.base_traces
@@ -157,7 +159,7 @@ class NoTraces(TraceSource):
         return empty_trace_set(obs.stamp_ns, env.instruction)
 
 
-def make_trace_source(model: str, max_queries: int = 32, queries: str = "automatic", backend: str = "torch",
+def make_trace_source(model: str, max_queries: int = 32, queries: str = "objects", backend: str = "torch",
                       robot=None):
     if model == GROUND_TRUTH:
         return GroundTruthTraces()
@@ -316,7 +318,7 @@ class EvalReport:
 
 def evaluate(robot_path: str, tasks: list, seeds: list, model: str, out_dir=None, expert: str | None = None,
              max_steps: int = 300, trace_every: int = 8, width: int = 160, height: int = 120,
-             camera: str = "corner", max_queries: int = 32, queries: str = "automatic",
+             camera: str = "corner", max_queries: int = 32, queries: str | None = None,
              videos: bool = True, progress: bool = True, backend: str = "torch",
              gripper_query: bool = True) -> EvalReport:
     from tqdm import tqdm
@@ -331,9 +333,11 @@ def evaluate(robot_path: str, tasks: list, seeds: list, model: str, out_dir=None
     robot = robot_for_eval(robot_path, expert)
     expert_name = SCRIPTED if expert == SCRIPTED else robot.expert_name
     expert_label = expert or f"{robot.expert_name} ({robot.expert_params.get('checkpoint', '')})"
+    the_expert = None if expert_name == SCRIPTED else make_expert(robot)
+    if queries is None:     # μ_0 selects queries as it did for the expert's training traces
+        queries = getattr(getattr(the_expert, "cfg", None), "query_mode", "objects")
     source = (make_trace_source(model, max_queries, queries, backend, robot if gripper_query else None)
               if expert_name != SCRIPTED else NoTraces())
-    the_expert = None if expert_name == SCRIPTED else make_expert(robot)
     if getattr(the_expert, "cfg", None) is not None and not the_expert.cfg.use_traces and model != NO_TRACES:
         source = NoTraces()     # the no-trace expert never looks at traces: do not pay for μ_0
         model = NO_TRACES
@@ -490,6 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trace-every", type=int, default=8, help="sim steps between camera frames (8 = 10 Hz)")
     p.add_argument("--resolution", default="160x120")
     p.add_argument("--max-queries", type=int, default=32)
+    p.add_argument("--queries", default=None, choices=("objects", "automatic", "grid"),
+                   help="μ_0's query selection (default: the one the expert checkpoint was trained with)")
     p.add_argument("--no-video", action="store_true")
     p.add_argument("--no-gripper-query", action="store_true",
                    help="do not ask μ_0 about the gripper at its kinematic position (automatic queries only)")
@@ -521,7 +527,8 @@ def main(argv: list[str] | None = None) -> int:
             print(report.markdown())
             return 0
         report = evaluate(args.robot, tasks, seeds, args.model, args.out, args.expert, args.max_steps,
-                          args.trace_every, w, h, max_queries=args.max_queries, videos=not args.no_video,
+                          args.trace_every, w, h, max_queries=args.max_queries, queries=args.queries,
+                          videos=not args.no_video,
                           progress=not args.no_progress, gripper_query=not args.no_gripper_query)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -1,6 +1,11 @@
 """Online query selection for the running model: which pixels to ask μ_0 about, frame after frame.
 
-Three sources of queries (`QueryTracker.mode`):
+Four sources of queries (`QueryTracker.mode`):
+* ``objects``   — points on what stands on the work surface (`mu0_perception.tabletop`: support
+  plane, objects above it, the robot's own pixels masked out by its kinematics when known), one
+  entity ``object_<k>`` per connected object, every object queried; falls back to ``automatic``
+  when the frame shows no surface or nothing on it. Where the action happens, so where an action
+  expert needs traces;
 * ``automatic`` — corner features (Shi-Tomasi) on pixels with valid depth, grouped into
   entities ``cluster_<k>`` by k-means on (u, v, depth);
 * ``grid``      — a rows x cols lattice over the image (entity ``grid``);
@@ -20,9 +25,11 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from mu0_core.camera import CameraIntrinsics
 from mu0_core.trace_spec import HISTORY_STEPS
 
-MODES = ("automatic", "grid", "given")
+MODES = ("objects", "automatic", "grid", "given")
+OBJECT_MASK_WIDTH = 160      # `objects` mode parses the scene at <= this width (the puck stays >= 2 px)
 
 
 @dataclass
@@ -136,6 +143,7 @@ class QueryTracker:
         self._prev_gray: np.ndarray | None = None
         self._next_id = 0
         self._pending_given: QuerySet | None = None
+        self.last_object_pixels = 0      # object pixels found at the last `objects` reseed (diagnostics)
 
     def reset(self) -> None:
         self.current = QuerySet(np.zeros(0), np.zeros((0, 2)), [])
@@ -179,17 +187,89 @@ class QueryTracker:
         keep = (status.ravel() == 1) & inside & (err.ravel() < self.max_flow_error)
         return QuerySet(cur.query_ids[keep], next_pts[keep], [e for e, k in zip(cur.entities, keep) if k])
 
-    def update(self, color: np.ndarray, depth: np.ndarray | None) -> QuerySet:
-        """Queries for this frame (ids stable for points that were followed)."""
+    def _object_mask(self, depth, intrinsics, up, exclude_mask) -> tuple[np.ndarray, float] | None:
+        """The object mask (`tabletop`) on a depth image decimated to <= OBJECT_MASK_WIDTH px wide,
+        and the decimation factor; None without depth / intrinsics or when no surface is found."""
+        from mu0_perception import tabletop
+
+        if depth is None or intrinsics is None:
+            return None
+        f = max(1, int(np.ceil(depth.shape[1] / OBJECT_MASK_WIDTH)))
+        small, intr = depth, intrinsics
+        if f > 1:       # nearest-neighbour decimation keeps depth values real (no mixed edges)
+            small = depth[::f, ::f]     # small pixel k is full pixel f * k
+            intr = CameraIntrinsics(small.shape[1], small.shape[0], intrinsics.fx / f, intrinsics.fy / f,
+                                    intrinsics.cx / f, intrinsics.cy / f)
+        points = tabletop.backproject(small, intr)
+        plane = tabletop.fit_support_plane(points, up=up)
+        if plane is None:
+            return None
+        mask = tabletop.object_mask(points, plane, intr)
+        if exclude_mask is not None:
+            mask &= ~exclude_mask[::f, ::f][: mask.shape[0], : mask.shape[1]]
+        return mask, f
+
+    def _on_objects(self, followed: QuerySet, mask: np.ndarray, f: int) -> np.ndarray:
+        """Which followed queries still sit on an object (1 px tolerance at the mask's scale): a
+        point tracked off a small object onto the table no longer tells where the object goes."""
+        near = cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        ui = np.clip(np.rint(followed.pixels[:, 0] / f).astype(int), 0, mask.shape[1] - 1)
+        vi = np.clip(np.rint(followed.pixels[:, 1] / f).astype(int), 0, mask.shape[0] - 1)
+        return near[vi, ui]
+
+    def _select_objects(self, mask: np.ndarray, f: int, followed: QuerySet,
+                        budget: int) -> tuple[np.ndarray, list]:
+        """New query pixels on the objects of `mask` (away from followed queries), and their entities."""
+        from mu0_perception import tabletop
+
+        mask = mask.copy()
+        for u, v in followed.pixels:    # room around the queries we already follow
+            cv2.circle(mask.view(np.uint8), (int(round(u / f)), int(round(v / f))),
+                       max(1, int(self.min_distance / f // 2)), 0, -1)
+        self.last_object_pixels = int(mask.sum())
+        min_area = max(2, int(2e-4 * mask.size))
+        segments = tabletop.object_segments(mask, min_area=min_area)
+        per_segment = tabletop.allocate_queries(segments, budget, min_distance=max(2.0, self.min_distance / 4 / f))
+        pixels = [p * f for seg in per_segment for p in seg]
+        entities = [f"object_{k}" for k, seg in enumerate(per_segment) for _ in range(len(seg))]
+        return np.asarray(pixels, np.float32).reshape(-1, 2), entities
+
+    def update(self, color: np.ndarray, depth: np.ndarray | None, intrinsics=None, up=None,
+               exclude_mask: np.ndarray | None = None) -> QuerySet:
+        """Queries for this frame (ids stable for points that were followed).
+
+        `objects` mode uses `intrinsics` (to lift depth to 3D), `up` (the base frame's z axis in the
+        camera frame, from the extrinsic; optional) and `exclude_mask` ((H, W) bool, the robot's own
+        pixels: no query is placed there and followed queries that enter it are dropped)."""
         gray = to_gray(color)
         h, w = gray.shape
         if self._pending_given is not None:
             followed, self._pending_given = self._pending_given, None
         else:
             followed = self._follow(gray)
-        if self.mode == "automatic" and len(followed) < self.reseed_fraction * self.max_points:
+        if exclude_mask is not None and len(followed) and self.mode != "given":
+            ui = np.clip(np.rint(followed.pixels[:, 0]).astype(int), 0, w - 1)
+            vi = np.clip(np.rint(followed.pixels[:, 1]).astype(int), 0, h - 1)
+            followed = followed.subset(~exclude_mask[vi, ui])
+        mode = self.mode
+        objects = self._object_mask(depth, intrinsics, up, exclude_mask) if mode == "objects" else None
+        if objects is not None and len(followed):
+            followed = followed.subset(self._on_objects(followed, *objects))
+        if mode == "objects" and len(followed) < self.reseed_fraction * self.max_points:
+            fresh, labels = (self._select_objects(*objects, followed, self.max_points - len(followed))
+                             if objects is not None else (np.zeros((0, 2), np.float32), []))
+            if len(fresh):
+                followed = QuerySet(np.concatenate([followed.query_ids, self._new_ids(len(fresh))]),
+                                    np.concatenate([followed.pixels, fresh]), followed.entities + labels)
+            elif len(followed) == 0:
+                mode = "automatic"      # no surface / nothing on it: corners rather than no queries
+        if mode == "automatic" and len(followed) < self.reseed_fraction * self.max_points:
+            exclude_px = followed.pixels
             fresh = select_automatic(color, depth, self.max_points - len(followed), self.min_distance,
-                                     exclude_px=followed.pixels)
+                                     exclude_px=exclude_px)
+            if exclude_mask is not None and len(fresh):
+                fresh = fresh[~exclude_mask[np.clip(np.rint(fresh[:, 1]).astype(int), 0, h - 1),
+                                            np.clip(np.rint(fresh[:, 0]).astype(int), 0, w - 1)]]
             if len(fresh):
                 labels = cluster_entities(np.concatenate([followed.pixels, fresh]), depth, w, h,
                                           self.num_entities)[len(followed):]
@@ -198,7 +278,7 @@ class QueryTracker:
                     labels = [followed.entities[j] for j in d.argmin(axis=1)]
                 followed = QuerySet(np.concatenate([followed.query_ids, self._new_ids(len(fresh))]),
                                     np.concatenate([followed.pixels, fresh]), followed.entities + labels)
-        elif self.mode == "grid" and len(followed) < self.grid_rows * self.grid_cols:
+        elif mode == "grid" and len(followed) < self.grid_rows * self.grid_cols:
             lattice = select_grid(w, h, self.grid_rows, self.grid_cols, self.grid_margin)
             if len(followed):
                 d = np.linalg.norm(lattice[:, None] - followed.pixels[None], axis=2).min(axis=1)

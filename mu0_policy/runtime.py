@@ -21,7 +21,7 @@ from mu0_policy.trace_postprocess import (LineStrip, result_to_trace_set, trace_
 
 @dataclass
 class PipelineConfig:
-    queries: str = "automatic"            # automatic | grid | given
+    queries: str = "objects"              # objects | automatic | grid | given (query_select.MODES)
     max_queries: int = 32
     grid_rows: int = 4
     grid_cols: int = 6
@@ -106,6 +106,33 @@ class GripperSeeder:
             return None
         return gripper_query(ee, T_base_cam, intrinsics, self.robot.gripper_entity)
 
+    def self_mask(self, T_base_cam: RigidTransform | None, intrinsics) -> np.ndarray | None:
+        """(H, W) bool: the robot's own pixels (`robot_self_mask`), None without joints or extrinsic."""
+        if T_base_cam is None or not all(n in self._q for n in self.robot.joint_names):
+            return None
+        q = np.array([self._q[n] for n in self.robot.joint_names])
+        return robot_self_mask(self.robot, self.kinematics, q, T_base_cam, intrinsics)
+
+
+def robot_queries(robot, kinematics, q_arm, T_base_cam: RigidTransform, intrinsics) -> tuple[QuerySet, np.ndarray]:
+    """What mu0_node adds to a frame when it has a robot config: the gripper query at the arm's
+    forward-kinematics position and the robot's own pixels (`robot_self_mask`), for offline users
+    (the expert's training data, the closed-loop evaluator) that hold the joints themselves."""
+    ee = kinematics.ee_pose(np.asarray(q_arm, float))[:3, 3]
+    return (gripper_query(ee, T_base_cam, intrinsics, robot.gripper_entity),
+            robot_self_mask(robot, kinematics, q_arm, T_base_cam, intrinsics))
+
+
+def robot_self_mask(robot, kinematics, q_arm, T_base_cam: RigidTransform, intrinsics) -> np.ndarray:
+    """(H, W) bool: pixels the robot covers - capsules around its link skeleton (forward kinematics
+    of `q_arm`, the robot config's joints) plus the config's fixed `self_filter.capsules` - so query
+    selection does not take the arm for an object."""
+    from mu0_perception.tabletop import capsules_mask, robot_capsules
+
+    caps = robot_capsules(kinematics.link_points(np.asarray(q_arm, float)), robot.self_filter_radius,
+                          robot.self_filter_capsules)
+    return capsules_mask(caps, T_base_cam, intrinsics)
+
 
 @dataclass
 class PipelineOutput:
@@ -168,17 +195,22 @@ class TracePipeline:
         self.predictor.predict([request], num_samples=self.config.num_samples, seed=self.config.seed)
         return (time.perf_counter() - start) * 1e3
 
-    def process(self, frame: RGBDFrame, extra_queries: QuerySet | None = None) -> PipelineOutput | None:
+    def process(self, frame: RGBDFrame, extra_queries: QuerySet | None = None,
+                exclude_mask: np.ndarray | None = None) -> PipelineOutput | None:
         """Traces for one frame; None when there is nothing to predict (no instruction / queries).
 
         `extra_queries` are asked about in this frame on top of the tracked ones (e.g. the gripper
         where the robot's kinematics puts it: `gripper_query`); their ids must stay stable across
-        frames for their history, and must not collide with the tracker's (use ids >= 2**31)."""
+        frames for their history, and must not collide with the tracker's (use ids >= 2**31).
+        `exclude_mask` ((H, W) bool, e.g. `robot_self_mask`) marks pixels where the tracker must not
+        place queries (the robot's own body)."""
         if not self.instruction:
             return None
         timings = {}
         t0 = time.perf_counter()
-        queries = self.tracker.update(frame.color, frame.depth)
+        T = self.config.camera_to_base
+        up = None if T is None else T.inverse().as_matrix()[:3, 2]    # base z axis in the camera frame
+        queries = self.tracker.update(frame.color, frame.depth, frame.intrinsics, up, exclude_mask)
         if extra_queries is not None and len(extra_queries):
             queries = QuerySet(np.concatenate([queries.query_ids, extra_queries.query_ids]),
                                np.concatenate([queries.pixels, extra_queries.pixels]),

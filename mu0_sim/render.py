@@ -135,6 +135,36 @@ class CameraRenderer:
             color, depth = self._rgb[::-1], depth[::-1]
         return np.ascontiguousarray(color), np.ascontiguousarray(depth)
 
+    def render_segmentation(self, data: mujoco.MjData) -> np.ndarray:
+        """(H, W) int32 geom id seen at each pixel (-1: nothing), aligned with `render`'s images.
+        For evaluation (which body a query landed on), not for the robot's own perception."""
+        self._gl.make_current()
+        flags = self._scene.flags
+        flags[mujoco.mjtRndFlag.mjRND_SEGMENT] = 1
+        flags[mujoco.mjtRndFlag.mjRND_IDCOLOR] = 1
+        try:
+            mujoco.mjv_updateScene(self.model, data, self._option, None, self._mjv_cam,
+                                   mujoco.mjtCatBit.mjCAT_ALL, self._scene)
+            mujoco.mjr_render(self._rect, self._scene, self._ctx)
+            rgb = np.empty_like(self._rgb)
+            mujoco.mjr_readPixels(rgb, None, self._rect, self._ctx)
+        finally:
+            flags[mujoco.mjtRndFlag.mjRND_SEGMENT] = 0
+            flags[mujoco.mjtRndFlag.mjRND_IDCOLOR] = 0
+        ids = rgb[..., 0].astype(np.int32) + rgb[..., 1].astype(np.int32) * 256 + rgb[..., 2].astype(np.int32) * 65536
+        seg_obj = np.full(ids.shape, -1, np.int32)      # scene geoms carry 1-based segids
+        hit = ids > 0
+        geoms = self._scene.geoms
+        objid = np.array([geoms[i].objid for i in range(self._scene.ngeom)], np.int32)
+        objtype = np.array([geoms[i].objtype for i in range(self._scene.ngeom)], np.int32)
+        k = ids[hit] - 1
+        ok = k < len(objid)
+        vals = np.full(k.shape, -1, np.int32)
+        vals[ok] = np.where(objtype[k[ok]] == int(mujoco.mjtObj.mjOBJ_GEOM), objid[k[ok]], -1)
+        seg_obj[hit] = vals
+        seg = seg_obj[::-1] if not self.camera.rotate_180 else seg_obj[:, ::-1]
+        return np.ascontiguousarray(seg)
+
     def close(self) -> None:
         if self._ctx is not None:
             self._gl.make_current()

@@ -10,6 +10,6 @@ export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1   # one thread
 OUT="${1:-data/expert}"
 TASKS=reach,push,pick-place,drawer-open,drawer-close,button-press,door-open,window-open
 for EMB in sawyer_ee sawyer_joint; do
-  nice -n 5 python -m mu0_sim.record --tasks "$TASKS" --seeds "${MU0_DEMO_SEEDS:-0-19}" --resolution 160x120 \
+  python -m mu0_sim.record --tasks "$TASKS" --seeds "${MU0_DEMO_SEEDS:-0-19}" --resolution 160x120 \
       --embodiment "$EMB" --only-success --max-steps 300 --resume --out "$OUT/bags_${EMB#sawyer_}"
 done

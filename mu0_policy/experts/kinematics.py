@@ -159,6 +159,13 @@ class KinematicChain:
     def fk_position(self, q) -> np.ndarray:
         return self.fk(q)[:3, 3]
 
+    def link_points(self, q) -> np.ndarray:
+        """(K, 3) the origin of every movable joint and the tool point, base to tip: the arm's
+        skeleton (e.g. for a robot self filter that masks the arm's pixels)."""
+        frames, tool = self._frames(self._check_q(q))
+        pts = [T[:3, 3] for e, T, _ in frames if e.kind in MOVABLE_KINDS]
+        return np.array([*pts, tool[:3, 3]], dtype=float)
+
     def jacobian(self, q) -> tuple[np.ndarray, np.ndarray]:
         """(tool pose (4, 4), geometric Jacobian (6, n): rows vx vy vz wx wy wz in the base frame)."""
         frames, T_tip = self._frames(self._check_q(q))
@@ -395,3 +402,6 @@ class RobotKinematics:
 
     def ee_pose(self, q_robot) -> np.ndarray:
         return self.chain.fk(self.chain_q(q_robot))
+
+    def link_points(self, q_robot) -> np.ndarray:
+        return self.chain.link_points(self.chain_q(q_robot))

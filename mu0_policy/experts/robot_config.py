@@ -96,6 +96,10 @@ class RobotConfig:
     ee_delta: EEDeltaSpec = field(default_factory=EEDeltaSpec)
     description: str = ""
     gripper: GripperSpec = field(default_factory=GripperSpec)
+    # robot self filter for query selection: capsule radius (m) around the arm's link skeleton, and
+    # fixed capsules [x0, y0, z0, x1, y1, z1, r] (base frame) for parts off the chain (torso, head)
+    self_filter_radius: float = 0.07
+    self_filter_capsules: list = field(default_factory=list)
 
     @property
     def control_dt(self) -> float:
@@ -172,6 +176,9 @@ class _Reader:
         elif kind is dict:
             if not isinstance(v, dict):
                 self.fail(key, f"must be a mapping, got {v!r}")
+        elif kind is list:
+            if not isinstance(v, list):
+                self.fail(key, f"must be a list, got {v!r}")
         if choices is not None and v not in choices:
             self.fail(key, f"must be one of {list(choices)}, got {v!r}")
         if positive and not v > 0:
@@ -322,6 +329,13 @@ def robot_config_from_dict(data: dict, path: str = "<dict>") -> RobotConfig:
         grip = GripperSpec(giface, gtopic, state_joint, glo, ghi, g.get("max_step_delta", float, 0.5, positive=True))
 
     gp = r.section("gripper_point", required=False)
+    sf = r.section("self_filter", required=False)
+    capsules = sf.get("capsules", list, [])
+    for i, c in enumerate(capsules):
+        if not (isinstance(c, (list, tuple)) and len(c) == 7
+                and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in c)
+                and c[6] > 0):
+            sf.fail(f"capsules[{i}]", f"must be [x0, y0, z0, x1, y1, z1, radius > 0] (base frame, m), got {c!r}")
     return RobotConfig(
         path=path, robot=robot, base_frame=r.get("base_frame", str, "base_link"), joints=joints,
         command_interface=interface, command_topic=topic, joint_state_topic=js_topic,
@@ -329,4 +343,6 @@ def robot_config_from_dict(data: dict, path: str = "<dict>") -> RobotConfig:
         expert_name=expert_name, expert_params=dict(params), kinematics=kin, safety=safety,
         gripper_entity=gp.get("entity", str, "gripper"), camera_to_base=cam, ee_delta=ee,
         description=r.get("description", str, ""), gripper=grip,
+        self_filter_radius=sf.get("link_radius", float, 0.07, positive=True),
+        self_filter_capsules=[[float(x) for x in c] for c in capsules],
     )

@@ -69,6 +69,8 @@ class TracePolicyConfig:
     gripper_entities: list = field(default_factory=lambda: ["gripper", "hand"])
     gripper_query: bool = False      # trained on traces where μ_0 was also asked about the gripper
                                      # at its kinematic position (the runtime should do the same)
+    query_mode: str = "automatic"    # the query selection μ_0 ran with for its training traces
+                                     # (runtime PipelineConfig.queries; checkpoints before it: automatic)
 
     REQUIRED = ("robot", "interface", "joint_names", "action_dim", "state_dim", "horizon", "control_dt",
                 "use_traces", "head", "dim", "layers", "heads", "max_traces", "trace_offsets")

@@ -184,7 +184,7 @@ def predicted_traces(ep: DemoEpisode, pipeline, trace_every: int, robot=None) ->
     With `robot` (a RobotConfig), the gripper is also queried where the arm's forward kinematics
     puts it in each frame (`runtime.gripper_query`), as the runtime does with a robot config."""
     from mu0_core.frames import RGBDFrame
-    from mu0_policy.runtime import gripper_query
+    from mu0_policy.runtime import robot_queries
     from mu0_sim.record import COLOR_FRAME
 
     kin = None if robot is None else robot.build_kinematics()
@@ -197,10 +197,10 @@ def predicted_traces(ep: DemoEpisode, pipeline, trace_every: int, robot=None) ->
     horizon = None
     for s in range(0, ep.num_steps, trace_every):
         frame = RGBDFrame(int(ep.stamps_ns[s]), COLOR_FRAME, ep.color[s], ep.depth[s], ep.intrinsics)
-        extra = None
+        extra = robot_pixels = None
         if kin is not None:
-            extra = gripper_query(kin.ee_pose(ep.joint_positions[s, arm])[:3, 3], ep.T_base_cam, ep.intrinsics)
-        out = pipeline.process(frame, extra)
+            extra, robot_pixels = robot_queries(robot, kin, ep.joint_positions[s, arm], ep.T_base_cam, ep.intrinsics)
+        out = pipeline.process(frame, extra, robot_pixels)
         steps.append(s)
         if out is None or out.base_traces is None:
             sets.append((np.zeros((0, 1, 3)), np.zeros((0, 1)), []))
@@ -220,10 +220,13 @@ def cache_path(bag: Path, key: str, trace_every: int, cache_dir: Path | None) ->
 
 
 def load_or_make_traces(ep: DemoEpisode, model: str, trace_every: int, cache_dir=None,
-                        pipeline_factory=None, gripper_robot=None) -> CachedTraces:
+                        pipeline_factory=None, gripper_robot=None, query_mode: str = "objects") -> CachedTraces:
     """Cached traces for one episode (computed and written atomically when missing). With
-    `gripper_robot`, μ_0 is also asked about the gripper (kinematics-seeded query)."""
-    key = model_key(model) + ("-gq" if gripper_robot is not None and model != GT_MODEL else "")
+    `gripper_robot`, μ_0 is also asked about the gripper (kinematics-seeded query) and the robot's
+    own pixels are kept free of queries. `query_mode` (the pipeline's) is part of the cache key."""
+    key = model_key(model)
+    if model != GT_MODEL:
+        key += ("-gq" if gripper_robot is not None else "") + ("" if query_mode == "automatic" else f"-{query_mode}")
     path = cache_path(ep.path, key, trace_every, cache_dir)
     if path.is_file():
         z = np.load(path, allow_pickle=False)
@@ -295,7 +298,7 @@ def episode_samples(ep: DemoEpisode, traces: CachedTraces, robot, kinematics, ho
 
 def build_samples(bags, robot, model: str, horizon: int, max_traces: int, trace_every: int,
                   gripper_entities, cache_dir=None, pipeline_factory=None, progress: bool = True,
-                  gripper_query: bool = True) -> ExpertSamples:
+                  gripper_query: bool = True, query_mode: str = "objects") -> ExpertSamples:
     """Samples from many demo bags (failed demos are skipped)."""
     from tqdm import tqdm
 
@@ -308,7 +311,7 @@ def build_samples(bags, robot, model: str, horizon: int, max_traces: int, trace_
         if not ep.success:
             continue
         ct = load_or_make_traces(ep, model, trace_every, cache_dir, pipeline_factory,
-                                 robot if gripper_query else None)
+                                 robot if gripper_query else None, query_mode)
         st, tr, m, a = episode_samples(ep, ct, robot, kin, horizon, max_traces, gripper_entities)
         text = ep.instruction or ep.task
         if text not in texts:

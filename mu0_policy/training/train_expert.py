@@ -71,7 +71,7 @@ def train(args) -> Path:
     t0 = time.time()
     data = build_samples(bags, robot, model, horizon, args.max_traces, args.trace_every, gripper_entities,
                          cache_dir=args.cache_dir, pipeline_factory=factory, progress=not args.no_progress,
-                         gripper_query=not args.no_gripper_query)
+                         gripper_query=not args.no_gripper_query, query_mode=args.queries)
     prep_s = time.time() - t0
     from mu0_policy.model.text import shared_embedder
 
@@ -93,7 +93,8 @@ def train(args) -> Path:
                             action_dim=int(A), state_dim=int(data.state.shape[1]), horizon=horizon,
                             control_dt=robot.control_dt, use_traces=not args.no_traces, head=args.head,
                             dim=args.dim, layers=args.layers, heads=4, max_traces=args.max_traces,
-                            gripper_entities=gripper_entities, gripper_query=not args.no_gripper_query)
+                            gripper_entities=gripper_entities, gripper_query=not args.no_gripper_query,
+                            query_mode=args.queries)
     net = build_net(cfg)
     n_params = sum(p.numel() for p in net.parameters())
 
@@ -190,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--horizon", type=int, default=16)
     p.add_argument("--max-traces", type=int, default=32)
     p.add_argument("--max-queries", type=int, default=32)
-    p.add_argument("--queries", default="automatic", choices=("automatic", "grid"))
+    p.add_argument("--queries", default="objects", choices=("objects", "automatic", "grid"),
+                   help="μ_0's query selection (the runtime's PipelineConfig.queries); recorded in the checkpoint")
     p.add_argument("--trace-every", type=int, default=8, help="sim steps between camera frames (8 = 10 Hz)")
     p.add_argument("--no-gripper-query", action="store_true",
                    help="do not ask μ_0 about the gripper where the kinematics puts it (automatic queries only)")

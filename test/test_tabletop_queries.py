@@ -1,0 +1,184 @@
+"""`objects` query selection: support plane, objects standing on it, the robot self filter.
+
+Synthetic RGB-D frames with known geometry (a tilted table plane, boxes on it, a tray rim, a
+"robot" bar), then the real simulated Sawyer scene with the MuJoCo segmentation as ground truth.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mu0_core.camera import CameraIntrinsics, RigidTransform
+from mu0_perception import tabletop
+from mu0_perception.query_select import QueryTracker
+
+W, H = 160, 120
+INTR = CameraIntrinsics(W, H, 140.0, 140.0, (W - 1) / 2, (H - 1) / 2)
+
+
+def look_at(eye, target) -> RigidTransform:
+    """T_base_cam of an optical frame (x right, y down, z forward) at `eye` looking at `target`."""
+    f = np.asarray(target, float) - eye
+    f /= np.linalg.norm(f)
+    r = np.cross(f, [0.0, 0.0, 1.0])
+    r /= np.linalg.norm(r)
+    return RigidTransform(np.stack([r, np.cross(f, r), f], axis=1), np.asarray(eye, float))
+
+
+T_BASE_CAM = look_at([0.0, -0.6, 0.8], [0.0, 0.1, 0.0])    # 0.8 m above the table, pitched down
+
+
+def render_scene(boxes, rim_y=None):
+    """Ray-cast depth of the plane z = 0 (|x|, |y - 0.1| < 0.5) with axis-aligned boxes
+    (x0, x1, y0, y1, height) on it, optionally a 5 cm rim wall along y = rim_y; far wall elsewhere."""
+    v, u = np.mgrid[0:H, 0:W].astype(float)
+    rays_cam = np.stack([(u - INTR.cx) / INTR.fx, (v - INTR.cy) / INTR.fy, np.ones_like(u)], -1)
+    R, t = T_BASE_CAM.rotation, T_BASE_CAM.translation
+    d = rays_cam @ R.T
+    depth = np.full((H, W), np.nan)
+    best = np.full((H, W), np.inf)
+
+    def hit(s, ok):
+        nonlocal best
+        ok = ok & (s > 0) & (s < best)
+        best = np.where(ok, s, best)
+
+    s = -t[2] / d[..., 2]
+    p = t + s[..., None] * d
+    hit(s, (np.abs(p[..., 0]) < 0.5) & (np.abs(p[..., 1] - 0.1) < 0.5))
+    for x0, x1, y0, y1, hz in boxes:             # top faces and front faces (y = y0)
+        s_top = (hz - t[2]) / d[..., 2]
+        p = t + s_top[..., None] * d
+        hit(s_top, (p[..., 0] > x0) & (p[..., 0] < x1) & (p[..., 1] > y0) & (p[..., 1] < y1))
+        s_front = (y0 - t[1]) / d[..., 1]
+        p = t + s_front[..., None] * d
+        hit(s_front, (p[..., 0] > x0) & (p[..., 0] < x1) & (p[..., 2] > 0) & (p[..., 2] < hz))
+    if rim_y is not None:
+        s_rim = (rim_y - t[1]) / d[..., 1]
+        p = t + s_rim[..., None] * d
+        hit(s_rim, (np.abs(p[..., 0]) < 0.5) & (p[..., 2] > 0) & (p[..., 2] < 0.05))
+    z_cam = best * rays_cam[..., 2]
+    depth = np.where(np.isfinite(best), z_cam, np.nan).astype(np.float32)
+    color = np.full((H, W, 3), 120, np.uint8)
+    return color, depth
+
+
+def box_pixels(depth, box):
+    pts = T_BASE_CAM.apply(tabletop.backproject(depth, INTR).reshape(-1, 3)).reshape(H, W, 3)
+    x0, x1, y0, y1, hz = box
+    return (pts[..., 0] > x0 - 1e-3) & (pts[..., 0] < x1 + 1e-3) & (pts[..., 1] > y0 - 1e-3) \
+        & (pts[..., 1] < y1 + 1e-3) & (pts[..., 2] > 0.005)
+
+
+UP = T_BASE_CAM.inverse().as_matrix()[:3, 2]
+BOX = (-0.05, 0.05, 0.05, 0.12, 0.08)
+SMALL = (0.2, 0.23, 0.2, 0.23, 0.02)
+
+
+def test_support_plane_with_up_and_ransac_agree_with_the_true_table():
+    _, depth = render_scene([BOX])
+    pts = tabletop.backproject(depth, INTR)
+    true_n = UP                                       # table normal, camera frame
+    true_d = -float(true_n @ T_BASE_CAM.inverse().translation)
+    for up in (UP, None):                              # histogram along up / scikit-learn RANSAC
+        plane = tabletop.fit_support_plane(pts, up=up)
+        assert plane is not None
+        assert abs(plane.normal @ true_n) > 0.999, (up is None, plane.normal)
+        assert abs(plane.offset - true_d) < 0.005
+
+
+def test_object_mask_finds_boxes_not_the_table_or_the_rim():
+    color, depth = render_scene([BOX, SMALL], rim_y=-0.35)
+    pts = tabletop.backproject(depth, INTR)
+    plane = tabletop.fit_support_plane(pts, up=UP)
+    mask = tabletop.object_mask(pts, plane, INTR)
+    on_box, on_small = box_pixels(depth, BOX), box_pixels(depth, SMALL)
+    assert on_box.sum() > 20 and on_small.sum() >= 2
+    assert (mask & on_box).sum() >= 0.8 * on_box.sum()
+    assert (mask & on_small).sum() >= 1
+    assert (mask & ~on_box & ~on_small).sum() <= 0.05 * mask.sum()   # rim and table excluded
+    segs = tabletop.object_segments(mask)
+    assert len(segs) == 2
+
+
+def test_objects_mode_queries_every_object_and_respects_the_robot_mask():
+    color, depth = render_scene([BOX, SMALL])
+    on_box, on_small = box_pixels(depth, BOX), box_pixels(depth, SMALL)
+    tracker = QueryTracker("objects", max_points=16)
+    qs = tracker.update(color, depth, INTR, UP)
+    ui, vi = np.rint(qs.pixels[:, 0]).astype(int), np.rint(qs.pixels[:, 1]).astype(int)
+    on_any = on_box[vi, ui] | on_small[vi, ui]
+    assert on_any.all()
+    assert on_small[vi, ui].any() and on_box[vi, ui].any()            # the small object is queried too
+    assert len(set(qs.entities)) == 2
+    # the "robot" covers the big box: no query may land there
+    robot = tabletop.capsules_mask([[-0.1, 0.08, 0.05, 0.1, 0.08, 0.05, 0.06]], T_BASE_CAM, INTR)
+    assert (robot & on_box).sum() > 0.5 * on_box.sum()
+    qs = QueryTracker("objects", max_points=16).update(color, depth, INTR, UP, robot)
+    ui, vi = np.rint(qs.pixels[:, 0]).astype(int), np.rint(qs.pixels[:, 1]).astype(int)
+    assert not robot[vi, ui].any()
+    assert on_small[vi, ui].any()
+
+
+def test_objects_mode_falls_back_to_corners_without_a_surface():
+    rng = np.random.default_rng(0)
+    color = rng.integers(0, 255, (H, W, 3), dtype=np.uint8)
+    depth = np.full((H, W), np.nan, np.float32)
+    depth[:, : W // 2] = 1.0 + rng.random((H, W // 2)).astype(np.float32)    # no plane holds
+    qs = QueryTracker("objects", max_points=8).update(color, depth, INTR, None)
+    assert len(qs) > 0 and all(e.startswith("cluster_") for e in qs.entities)
+
+
+def test_robot_config_self_filter_is_validated(tmp_path):
+    import yaml
+
+    from mu0_policy.experts.robot_config import RobotConfigError, load_robot_config
+    from mu0_core.resources import resolve
+
+    src = yaml.safe_load(resolve("config/robots/sim_sawyer_ee.yaml").read_text())
+    cfg = load_robot_config(str(resolve("config/robots/sim_sawyer_ee.yaml")))
+    assert cfg.self_filter_radius == pytest.approx(0.07) and len(cfg.self_filter_capsules) == 1
+    src["self_filter"]["capsules"] = [[0, 0, 0, 0, 0, 1]]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(src))
+    with pytest.raises(RobotConfigError, match=r"bad.yaml.*self_filter.capsules\[0\]"):
+        load_robot_config(str(bad))
+
+
+@pytest.mark.parametrize("task", ["drawer-open", "button-press"])
+def test_sim_scene_queries_land_on_the_task_object_not_the_arm(task):
+    """The simulated Sawyer, MuJoCo's segmentation as ground truth: with the robot config's self
+    filter, `objects` queries sit on the task's bodies; corner features mostly do not."""
+    from mu0_policy.experts.robot_config import load_robot_config
+    from mu0_policy.runtime import robot_queries
+    from mu0_sim.env import SawyerSimEnv
+
+    from mu0_core.resources import resolve
+
+    robot = load_robot_config(str(resolve("config/robots/sim_sawyer_ee.yaml")))
+    kin = robot.build_kinematics()
+    env = SawyerSimEnv(task, seed=100, width=W, height=H)
+    try:
+        obs = env.observe()
+        seg = env.renderer.render_segmentation(env.data)
+        q = np.array([obs.joint_positions[obs.joint_names.index(n)] for n in robot.joint_names])
+        gripper, robot_px = robot_queries(robot, kin, q, obs.T_base_cam, obs.intrinsics)
+        assert len(gripper) == 1
+        up = obs.T_base_cam.inverse().as_matrix()[:3, 2]
+        names = [env.model.body(int(env.model.geom_bodyid[g])).name if g >= 0 else "" for g in seg.ravel()]
+        body = np.array(names, object).reshape(seg.shape)
+        robotish = np.vectorize(lambda n: n.startswith(("right_", "hand", "rightclaw", "leftclaw", "rightpad",
+                                                        "leftpad", "base", "pedestal", "head", "torso")))(body)
+        static = np.vectorize(lambda n: n in ("", "world", "tablelink"))(body)
+
+        def landed(mode, mask):
+            qs = QueryTracker(mode, max_points=32).update(obs.color, obs.depth, obs.intrinsics, up, mask)
+            ui, vi = np.rint(qs.pixels[:, 0]).astype(int), np.rint(qs.pixels[:, 1]).astype(int)
+            return (~robotish[vi, ui] & ~static[vi, ui]).mean(), robotish[vi, ui].mean()
+
+        on_task, on_robot = landed("objects", robot_px)
+        corner_task, _ = landed("automatic", None)
+        assert on_task >= 0.85 and on_robot <= 0.1
+        assert corner_task < 0.5
+    finally:
+        env.close()
