@@ -48,6 +48,18 @@ def test_trace_features_read_the_trace_from_now_and_keep_the_most_moving():
     assert f[0, -1] == 1.0                                                   # labelled gripper
 
 
+def test_trace_features_keep_the_gripper_trace_even_when_it_moves_least():
+    ee = np.array([0.0, 0.6, 0.2])
+    steps = np.arange(33)[:, None]
+    objs = [np.array([0.1 * k, 0.6, 0.0]) + steps * np.array([0.0, 0.01 * (k + 1), 0.0]) for k in range(3)]
+    grip = np.repeat(ee[None], 33, axis=0)                                   # the gripper holds still
+    xyz = np.stack([*objs, grip])
+    f, m = trace_features(xyz, np.ones((4, 33)), ["o0", "o1", "o2", "gripper"], ee, age_steps=0.0, max_traces=2)
+    assert m.tolist() == [True, True]
+    assert f[0, -1] == 1.0 and f[1, -1] == 0.0                               # gripper, then the most moving
+    np.testing.assert_allclose(f[1, 3:6], objs[2][0], atol=1e-6)
+
+
 def _tiny_checkpoint(tmp_path, use_traces, seed=0):
     import torch
 

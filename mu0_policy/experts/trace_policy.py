@@ -121,7 +121,8 @@ def trace_features(traces_xyz, validity, entities, ee_position, age_steps: float
     Per trace: where the point is now relative to the end effector and in the base frame, its
     predicted displacement `offsets` steps from now, the validity there, and whether its entity is
     the gripper. A trace whose current sample is invalid or non-finite is left out. With more than
-    `max_traces` usable traces, the ones predicted to move most are kept (that is where the task is).
+    `max_traces` usable traces, the gripper's are kept and then the ones predicted to move most
+    (that is where the task is).
     """
     feats = np.zeros((max_traces, TRACE_FEATURES), np.float32)
     mask = np.zeros(max_traces, bool)
@@ -143,9 +144,9 @@ def trace_features(traces_xyz, validity, entities, ee_position, age_steps: float
     grip = np.array([e in set(gripper_entities) for e in entities], float)
     rows = np.concatenate([now - ee, now, disp.reshape(n, -1), np.clip(vals[:, 1:], 0, 1), grip[:, None]], axis=1)
     keep = np.flatnonzero(usable)
-    if len(keep) > max_traces:
+    if len(keep) > max_traces:      # the gripper's own trace first, then the most moving ones
         motion = np.linalg.norm(disp[keep, -1], axis=1)
-        keep = keep[np.argsort(-motion, kind="stable")[:max_traces]]
+        keep = keep[np.lexsort((-motion, -grip[keep]))[:max_traces]]
     feats[: len(keep)] = rows[keep]
     mask[: len(keep)] = True
     return feats, mask
