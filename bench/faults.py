@@ -28,12 +28,9 @@ no bad command was seen and every fault recovered; else 1.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -41,7 +38,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fuzz_graph import FWD_CFG, REPO, RESET_Q, SEC, CommandChecker, Diagnostics, Proc, child_env  # noqa: E402
+from graph_harness import (REPO, RESET_Q, SEC, GraphHarness, bench_parser, child_env, expert_proc,  # noqa: E402
+                           isolate_domain, joint_state_msg, load_robot, make_logdir, report)
 
 DIAG_PERIOD = 0.05
 
@@ -54,11 +52,10 @@ def upstream(hz: float, n_traces: int) -> int:
     from rclpy.qos import QoSProfile, ReliabilityPolicy
 
     from mu0_msgs.msg import TraceArray
-    from mu0_policy.experts import load_robot_config
     from mu0_ros import convert
     from mu0_core.traces import TraceSet
 
-    robot = load_robot_config(str(REPO / FWD_CFG))
+    robot = load_robot()
     ee = robot.build_kinematics().ee_pose(RESET_Q)[:3, 3]
     rclpy.init()
     node = rclpy.create_node("faults_upstream", parameter_overrides=[Parameter("use_sim_time", value=True)])
@@ -89,25 +86,16 @@ def upstream(hz: float, n_traces: int) -> int:
 
 
 def run(args) -> dict:
-    # a ROS domain of its own (not the caller's): a node left over from elsewhere must not join in
-    os.environ["ROS_DOMAIN_ID"] = str(args.domain if args.domain is not None else 120 + os.getpid() % 100)
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    import rclpy
-    from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    isolate_domain(args.domain)
     from rosgraph_msgs.msg import Clock
     from sensor_msgs.msg import JointState
-    from std_msgs.msg import Bool, Float64MultiArray
+    from std_msgs.msg import Bool
     from std_srvs.srv import Trigger
 
-    sys.path.insert(0, str(REPO))
-    from mu0_policy.experts import load_robot_config
     from mu0_ros import convert
 
-    robot = load_robot_config(str(REPO / FWD_CFG))
-    logdir = Path(args.logdir or tempfile.mkdtemp(prefix="mu0_faults_"))
-    logdir.mkdir(parents=True, exist_ok=True)
+    robot = load_robot()
+    logdir = make_logdir(args.logdir, "mu0_faults_")
     env = child_env()
     phase = args.phase_s
 
@@ -116,27 +104,15 @@ def run(args) -> dict:
         return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--upstream", "--hz", str(hz),
                                  "--traces", str(n)], stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
 
-    expert = Proc("faults_action_expert", "mu0_policy.nodes.action_expert_node",
-                  ["-p", f"robot_config:={REPO / FWD_CFG}", "-p", "dry_run:=false", "-p", "use_sim_time:=true",
-                   "-p", f"diagnostics_period_s:={DIAG_PERIOD}"], logdir, env)
-    rclpy.init()
-    node = rclpy.create_node("faults_harness")
-    rel = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-    checker = CommandChecker(robot)
-    diags = Diagnostics()
-    node.create_subscription(Float64MultiArray, robot.command_topic, lambda m: checker.command(m.data), rel)
-    node.create_subscription(Float64MultiArray, robot.gripper.topic, lambda m: checker.gripper(m.data), rel)
-    node.create_subscription(DiagnosticArray, "/diagnostics", diags.add, rel)
+    expert = expert_proc("faults_action_expert", logdir, env, "-p", "use_sim_time:=true",
+                         "-p", f"diagnostics_period_s:={DIAG_PERIOD}")
+    h = GraphHarness("faults_harness", robot)
+    node, rel, checker, diags = h.node, h.rel, h.checker, h.diags
     clock_pub = node.create_publisher(Clock, "/clock", 10)
     js_pub = node.create_publisher(JointState, robot.joint_state_topic, 10)
     estop_pub = node.create_publisher(Bool, "/mu0/estop", rel)
     reset = node.create_client(Trigger, "/faults_action_expert/reset_estop")
-    ex = SingleThreadedExecutor()
-    ex.add_node(node)
-    stop = threading.Event()
-    spin_thread = threading.Thread(target=lambda: [ex.spin_once(timeout_sec=0.01) for _ in iter(stop.is_set, True)],
-                                   daemon=True)
-    spin_thread.start()
+    stop = h.stop_event
     sim = {"t": 1_000 * SEC, "run": True, "js": True, "last": time.monotonic()}
     sim_lock = threading.Lock()
 
@@ -151,10 +127,7 @@ def run(args) -> dict:
                 if sim["run"]:
                     clock_pub.publish(Clock(clock=convert.ns_to_stamp(t)))
                 if sim["js"]:
-                    js = JointState(name=list(robot.joint_names) + ["gripper"],
-                                    position=[float(v) for v in RESET_Q] + [-1.0])
-                    js.header.stamp = convert.ns_to_stamp(t)
-                    js_pub.publish(js)
+                    js_pub.publish(joint_state_msg(robot, t))
             time.sleep(0.01)
 
     threading.Thread(target=world, daemon=True).start()
@@ -173,7 +146,7 @@ def run(args) -> dict:
     crashed = {"v": False}
 
     def scenario(name, inject, remove=None, bound_s=None, hold_expected=True, seconds=phase):
-        n0, bad0 = checker.n, (checker.out_of_limit, checker.nan, checker.over_rate)
+        n0, bad0 = checker.n, checker.bad()
         t_start = time.monotonic()
         holds0, plans0 = counter("runner.hold_ticks"), counter("runner.plans")
         inject()
@@ -217,9 +190,7 @@ def run(args) -> dict:
         t0 = time.monotonic()
         while time.monotonic() - t0 < 30 and node.count_publishers(robot.command_topic) < 1:
             time.sleep(0.1)
-        if node.count_publishers(robot.command_topic) > 1:
-            raise RuntimeError(f"other publishers on {robot.command_topic} in ROS domain "
-                               f"{os.environ['ROS_DOMAIN_ID']}: the command checks would mix streams")
+        h.refuse_foreign_commanders(1)
         up["p"] = start_upstream(10, 1)
         while time.monotonic() - t0 < 60 and counter("runner.plans") < 5:
             time.sleep(0.1)
@@ -288,36 +259,27 @@ def run(args) -> dict:
                 up["p"].wait(timeout=10)
             except subprocess.TimeoutExpired:
                 up["p"].kill()
-        stop.set()
-        rc, tb = expert.stop()
-        node.destroy_node()
-        rclpy.try_shutdown()
+        rc, tb = h.close({"expert": expert})["expert"]
     clean = all(r["ok"] for r in rows) and rc == 0 and not tb and not crashed["v"]
     return dict(rows=rows, expert_exit=rc, traceback=tb, act_ms_p50=act_p50, commands_checked=checker.n,
                 logdir=str(logdir), clean=clean)
 
 
-def print_table(result):
-    cols = ["scenario", "commands", "crashes", "out_of_limit", "nan", "over_rate", "hold_ms", "bound_ms",
-            "recovery_ms", "cmd_hz", "holds", "ok"]
-    rows = [{c: ("-" if r[c] is None else r[c]) for c in cols} for r in result["rows"]]
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
-    print("  ".join(c.ljust(widths[c]) for c in cols))
-    for r in rows:
-        print("  ".join(str(r[c]).ljust(widths[c]) for c in cols))
-    print(f"{result['commands_checked']} commands checked; expert act p50 {result['act_ms_p50']} ms; "
-          f"exit on SIGINT {result['expert_exit']}{' (traceback!)' if result['traceback'] else ''}; "
-          f"logs in {result['logdir']}; {'CLEAN' if result['clean'] else 'PROBLEMS'}")
+COLUMNS = ["scenario", "commands", "crashes", "out_of_limit", "nan", "over_rate", "hold_ms", "bound_ms", "recovery_ms",
+           "cmd_hz", "holds", "ok"]
+
+
+def summary(result) -> str:
+    return (f"{result['commands_checked']} commands checked; expert act p50 {result['act_ms_p50']} ms; "
+            f"exit on SIGINT {result['expert_exit']}{' (traceback!)' if result['traceback'] else ''}; "
+            f"logs in {result['logdir']}; {'CLEAN' if result['clean'] else 'PROBLEMS'}")
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = bench_parser(__doc__)
     ap.add_argument("--phase-s", type=float, default=3.0, help="seconds per scenario")
     ap.add_argument("--slack-s", type=float, default=0.1, help="scheduling slack allowed on a loaded machine")
     ap.add_argument("--quick", action="store_true", help="shorter phases (the test suite)")
-    ap.add_argument("--logdir", default=None)
-    ap.add_argument("--domain", type=int, default=None, help="ROS_DOMAIN_ID (default: 120 + pid % 100, never the caller's)")
-    ap.add_argument("--json", default=None)
     ap.add_argument("--upstream", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--hz", type=float, default=10.0, help=argparse.SUPPRESS)
     ap.add_argument("--traces", type=int, default=1, help=argparse.SUPPRESS)
@@ -327,10 +289,7 @@ def main(argv=None):
     if args.quick:
         args.phase_s = min(args.phase_s, 1.5)
     result = run(args)
-    print_table(result)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1, default=str))
-    return 0 if result["clean"] else 1
+    return report(result, COLUMNS, summary(result), args.json, result["clean"])
 
 
 if __name__ == "__main__":

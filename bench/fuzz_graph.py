@@ -30,154 +30,21 @@ Exit status 0 when every row is clean (0 crashes, 0 bad commands, served after, 
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-FWD_CFG = "config/robots/sim_sawyer_forward.yaml"
-RESET_Q = np.array([1.889, -0.576, -0.977, 1.642, 0.943, 1.044, 2.293])
-SEC = 1_000_000_000
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from graph_harness import (RESET_Q, SEC, GraphHarness, Proc, bench_parser, child_env, expert_proc,  # noqa: E402
+                           isolate_domain, load_robot, make_logdir, report)
+
 CLASSES = ("sizes", "encodings", "nonfinite", "stamps", "names", "lengths", "values", "valid")
 U32 = 2**32 - 1
 I32 = 2**31 - 1
 WEIRD = ["", " ", "\u00e9\u4e2d\U0001f600", "a" * 10_000, "base_link\x00x", "../../etc", "%s%n", "\\", "camera"]
-
-
-# ---------------------------------------------------------------------------------------- processes
-class Proc:
-    """One node process; output goes to a log file (a full pipe must never block a node)."""
-
-    def __init__(self, name, module, args, logdir, env=None):
-        self.name = name
-        self.log = Path(logdir) / f"{name}.log"
-        self._fh = open(self.log, "w")
-        self.p = subprocess.Popen([sys.executable, "-m", module, "--ros-args", "-r", f"__node:={name}", *args],
-                                  stdout=self._fh, stderr=subprocess.STDOUT, cwd=REPO, env=env)
-        self.crashed_at = None
-
-    def alive(self) -> bool:
-        return self.p.poll() is None
-
-    def kill(self, sig=signal.SIGKILL):
-        if self.alive():
-            self.p.send_signal(sig)
-
-    def stop(self, timeout=20.0):
-        """SIGINT like Ctrl-C; returns (exit code, traceback seen)."""
-        if self.alive():
-            self.p.send_signal(signal.SIGINT)
-        try:
-            self.p.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.p.kill()
-            self.p.wait()
-        self._fh.close()
-        text = self.log.read_text(errors="replace")
-        return self.p.returncode, "Traceback" in text
-
-
-def child_env():
-    env = dict(os.environ)
-    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    env.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
-    return env
-
-
-# ---------------------------------------------------------------------------------------- checks
-class CommandChecker:
-    """Checks every command of the action expert against the invariants (thread-safe)."""
-
-    def __init__(self, robot):
-        self.lower, self.upper = robot.joints.lower, robot.joints.upper
-        self.step = np.minimum(robot.joints.max_step_delta, robot.joints.max_velocity * robot.control_dt)
-        self.g = robot.gripper
-        self.lock = threading.Lock()
-        self.prev = None
-        self.prev_grip = None
-        self.n = 0
-        self.n_grip = 0
-        self.out_of_limit = self.nan = self.over_rate = self.bad_shape = 0
-        self.times = []           # monotonic receipt times
-        self.values = []
-
-    def command(self, data):
-        q = np.asarray(data, dtype=float)
-        with self.lock:
-            self.n += 1
-            self.times.append(time.monotonic())
-            if q.shape != self.lower.shape:
-                self.bad_shape += 1
-                return
-            self.values.append(q)
-            if not np.all(np.isfinite(q)):
-                self.nan += 1
-                return
-            if np.any(q < self.lower - 1e-9) or np.any(q > self.upper + 1e-9):
-                self.out_of_limit += 1
-            if self.prev is not None and np.any(np.abs(q - self.prev) > self.step + 1e-9):
-                self.over_rate += 1
-            self.prev = q
-
-    def gripper(self, data):
-        v = np.asarray(data, dtype=float)
-        with self.lock:
-            self.n_grip += 1
-            if v.shape != (1,) or not np.isfinite(v[0]):
-                self.nan += 1
-                return
-            if not self.g.lower - 1e-12 <= v[0] <= self.g.upper + 1e-12:
-                self.out_of_limit += 1
-            if self.prev_grip is not None and abs(v[0] - self.prev_grip) > self.g.max_step_delta + 1e-12:
-                self.over_rate += 1
-            self.prev_grip = v[0]
-
-    def since(self, t0) -> int:
-        with self.lock:
-            return sum(t > t0 for t in self.times)
-
-
-class Diagnostics:
-    """Latest /diagnostics values per status name."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.values = {}
-        self.history = []     # (monotonic, name, values)
-
-    def add(self, msg):
-        now = time.monotonic()
-        with self.lock:
-            for s in msg.status:
-                vals = {kv.key: kv.value for kv in s.values}
-                self.values[s.name] = vals
-                self.history.append((now, s.name, vals))
-
-    def get(self, name_part, key, default=0):
-        with self.lock:
-            for name, vals in self.values.items():
-                if name_part in name and key in vals:
-                    try:
-                        return float(vals[key])
-                    except ValueError:
-                        return vals[key]
-        return default
-
-    def sum_prefix(self, name_part, prefix):
-        with self.lock:
-            for name, vals in self.values.items():
-                if name_part in name:
-                    return int(sum(float(v) for k, v in vals.items() if k.startswith(prefix)))
-        return 0
 
 
 # ---------------------------------------------------------------------------------------- messages
@@ -378,35 +245,23 @@ TARGETS = {
 
 
 def run(args) -> dict:
-    # a ROS domain of its own (not the caller's): a node left over from elsewhere must not join in
-    os.environ["ROS_DOMAIN_ID"] = str(args.domain if args.domain is not None else 120 + os.getpid() % 100)
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    import rclpy
-    from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    isolate_domain(args.domain)
     from sensor_msgs.msg import CameraInfo, Image, JointState
-    from std_msgs.msg import Float64MultiArray, String
+    from std_msgs.msg import String
 
-    sys.path.insert(0, str(REPO))
     from mu0_msgs.msg import RGBD, QueryPoints, TraceArray
-    from mu0_policy.experts import load_robot_config
     from mu0_ros.qos import latched_qos
 
-    robot = load_robot_config(str(REPO / FWD_CFG))
-    kin = robot.build_kinematics()
-    ee = kin.ee_pose(RESET_Q)[:3, 3]
+    robot = load_robot()
+    ee = robot.build_kinematics().ee_pose(RESET_Q)[:3, 3]
     targets = [t for t in args.targets.split(",") if t]
-    logdir = Path(args.logdir or tempfile.mkdtemp(prefix="mu0_fuzz_"))
-    logdir.mkdir(parents=True, exist_ok=True)
+    logdir = make_logdir(args.logdir, "mu0_fuzz_")
     env = child_env()
     procs = {}
     if "rgbd_sync" in targets:
         procs["rgbd_sync"] = Proc("fuzz_rgbd_sync", "mu0_perception.nodes.rgbd_sync", [], logdir, env)
     if "action_expert" in targets:
-        procs["action_expert"] = Proc("fuzz_action_expert", "mu0_policy.nodes.action_expert_node",
-                                      ["-p", f"robot_config:={REPO / FWD_CFG}", "-p", "dry_run:=false",
-                                       "-p", "diagnostics_period_s:=0.5"], logdir, env)
+        procs["action_expert"] = expert_proc("fuzz_action_expert", logdir, env, "-p", "diagnostics_period_s:=0.5")
     if "mu0_node" in targets:
         procs["mu0_node"] = Proc("fuzz_mu0_node", "mu0_policy.nodes.mu0_node",
                                  ["-p", "model:=baseline:constant_velocity", "-p", "diagnostics_period:=0.5",
@@ -414,15 +269,9 @@ def run(args) -> dict:
                                   "-r", "/mu0/traces:=/fuzz/mu0_traces", "-r", "/mu0/traces_camera:=/fuzz/mu0_traces_camera",
                                   "-r", "/mu0/trace_markers:=/fuzz/markers"], logdir, env)
 
-    rclpy.init()
-    node = rclpy.create_node("fuzz_graph_harness")
-    rel = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-    checker = CommandChecker(robot)
-    diags = Diagnostics()
+    h = GraphHarness("fuzz_graph_harness", robot)
+    node, rel, checker, diags = h.node, h.rel, h.checker, h.diags
     outputs = {"rgbd": [], "mu0_traces": []}
-    node.create_subscription(Float64MultiArray, robot.command_topic, lambda m: checker.command(m.data), rel)
-    node.create_subscription(Float64MultiArray, robot.gripper.topic, lambda m: checker.gripper(m.data), rel)
-    node.create_subscription(DiagnosticArray, "/diagnostics", diags.add, rel)
     node.create_subscription(RGBD, "/mu0/rgbd", lambda m: outputs["rgbd"].append(time.monotonic()), rel)
     node.create_subscription(TraceArray, "/fuzz/mu0_traces", lambda m: outputs["mu0_traces"].append(time.monotonic()), rel)
     types = {"color": Image, "depth": Image, "camera_info": CameraInfo, "traces": TraceArray,
@@ -437,13 +286,8 @@ def run(args) -> dict:
     for kind in ("color", "depth", "camera_info", "traces", "joint_states"):
         if kind not in pubs:
             pubs[kind] = node.create_publisher(types[kind], dict(sum(TARGETS.values(), []))[kind], rel)
-    ex = SingleThreadedExecutor()
-    ex.add_node(node)
-    stop_spin = threading.Event()
-    spin_thread = threading.Thread(target=lambda: [ex.spin_once(timeout_sec=0.01) for _ in iter(stop_spin.is_set, True)],
-                                   daemon=True)
-    spin_thread.start()
-    now = lambda: node.get_clock().now().nanoseconds  # noqa: E731
+    stop_spin = h.stop_event
+    now = h.now_ns
     bg_rng = np.random.default_rng(args.seed + 1)
     background = {"on": True}
 
@@ -475,10 +319,7 @@ def run(args) -> dict:
                 break
             time.sleep(0.2)
         pubs["instruction"].publish(String(data="reach the block"))
-        foreign = node.count_publishers(robot.command_topic) - int("action_expert" in targets)
-        if foreign > 0:
-            raise RuntimeError(f"{foreign} other publisher(s) on {robot.command_topic} in ROS domain "
-                               f"{os.environ['ROS_DOMAIN_ID']}: the command checks would mix streams")
+        h.refuse_foreign_commanders(int("action_expert" in targets))
         bg.start()
         time.sleep(args.warmup_s)
         rng = np.random.default_rng(args.seed)
@@ -555,10 +396,7 @@ def run(args) -> dict:
                 drops[("rgbd_sync", kind)] += int(diags.get("rgbd_sync", "bad_stamp", 0)) // 3
     finally:
         background["on"] = False
-        stop_spin.set()
-        exits = {name: p.stop() for name, p in procs.items()}
-        node.destroy_node()
-        rclpy.try_shutdown()
+        exits = h.close(procs)
     rows = []
     for (t, kind) in kinds:
         rc, tb = exits[t]
@@ -576,20 +414,18 @@ def run(args) -> dict:
     return result
 
 
-def print_table(result):
-    cols = ["node", "type", "sent", "received", "crashes", "out_of_limit", "nan", "over_rate", "served_after", "exit",
-            "dropped_counted"]
-    widths = {c: max(len(c), *(len(str(r[c])) for r in result["rows"])) for c in cols}
-    print("  ".join(c.ljust(widths[c]) for c in cols))
-    for r in result["rows"]:
-        print("  ".join(str(r[c]).ljust(widths[c]) for c in cols))
-    print(f"seed {result['seed']}, {result['messages_per_type']} messages per (node, type) in {result['fuzz_s']} s; "
-          f"{result['commands_checked']} joint commands and {result['gripper_commands_checked']} gripper commands "
-          f"checked; logs in {result['logdir']}; {'CLEAN' if result['clean'] else 'PROBLEMS'}")
+COLUMNS = ["node", "type", "sent", "received", "crashes", "out_of_limit", "nan", "over_rate", "served_after", "exit",
+           "dropped_counted"]
+
+
+def summary(result) -> str:
+    return (f"seed {result['seed']}, {result['messages_per_type']} messages per (node, type) in {result['fuzz_s']} s; "
+            f"{result['commands_checked']} joint commands and {result['gripper_commands_checked']} gripper commands "
+            f"checked; logs in {result['logdir']}; {'CLEAN' if result['clean'] else 'PROBLEMS'}")
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = bench_parser(__doc__)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--messages", type=int, default=10_000, help="messages per subscriber and message type")
     ap.add_argument("--targets", default="rgbd_sync,action_expert,mu0_node")
@@ -597,19 +433,13 @@ def main(argv=None):
     ap.add_argument("--warmup-s", type=float, default=2.0)
     ap.add_argument("--recover-s", type=float, default=15.0)
     ap.add_argument("--quick", action="store_true", help="reduced seeded run: 400 messages per type, no mu0_node")
-    ap.add_argument("--logdir", default=None)
-    ap.add_argument("--domain", type=int, default=None, help="ROS_DOMAIN_ID (default: 120 + pid % 100, never the caller's)")
-    ap.add_argument("--json", default=None, help="also write the result here")
     args = ap.parse_args(argv)
     if args.quick:
         args.messages = min(args.messages, 400)
         if args.targets == ap.get_default("targets"):
             args.targets = "rgbd_sync,action_expert"
     result = run(args)
-    print_table(result)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1, default=str))
-    return 0 if result["clean"] else 1
+    return report(result, COLUMNS, summary(result), args.json, result["clean"])
 
 
 if __name__ == "__main__":

@@ -4,9 +4,10 @@ sampled; prints memory growth and output-rate stability.
 Processes (one per node, as `mu0 run` starts them): rgbd_sync -> mu0_node (`--model`, default the
 bundled checkpoints/mu0_small; `queries: given`) -> action_expert (sim Sawyer, forward_position, NOT
 dry-run). This process plays the camera (colour + depth + camera_info at `--hz`), the arm (joint
-states at 100 Hz) and the query points (10 Hz), and checks every command (finite, in limits, within
-a step of the previous one). RSS (VmRSS) of each node every 5 s; growth = median of the last minute
-over the median of the first minute after `--warmup-s`. Output rates per 10 s window.
+states at 100 Hz) and the query points (10 Hz), and checks every command, the gripper's too
+(finite, in limits, within a step of the previous one). RSS (VmRSS) of each node every 5 s;
+growth = median of the last minute over the median of the first minute after `--warmup-s`.
+Output rates per 10 s window.
 
     python bench/soak.py [--minutes 10] [--hz 30] [--model checkpoints/mu0_small] [--size 160x120]
 
@@ -16,11 +17,7 @@ design when it is slower than the camera: keep-newest, never a backlog; its rate
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -28,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fuzz_graph import (FWD_CFG, REPO, RESET_Q, CommandChecker, Diagnostics, Proc, child_env,  # noqa: E402
-                        make_joint_state, make_queries)
+from graph_harness import (GraphHarness, Proc, bench_parser, child_env, expert_proc, isolate_domain,  # noqa: E402
+                           joint_state_msg, load_robot, make_logdir, report)
 
 
 def rss_mib(pid: int) -> float | None:
@@ -43,28 +40,19 @@ def rss_mib(pid: int) -> float | None:
 
 
 def run(args) -> dict:
-    # a ROS domain of its own (not the caller's): a node left over from elsewhere must not join in
-    os.environ["ROS_DOMAIN_ID"] = str(args.domain if args.domain is not None else 120 + os.getpid() % 100)
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    import rclpy
-    from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    isolate_domain(args.domain)
     from sensor_msgs.msg import CameraInfo, Image, JointState
-    from std_msgs.msg import Float64MultiArray, String
+    from std_msgs.msg import String
 
-    sys.path.insert(0, str(REPO))
     from mu0_core.camera import CameraIntrinsics
     from mu0_core.frames import RGBDFrame
     from mu0_msgs.msg import RGBD, QueryPoints, TraceArray
-    from mu0_policy.experts import load_robot_config
     from mu0_ros import convert
     from mu0_ros.qos import latched_qos
 
-    robot = load_robot_config(str(REPO / FWD_CFG))
+    robot = load_robot()
     w, h = (int(v) for v in args.size.split("x"))
-    logdir = Path(args.logdir or tempfile.mkdtemp(prefix="mu0_soak_"))
-    logdir.mkdir(parents=True, exist_ok=True)
+    logdir = make_logdir(args.logdir, "mu0_soak_")
     env = child_env()
     # the sim camera's pose: traces reach the expert in the base frame
     extrinsic = "[-1.1, -0.4, 0.6, 0.736838, -0.305208, 0.230856, -0.557335]"
@@ -73,14 +61,10 @@ def run(args) -> dict:
         "mu0_node": Proc("soak_mu0_node", "mu0_policy.nodes.mu0_node",
                          ["-p", f"model:={args.model}", "-p", "queries:=given", "-p", f"camera_to_base:={extrinsic}",
                           "-p", f"expected_period:={1.0 / args.hz}"], logdir, env),
-        "action_expert": Proc("soak_action_expert", "mu0_policy.nodes.action_expert_node",
-                              ["-p", f"robot_config:={REPO / FWD_CFG}", "-p", "dry_run:=false"], logdir, env),
+        "action_expert": expert_proc("soak_action_expert", logdir, env),
     }
-    rclpy.init()
-    node = rclpy.create_node("soak_harness")
-    rel = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-    checker = CommandChecker(robot)
-    diags = Diagnostics()
+    harness = GraphHarness("soak_harness", robot)
+    node, rel, checker, diags = harness.node, harness.rel, harness.checker, harness.diags
     lock = threading.Lock()
     arrivals = {"rgbd": [], "traces": [], "commands": []}
 
@@ -90,20 +74,14 @@ def run(args) -> dict:
 
     node.create_subscription(RGBD, "/mu0/rgbd", lambda m: arrived("rgbd"), rel)
     node.create_subscription(TraceArray, "/mu0/traces", lambda m: arrived("traces"), rel)
-    node.create_subscription(Float64MultiArray, robot.command_topic,
-                             lambda m: (checker.command(m.data), arrived("commands")), rel)
-    node.create_subscription(DiagnosticArray, "/diagnostics", diags.add, rel)
+    harness.on_command.append(lambda m: arrived("commands"))
     pubs = {"color": node.create_publisher(Image, "/camera/camera/color/image_raw", rel),
             "depth": node.create_publisher(Image, "/camera/camera/aligned_depth_to_color/image_raw", rel),
             "info": node.create_publisher(CameraInfo, "/camera/camera/color/camera_info", rel),
             "js": node.create_publisher(JointState, robot.joint_state_topic, 10),
             "queries": node.create_publisher(QueryPoints, "/mu0/queries", rel),
             "instruction": node.create_publisher(String, "/mu0/instruction", latched_qos())}
-    ex = SingleThreadedExecutor()
-    ex.add_node(node)
-    stop = threading.Event()
-    threading.Thread(target=lambda: [ex.spin_once(timeout_sec=0.01) for _ in iter(stop.is_set, True)],
-                     daemon=True).start()
+    stop = harness.stop_event
     rng = np.random.default_rng(0)
     texture = rng.integers(0, 256, size=(h, 2 * w, 3), dtype=np.uint8)
     depth = np.linspace(0.8, 1.6, w, dtype=np.float32)[None].repeat(h, 0)
@@ -130,9 +108,11 @@ def run(args) -> dict:
         k = 0
         while not stop.is_set():
             t = node.get_clock().now().nanoseconds
-            pubs["js"].publish(make_joint_state(rng, t, "valid", robot.joint_names, RESET_Q))
+            pubs["js"].publish(joint_state_msg(robot, t))
             if k % 10 == 0:
-                q = make_queries(rng, t, "valid")
+                q = QueryPoints()
+                q.header.stamp = convert.ns_to_stamp(t)
+                q.query_ids = [0, 1, 2]
                 q.pixel_u = [float(v) for v in np.linspace(0.2 * w, 0.8 * w, 3)]
                 q.pixel_v = [float(v) for v in np.linspace(0.3 * h, 0.7 * h, 3)]
                 q.entities = ["gripper", "object", "object"]
@@ -160,10 +140,7 @@ def run(args) -> dict:
             time.sleep(5.0)
         alive = {name: p.alive() for name, p in procs.items()}
     finally:
-        stop.set()
-        exits = {name: p.stop() for name, p in procs.items()}
-        node.destroy_node()
-        rclpy.try_shutdown()
+        exits = harness.close(procs)
 
     t_start, t_end = t0 + args.warmup_s, end
 
@@ -192,36 +169,29 @@ def run(args) -> dict:
                 logdir=str(logdir))
 
 
-def print_table(r):
-    cols = ["node", "rss_first_mib", "rss_last_mib", "growth_pct", "output", "rate_in_hz", "rate_out_hz",
-            "rate_out_pct", "worst_window_pct", "alive", "exit"]
-    widths = {c: max(len(c), *(len(str(row[c])) for row in r["rows"])) for c in cols}
-    print("  ".join(c.ljust(widths[c]) for c in cols))
-    for row in r["rows"]:
-        print("  ".join(str(row[c]).ljust(widths[c]) for c in cols))
+COLUMNS = ["node", "rss_first_mib", "rss_last_mib", "growth_pct", "output", "rate_in_hz", "rate_out_hz", "rate_out_pct",
+           "worst_window_pct", "alive", "exit"]
+
+
+def summary(r) -> str:
     d = r["mu0_diagnostics"]
-    print(f"{r['minutes']} min at {r['hz']} Hz ({r['size']}, model {r['model']}); {r['commands_checked']} commands "
-          f"checked: {r['out_of_limit']} out of limit, {r['nan']} non-finite, {r['over_rate']} over rate; mu0_node "
-          f"total_ms p50 {d.get('total_ms.p50', '?')}, dropped_frames {d.get('dropped_frames', '?')}; logs in {r['logdir']}")
+    return (f"{r['minutes']} min at {r['hz']} Hz ({r['size']}, model {r['model']}); {r['commands_checked']} commands "
+            f"checked: {r['out_of_limit']} out of limit, {r['nan']} non-finite, {r['over_rate']} over rate; mu0_node "
+            f"total_ms p50 {d.get('total_ms.p50', '?')}, dropped_frames {d.get('dropped_frames', '?')}; "
+            f"logs in {r['logdir']}")
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = bench_parser(__doc__)
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--hz", type=float, default=30.0)
     ap.add_argument("--warmup-s", type=float, default=30.0)
     ap.add_argument("--model", default="checkpoints/mu0_small")
     ap.add_argument("--size", default="160x120")
-    ap.add_argument("--logdir", default=None)
-    ap.add_argument("--domain", type=int, default=None, help="ROS_DOMAIN_ID (default: 120 + pid % 100, never the caller's)")
-    ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     r = run(args)
-    print_table(r)
-    if args.json:
-        Path(args.json).write_text(json.dumps(r, indent=1, default=str))
     bad = r["out_of_limit"] or r["nan"] or r["over_rate"] or any(not row["alive"] or row["exit"] for row in r["rows"])
-    return 1 if bad else 0
+    return report(r, COLUMNS, summary(r), args.json, not bad)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from std_msgs.msg import Bool, Float64MultiArray
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
+from graph_fixtures import make_spin
 from mu0_msgs.msg import TraceArray
 from mu0_policy.experts import load_robot_config
 from mu0_core.traces import TraceSet
@@ -106,13 +107,7 @@ def graph():
 
         node.create_timer(0.05, publish_inputs)
 
-        def spin(seconds, until=None):
-            end = time.monotonic() + seconds
-            while time.monotonic() < end:
-                ex.spin_once(timeout_sec=0.02)
-                if until is not None and until():
-                    return True
-            return until is None or until()
+        spin = make_spin(ex, step_s=0.02)
 
         yield dict(node=node, got=got, pubs=pubs, spin=spin, state=state, kin=kin, ee=ee, robot=robot, procs=procs)
     finally:   # also when the set-up failed: never leave node processes running

@@ -11,23 +11,18 @@
 - every node exits 0 on SIGINT without a traceback.
 """
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from lifecycle_msgs.srv import ChangeState
-from rclpy.executors import SingleThreadedExecutor
-from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Float64MultiArray
 
-from mu0_core.camera import CameraIntrinsics
-from mu0_core.frames import RGBDFrame
+from graph_fixtures import (RESET_Q, SEC, diag_value, frame_msgs, joint_state_msg, node_process, private_graph,
+                            reliable_qos, start_expert_remapped, start_node, start_sync_remapped, stop_node)
 from mu0_msgs.msg import RGBD, Trace, TraceArray
 from mu0_policy.experts import load_robot_config
 from mu0_ros import convert
@@ -35,62 +30,32 @@ from robot_configs import follower_config
 from test_robustness_guard import trace_set
 
 FWD_CFG = follower_config("sim_sawyer_forward")   # the geometric expert: commands follow the given trace
-RESET_Q = np.array([1.889, -0.576, -0.977, 1.642, 0.943, 1.044, 2.293])
-SEC = 1_000_000_000
 CONFIGURE, ACTIVATE, DEACTIVATE = 1, 3, 4
-
-
-def start(module, *args):
-    return subprocess.Popen([sys.executable, "-m", module, "--ros-args", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def stop(p):
-    """SIGINT like Ctrl-C; returns (returncode, output)."""
-    if p.poll() is None:
-        p.send_signal(signal.SIGINT)
-    try:
-        out, _ = p.communicate(timeout=20)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        out, _ = p.communicate()
-    return p.returncode, out
+REL = reliable_qos()
 
 
 @pytest.fixture(scope="module")
 def ros():
-    ctx = rclpy.Context()      # its own context: a test elsewhere that leaked the default one cannot break it
-    rclpy.init(context=ctx)
-    node = rclpy.create_node("robustness_test_graph", context=ctx)
-    ex = SingleThreadedExecutor(context=ctx)
-    ex.add_node(node)
-
-    def spin(seconds, until=None):
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            ex.spin_once(timeout_sec=0.01)
-            if until is not None and until():
-                return True
-        return until is None or until()
-
-    try:
-        yield node, spin
-    finally:
-        node.destroy_node()
-        rclpy.shutdown(context=ctx)
+    with private_graph("robustness_test_graph") as graph:
+        yield graph
 
 
-REL = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+def expert_io(node, prefix):
+    """Subscribes to the remapped expert's commands (monotonic receipt time, message) and to
+    /diagnostics; returns (commands, diagnostics, joint-state publisher, trace publisher)."""
+    got, diags = [], []
+    node.create_subscription(Float64MultiArray, f"/{prefix}/commands", lambda m: got.append((time.monotonic(), m)), REL)
+    node.create_subscription(DiagnosticArray, "/diagnostics", diags.append, REL)
+    return (got, diags, node.create_publisher(JointState, f"/{prefix}/joint_states", 10),
+            node.create_publisher(TraceArray, f"/{prefix}/traces", REL))
 
 
-def diag_value(diags, name_part, key):
-    for m in reversed(diags):
-        for s in m.status:
-            if name_part in s.name or name_part == s.hardware_id:
-                vals = {kv.key: kv.value for kv in s.values}
-                if key in vals:
-                    return vals[key]
-    return None
+def assert_commands_inside_limits(got, robot):
+    """Commands came, and every one so far is finite and inside the joint limits."""
+    assert got, "no command received"
+    for _, m in got:
+        q = np.asarray(m.data)
+        assert np.all(np.isfinite(q)) and np.all(q >= robot.joints.lower) and np.all(q <= robot.joints.upper)
 
 
 def huge_trace_msg(stamp_ns):
@@ -106,29 +71,13 @@ def huge_trace_msg(stamp_ns):
 def test_action_expert_lifecycle_and_a_huge_trace_array(ros):
     node, spin = ros
     robot = load_robot_config(FWD_CFG)
-    p = start("mu0_policy.nodes.action_expert_node", "-p", f"robot_config:={FWD_CFG}", "-p", "dry_run:=false",
-              "-p", "autostart:=false", "-r", "__node:=expert_lc", "-r", "/joint_states:=/lc/joint_states",
-              "-r", "/mu0/traces:=/lc/traces", "-r", f"{robot.command_topic}:=/lc/commands",
-              "-r", f"{robot.gripper.topic}:=/lc/gripper", "-p", "estop_topic:=/lc/estop")
-    try:
-        got, diags = [], []
-        node.create_subscription(Float64MultiArray, "/lc/commands", lambda m: got.append((time.monotonic(), m)), REL)
-        node.create_subscription(DiagnosticArray, "/diagnostics", diags.append, REL)
-        js_pub = node.create_publisher(JointState, "/lc/joint_states", 10)
-        tr_pub = node.create_publisher(TraceArray, "/lc/traces", REL)
-        kin = robot.build_kinematics()
-        ee = kin.ee_pose(RESET_Q)[:3, 3]
-        inputs = {"on": True}
+    with node_process(start_expert_remapped("lc", FWD_CFG, robot, "-p", "autostart:=false")) as p:
+        got, diags, js_pub, tr_pub = expert_io(node, "lc")
+        ee = robot.build_kinematics().ee_pose(RESET_Q)[:3, 3]
 
         def publish_inputs():
-            if not inputs["on"]:
-                return
             now = node.get_clock().now().nanoseconds
-            js = JointState()
-            js.header.stamp = convert.ns_to_stamp(now)
-            js.name = list(robot.joint_names) + ["gripper"]
-            js.position = [float(v) for v in RESET_Q] + [-1.0]
-            js_pub.publish(js)
+            js_pub.publish(joint_state_msg(robot, now))
             tr_pub.publish(convert.trace_set_to_msg(trace_set(now, ee)))
 
         timer = node.create_timer(0.05, publish_inputs)
@@ -155,9 +104,7 @@ def test_action_expert_lifecycle_and_a_huge_trace_array(ros):
         assert p.poll() is None
         mark = time.monotonic()
         assert spin(5, until=lambda: sum(t > mark for t, _ in got) >= 10)   # still serving good input
-        for _, m in got:
-            q = np.asarray(m.data)
-            assert np.all(np.isfinite(q)) and np.all(q >= robot.joints.lower) and np.all(q <= robot.joints.upper)
+        assert_commands_inside_limits(got, robot)
         # deactivate: exactly one hold at (walking toward) the measured pose, then silence
         n_before = len(got)
         transition(DEACTIVATE)
@@ -171,27 +118,15 @@ def test_action_expert_lifecycle_and_a_huge_trace_array(ros):
         transition(ACTIVATE)
         assert spin(10, until=lambda: len(got) > n_after + 5)
         node.destroy_timer(timer)
-    finally:
-        rc, out = stop(p)
-    assert rc == 0 and "Traceback" not in out, out[-3000:]
 
 
 def test_action_expert_holds_on_a_frozen_or_rewound_clock(ros):
     node, spin = ros
     robot = load_robot_config(FWD_CFG)
-    p = start("mu0_policy.nodes.action_expert_node", "-p", f"robot_config:={FWD_CFG}", "-p", "dry_run:=false",
-              "-p", "use_sim_time:=true", "-r", "__node:=expert_fz", "-r", "/joint_states:=/fz/joint_states",
-              "-r", "/mu0/traces:=/fz/traces", "-r", f"{robot.command_topic}:=/fz/commands",
-              "-r", f"{robot.gripper.topic}:=/fz/gripper", "-p", "estop_topic:=/fz/estop")
-    try:
-        got, diags = [], []
-        node.create_subscription(Float64MultiArray, "/fz/commands", lambda m: got.append((time.monotonic(), m)), REL)
-        node.create_subscription(DiagnosticArray, "/diagnostics", diags.append, REL)
+    with node_process(start_expert_remapped("fz", FWD_CFG, robot, "-p", "use_sim_time:=true")) as p:
+        got, diags, js_pub, tr_pub = expert_io(node, "fz")
         clock_pub = node.create_publisher(Clock, "/clock", 10)
-        js_pub = node.create_publisher(JointState, "/fz/joint_states", 10)
-        tr_pub = node.create_publisher(TraceArray, "/fz/traces", REL)
-        kin = robot.build_kinematics()
-        ee = kin.ee_pose(RESET_Q)[:3, 3]
+        ee = robot.build_kinematics().ee_pose(RESET_Q)[:3, 3]
         sim = {"t": 1000 * SEC, "run": True, "last": time.monotonic()}
 
         def step():
@@ -200,15 +135,11 @@ def test_action_expert_holds_on_a_frozen_or_rewound_clock(ros):
                 sim["t"] += int((wall - sim["last"]) * SEC)
                 clock_pub.publish(Clock(clock=convert.ns_to_stamp(sim["t"])))
             sim["last"] = wall
-            js = JointState()
-            js.header.stamp = convert.ns_to_stamp(sim["t"])
-            js.name = list(robot.joint_names) + ["gripper"]
-            js.position = [float(v) for v in RESET_Q] + [-1.0]
-            js_pub.publish(js)
+            js_pub.publish(joint_state_msg(robot, sim["t"]))
             tr_pub.publish(convert.trace_set_to_msg(trace_set(sim["t"], ee)))
 
         timer = node.create_timer(0.02, step)
-        assert spin(30, until=lambda: len(got) >= 10), stop(p)[1][-2000:]
+        assert spin(30, until=lambda: len(got) >= 10), stop_node(p)[1][-2000:]
         moving = [np.asarray(m.data) for _, m in got[-5:]]
         assert any(not np.allclose(q, RESET_Q) for q in moving)      # it follows the trace
         # /clock stops: the old node went quiet; now holds keep coming, settling on the measured pose
@@ -230,33 +161,13 @@ def test_action_expert_holds_on_a_frozen_or_rewound_clock(ros):
         assert spin(10, until=lambda: int(diag_value(diags, "sim_sawyer_forward", "guard.hold_clock_rewound") or 0) > 0)
         mark = time.monotonic()
         assert spin(10, until=lambda: any(t > mark and not np.allclose(np.asarray(m.data), RESET_Q) for t, m in got))
-        for _, m in got:
-            q = np.asarray(m.data)
-            assert np.all(np.isfinite(q)) and np.all(q >= robot.joints.lower) and np.all(q <= robot.joints.upper)
+        assert_commands_inside_limits(got, robot)
         node.destroy_timer(timer)
-    finally:
-        rc, out = stop(p)
-    assert rc == 0 and "Traceback" not in out, out[-3000:]
-
-
-def frame_msgs(stamp_ns=None, sec=None, w=16, h=12):
-    intr = CameraIntrinsics.from_K(np.array([[20.0, 0, 8], [0, 20.0, 6], [0, 0, 1]]), w, h)
-    f = RGBDFrame(stamp_ns=0, frame_id="cam", color=np.zeros((h, w, 3), np.uint8),
-                  depth=np.ones((h, w), np.float32), intrinsics=intr)
-    msg = convert.frame_to_rgbd_msg(f)
-    for m in (msg.color, msg.depth, msg.camera_info):
-        if sec is None:
-            m.header.stamp = convert.ns_to_stamp(stamp_ns)
-        else:
-            m.header.stamp.sec, m.header.stamp.nanosec = sec, 0
-    return msg.color, msg.depth, msg.camera_info
 
 
 def test_rgbd_sync_survives_negative_and_far_future_stamps(ros):
     node, spin = ros
-    p = start("mu0_perception.nodes.rgbd_sync", "-r", "__node:=sync_rb", "-p", "color_topic:=/rb/color",
-              "-p", "depth_topic:=/rb/depth", "-p", "camera_info_topic:=/rb/info", "-p", "output_topic:=/rb/rgbd")
-    try:
+    with node_process(start_sync_remapped("rb")) as p:
         got = []
         node.create_subscription(RGBD, "/rb/rgbd", got.append, REL)
         pubs = [node.create_publisher(Image, "/rb/color", REL), node.create_publisher(Image, "/rb/depth", REL),
@@ -278,9 +189,6 @@ def test_rgbd_sync_survives_negative_and_far_future_stamps(ros):
         assert spin(5, until=lambda: len(got) >= 30), len(got)
         assert p.poll() is None
         assert all(convert.stamp_to_ns(m.header.stamp) > 0 for m in got)
-    finally:
-        rc, out = stop(p)
-    assert rc == 0 and "Traceback" not in out, out[-3000:]
 
 
 @pytest.mark.parametrize("module,args", [
@@ -291,7 +199,7 @@ def test_rgbd_sync_survives_negative_and_far_future_stamps(ros):
 def test_nodes_exit_0_on_sigint_twice_or_sigterm(module, args, signals):
     """Ctrl-C reaches the whole process group and `ros2 launch` sends its own SIGINT: a second
     interrupt during cleanup must not turn into a traceback or a death by signal."""
-    p = start(module, *args)
+    p = start_node(module, *args)
     try:
         deadline = time.monotonic() + 30
         out = ""
@@ -313,10 +221,7 @@ def test_rgbd_sync_resets_on_a_backwards_clock_jump(ros):
     """`mu0 replay BAG --loop` with use_sim_time: /clock and the stamps restart each pass; the old
     sync dropped every frame after the first pass as out of order."""
     node, spin = ros
-    p = start("mu0_perception.nodes.rgbd_sync", "-r", "__node:=sync_loop", "-p", "use_sim_time:=true",
-              "-p", "color_topic:=/lp/color", "-p", "depth_topic:=/lp/depth", "-p", "camera_info_topic:=/lp/info",
-              "-p", "output_topic:=/lp/rgbd", "-p", "diagnostics_period:=0.2")
-    try:
+    with node_process(start_sync_remapped("lp", "-p", "use_sim_time:=true", "-p", "diagnostics_period:=0.2")) as p:
         got, diags = [], []
         node.create_subscription(RGBD, "/lp/rgbd", got.append, REL)
         node.create_subscription(DiagnosticArray, "/diagnostics", diags.append, REL)
@@ -341,6 +246,3 @@ def test_rgbd_sync_resets_on_a_backwards_clock_jump(ros):
         one_pass(100 * SEC)                                  # the bag loops: the same stamps again
         assert spin(5, until=lambda: len(got) - first >= 25), len(got) - first
         assert spin(5, until=lambda: int(diag_value(diags, "rgbd_sync", "time_jump_resets") or 0) >= 1)
-    finally:
-        rc, out = stop(p)
-    assert rc == 0 and "Traceback" not in out, out[-3000:]

@@ -4,33 +4,21 @@ Negative and far-future stamps are rejected per message without poisoning later 
 older than the last match are dropped per message; a restarted timeline (a looping bag) and a
 backwards jump of the node clock reset the sync state; converters check sizes before allocating.
 """
-import numpy as np
 import pytest
 
-from mu0_core.camera import CameraIntrinsics
-from mu0_core.frames import RGBDFrame
+from graph_fixtures import SEC, frame_msgs
 from mu0_perception.sync import ApproximateTimeMatcher, RGBDAssembler
 from mu0_ros import convert
 
-SEC = 1_000_000_000
 
-
-def frame_msgs(stamp_ns, w=8, h=6, sec=None):
-    intr = CameraIntrinsics.from_K(np.array([[10.0, 0, 4], [0, 10.0, 3], [0, 0, 1]]), w, h)
-    f = RGBDFrame(stamp_ns=0, frame_id="cam", color=np.zeros((h, w, 3), np.uint8),
-                  depth=np.ones((h, w), np.float32), intrinsics=intr)
-    msg = convert.frame_to_rgbd_msg(f)
-    for m in (msg.color, msg.depth, msg.camera_info):
-        if sec is None:
-            m.header.stamp = convert.ns_to_stamp(stamp_ns)
-        else:   # a raw (possibly negative) stamp straight into the message
-            m.header.stamp.sec, m.header.stamp.nanosec = sec, 0
-    return {"color": msg.color, "depth": msg.depth, "info": msg.camera_info}
+def stream_msgs(stamp_ns, sec=None):
+    """The three streams of one small (8 x 6) frame, keyed as the assembler names them."""
+    return dict(zip(("color", "depth", "info"), frame_msgs(stamp_ns, sec=sec, w=8, h=6)))
 
 
 def feed(asm, stamp_ns, now_ns, **kw):
     out = []
-    for s, m in frame_msgs(stamp_ns, **kw).items():
+    for s, m in stream_msgs(stamp_ns, **kw).items():
         out += asm.add(s, m, now_ns, 5.0)
     return out
 
@@ -96,7 +84,7 @@ def test_huge_horizon_is_rejected_before_allocating(horizon):
 
 
 def test_huge_image_claims_are_rejected_before_allocating():
-    m = frame_msgs(SEC)["color"]
+    m = stream_msgs(SEC)["color"]
     m.height, m.step = 2**31 - 1, 2**31 - 1
     with pytest.raises(ValueError):
         convert.image_to_numpy(m)
