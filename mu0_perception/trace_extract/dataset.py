@@ -41,7 +41,7 @@ class SampleConfig:
     history: int = HISTORY_STEPS  # h past steps
     stride: int = 4               # a sample every `stride` frames
     moving_share: float = 0.75    # at most this share of the queries are moving points; rest static
-    min_future_valid: int = 10    # a query needs >= this many valid future samples (= D) to be kept
+    min_future_valid: int = NUM_CTRL   # a query needs >= this many valid future samples (= D) to be kept
     # "synchronous" (the authors' rule, trace_extract/resample.py): all tracks of a sample resampled
     # together, one step per `sync_interval` of the fastest points' progress, future and history;
     # "arc_length": each trace on its own at equal arc length (datasets before); "time": frames
@@ -49,7 +49,7 @@ class SampleConfig:
     sync_interval: float = 0.05           # progress per step in (u/W, v/H, z m)
     sync_top_fraction: float = 0.02       # fastest share of tracks that sets the progress
     sync_max_frames: int = 256            # source frames looked at on each side of the reference
-    num_ctrl: int = 10
+    num_ctrl: int = NUM_CTRL
     seed: int = 0
 
     def __post_init__(self):
