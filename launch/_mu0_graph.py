@@ -62,11 +62,7 @@ def load_graph(context, extra_overrides=()):
 
 def graph_actions(context, graph, skip=()):
     """Node actions for every node of `graph` (but `skip`), all given one merged parameters file."""
-    from launch.events import matches_action
     from launch_ros.actions import LifecycleNode, Node
-    from launch_ros.event_handlers import OnStateTransition
-    from launch_ros.events.lifecycle import ChangeState
-    from lifecycle_msgs.msg import Transition
 
     from mu0_app.graph_config import write_params_file
     from mu0_core.resources import share_path
@@ -89,58 +85,105 @@ def graph_actions(context, graph, skip=()):
             continue
         node = LifecycleNode(package="mu0", executable="mu0_node", name="mu0_node", namespace="",
                              output="screen", parameters=[params_file])
-
-        def change(transition, node=node):
-            return EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node), transition_id=transition))
-
-        actions += [
-            node,
-            RegisterEventHandler(OnStateTransition(
-                target_lifecycle_node=node, start_state="configuring", goal_state="inactive",
-                entities=[LogInfo(msg="mu0_node configured; activating"), change(Transition.TRANSITION_ACTIVATE)])),
-            RegisterEventHandler(OnStateTransition(
-                target_lifecycle_node=node, start_state="configuring", goal_state="unconfigured",
-                entities=[LogInfo(msg="mu0_node: configure FAILED (reason in its log above); it stays unconfigured "
-                                      "- fix the parameter, then `ros2 lifecycle set /mu0_node configure`")])),
-            *_configure_with_retry(node, change(Transition.TRANSITION_CONFIGURE),
-                                   lambda: change(Transition.TRANSITION_CONFIGURE)),
-        ]
+        actions += [node, *drive_lifecycle(node)]
     if _arg(context, "rviz").lower() == "true":
         actions.append(Node(package="rviz2", executable="rviz2", output="screen",
                             arguments=["-d", str(share_path("config/rviz/mu0.rviz"))]))
     return actions
 
 
-CONFIGURE_RETRY_S = 20.0
+CONFIGURE_RETRY_S = 20.0     # re-request configure when the node showed no transition at all for this long
 CONFIGURE_RETRIES = 5
 
 
-def _configure_with_retry(node, first, again):
-    """Emit configure; if the node shows no lifecycle transition at all within CONFIGURE_RETRY_S,
-    ask again (up to CONFIGURE_RETRIES times). A service request sent right after
-    `wait_for_service` can be lost while DDS is still matching the endpoints (seen here on a loaded
-    machine: launch then waits forever for the response). A repeated request that arrives after
-    the first one worked is refused by the node as an invalid transition, which changes nothing."""
-    from launch.actions import OpaqueFunction, TimerAction
-    from launch_ros.event_handlers import OnStateTransition
+def drive_lifecycle(node):
+    """Take the LifecycleNode action `node` through configure -> activate, from outside.
 
-    seen = {"transition": False, "tries": 0}
+    Configure is requested when the process has started (OnProcessStart, launch_ros' own idiom),
+    activate when the node reports configuring -> inactive (OnStateTransition). A configure
+    request can get no answer when it is sent while DDS is still matching the service endpoints
+    (seen on a loaded machine), so when the node shows no transition at all within
+    CONFIGURE_RETRY_S, configure is requested again (up to CONFIGURE_RETRIES times). A slow
+    configure (a model load of a minute under load) does not trigger that: the node reports
+    `configuring` when it starts one, and every transition it reports cancels the retry timer.
+
+    Nothing here may outlive a shutdown (Ctrl-C), because of how launch and launch_ros end:
+    - LaunchService.run_async (launch/launch_service.py) ends only when it is idle
+      (`_is_idle`): no event queued, every action's future done (a TimerAction's too) and every
+      `context.add_completion_future` done.
+    - LifecycleNode._on_change_state_event (launch_ros/actions/lifecycle_node.py) runs each
+      ChangeState request as `_call_change_state` in a worker thread of the loop's default
+      executor and adds it as such a completion future; it polls for the response once a second
+      and gives up only when `context.is_shutdown`.
+    - the rclpy node those requests go through is destroyed by an OnShutdown handler
+      (launch_ros/ros_adapters.py, get_ros_adapter); a request emitted after that fails in its
+      worker thread, and launch reports that exception and exits 1.
+    - a TimerAction cancels itself on Shutdown only if it was executed before the Shutdown event
+      (the handler is registered in TimerAction.execute); one created later runs its full period
+      and launch waits for it (launch/actions/timer_action.py).
+    So: the retry timer is cancelled by the first transition the node reports and on shutdown;
+    once `context.is_shutdown` is set no request and no timer is emitted any more (a transition
+    event already queued when Ctrl-C came would otherwise emit `activate` against the destroyed
+    client); requests still pending at shutdown end within launch_ros' 1 s poll.
+    """
+    from launch.actions import OpaqueFunction, TimerAction
+    from launch.event_handlers import OnProcessStart
+    from launch.events import matches_action
+    from launch_ros.event_handlers import OnStateTransition
+    from launch_ros.events.lifecycle import ChangeState
+    from lifecycle_msgs.msg import Transition
+
+    state = {"transitions": 0, "tries": 0, "timer": None}
+
+    def request(transition):
+        return EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node), transition_id=transition))
+
+    def cancel_timer():
+        if state["timer"] is not None:
+            state["timer"].cancel()
+            state["timer"] = None
+
+    def arm_timer():
+        state["timer"] = TimerAction(period=CONFIGURE_RETRY_S, actions=[OpaqueFunction(function=retry)])
+        return state["timer"]
+
+    def configure(context):
+        if context.is_shutdown:
+            return []
+        return [request(Transition.TRANSITION_CONFIGURE), arm_timer()]
+
+    def retry(context):
+        state["timer"] = None
+        if context.is_shutdown or state["transitions"] or state["tries"] >= CONFIGURE_RETRIES:
+            return []
+        state["tries"] += 1
+        return [LogInfo(msg=f"mu0_node: no lifecycle transition {CONFIGURE_RETRY_S:.0f} s after the configure "
+                            f"request; asking again ({state['tries']}/{CONFIGURE_RETRIES})"),
+                *configure(context)]
 
     def saw_transition(context):
-        seen["transition"] = True
+        state["transitions"] += 1
+        cancel_timer()
         return []
 
-    def check(context):
-        if seen["transition"] or seen["tries"] >= CONFIGURE_RETRIES:
+    def activate(context):
+        if context.is_shutdown:
             return []
-        seen["tries"] += 1
-        return [LogInfo(msg=f"mu0_node: no lifecycle transition {CONFIGURE_RETRY_S:.0f} s after the configure request; "
-                            f"asking again ({seen['tries']}/{CONFIGURE_RETRIES})"),
-                again(), TimerAction(period=CONFIGURE_RETRY_S, actions=[OpaqueFunction(function=check)])]
+        return [LogInfo(msg="mu0_node configured; activating"), request(Transition.TRANSITION_ACTIVATE)]
 
-    return [RegisterEventHandler(OnStateTransition(target_lifecycle_node=node,
-                                                   entities=[OpaqueFunction(function=saw_transition)])),
-            first, TimerAction(period=CONFIGURE_RETRY_S, actions=[OpaqueFunction(function=check)])]
+    return [
+        RegisterEventHandler(OnStateTransition(target_lifecycle_node=node,
+                                               entities=[OpaqueFunction(function=saw_transition)])),
+        RegisterEventHandler(OnStateTransition(
+            target_lifecycle_node=node, start_state="configuring", goal_state="inactive",
+            entities=[OpaqueFunction(function=activate)])),
+        RegisterEventHandler(OnStateTransition(
+            target_lifecycle_node=node, start_state="configuring", goal_state="unconfigured",
+            entities=[LogInfo(msg="mu0_node: configure FAILED (reason in its log above); it stays unconfigured "
+                                  "- fix the parameter, then `ros2 lifecycle set /mu0_node configure`")])),
+        RegisterEventHandler(OnProcessStart(target_action=node, on_start=[OpaqueFunction(function=configure)])),
+        RegisterEventHandler(OnShutdown(on_shutdown=lambda *_: cancel_timer())),
+    ]
 
 
 def _camera_exit(event, context):

@@ -17,13 +17,11 @@ node clock jumps backwards (`mu0 replay BAG --loop` with use_sim_time) the sync 
 """
 from __future__ import annotations
 
-import signal
 import sys
 import threading
 import time
 
 import rclpy
-from rclpy.executors import ExternalShutdownException
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
@@ -32,7 +30,8 @@ from mu0_msgs.msg import RGBD
 from mu0_perception.sync import FAULTS, STREAMS, RGBDAssembler
 from mu0_ros import convert
 from mu0_ros.diagnostics import WARN, DropCounter, RuntimeMonitor, diagnostic_array_msg
-from mu0_ros.qos import QosEventMonitor, make_qos, reliable_qos, spin_until_shutdown
+from mu0_ros.node_main import spin_node
+from mu0_ros.qos import QosEventMonitor, make_qos, reliable_qos
 
 
 class RGBDSyncNode(Node):
@@ -160,42 +159,10 @@ class RGBDSyncNode(Node):
         self.diag_pub.publish(diagnostic_array_msg([status], self.get_clock().now().to_msg()))
 
 
-def _interrupt(*_):
-    raise KeyboardInterrupt
-
-
-def _run(argv: list[str] | None) -> int:
-    rclpy.init(args=argv)
-    node = None
-    code = 0
-    try:
-        node = RGBDSyncNode()
-        code = spin_until_shutdown(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        code = 0
-    except ValueError as exc:
-        print(f"rgbd_sync: bad parameter: {exc}", file=sys.stderr)
-        code = 2
-    finally:
-        # Ctrl-C reaches the whole process group and `ros2 launch` sends its own SIGINT too:
-        # a second interrupt must not cut the cleanup short
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        if node is not None:
-            try:
-                node.destroy_node()
-            except Exception:  # noqa: BLE001 - exiting anyway
-                pass
-        rclpy.try_shutdown()
-    return code
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Exit 0 on SIGINT / SIGTERM (also while starting), 2 on a bad parameter."""
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        return _run(argv)
-    except KeyboardInterrupt:
-        return 0
+    """Exit 0 on SIGINT / SIGTERM (also while starting), 2 on a bad parameter
+    (mu0_ros.node_main has the rest)."""
+    return spin_node(RGBDSyncNode, argv, name="rgbd_sync")
 
 
 if __name__ == "__main__":

@@ -37,7 +37,6 @@ The logic lives in mu0_policy.experts.runner.ExpertRunner (no ROS there).
 """
 from __future__ import annotations
 
-import signal
 import sys
 import threading
 import time
@@ -49,7 +48,6 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import ParameterUninitializedException
-from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -63,7 +61,8 @@ from mu0_policy.experts import load_robot_config
 from mu0_policy.experts.runner import ExpertRunner
 from mu0_ros import convert
 from mu0_ros.diagnostics import ERROR, OK, WARN, DropCounter, StatusData, diagnostic_array_msg
-from mu0_ros.qos import QosEventMonitor, spin_until_shutdown
+from mu0_ros.node_main import spin_node
+from mu0_ros.qos import QosEventMonitor
 
 WARN_COUNTERS = ("malformed_traces", "malformed_joint_states", "malformed_estop", "expert_errors")
 DEACTIVATED = "deactivated"
@@ -388,43 +387,18 @@ class ActionExpertNode(LifecycleNode):
             self.get_logger().error(f"diagnostics failed: {err}", throttle_duration_sec=5.0)
 
 
-def _interrupt(*_):
-    raise KeyboardInterrupt
-
-
-def _run(argv: list[str] | None) -> int:
-    rclpy.init(args=argv if argv is not None else sys.argv)
-    node = None
-    code = 0
-    try:
-        node = ActionExpertNode()
-        if node.configured is False:
-            print(f"action_expert: {node.config_error}", file=sys.stderr)
-            return 2
-        code = spin_until_shutdown(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        code = 0
-    finally:
-        # Ctrl-C in a terminal reaches the whole process group and `ros2 launch` then sends its own
-        # SIGINT: a second interrupt must not cut the cleanup short (traceback, death by signal)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        if node is not None:
-            try:
-                node._free()
-                node.destroy_node()
-            except Exception:  # noqa: BLE001 - exiting anyway
-                pass
-        rclpy.try_shutdown()
-    return code
+def _check_config(node: ActionExpertNode) -> int | None:
+    if node.configured is False:
+        print(f"action_expert: {node.config_error}", file=sys.stderr)
+        return 2
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit 0 on SIGINT / SIGTERM (also while starting), 2 on a bad robot config."""
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        return _run(argv)
-    except KeyboardInterrupt:
-        return 0
+    """Exit 0 on SIGINT / SIGTERM (also while starting), 2 on a bad robot config
+    (mu0_ros.node_main has the rest)."""
+    return spin_node(ActionExpertNode, argv, name="action_expert", start=_check_config,
+                     free=ActionExpertNode._free)
 
 
 if __name__ == "__main__":

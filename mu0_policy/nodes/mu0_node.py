@@ -25,7 +25,6 @@ The per-frame work is `mu0_policy.runtime.TracePipeline` (shared with offline re
 """
 from __future__ import annotations
 
-import signal
 import sys
 import threading
 import time
@@ -34,7 +33,6 @@ import warnings
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.exceptions import ParameterUninitializedException
-from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.lifecycle.node import LifecycleNodeMixin
 from rclpy.parameter import Parameter
@@ -51,6 +49,7 @@ from mu0_policy.runtime import PipelineConfig, TracePipeline, extrinsic_from_lis
 from mu0_policy.predictors import DeviceUnavailableWarning, backend_report, describe_backend, make_predictor
 from mu0_ros import convert
 from mu0_ros.diagnostics import RuntimeMonitor, diagnostic_array_msg
+from mu0_ros.node_main import spin_node
 from mu0_ros.qos import QosEventMonitor, latched_qos, latest_only_qos, reliable_qos
 
 try:   # on a ROS install; the pip-wheel environment has no tf2_msgs (then camera_to_base is the only source)
@@ -441,41 +440,19 @@ class Mu0Node(LifecycleNode):
         self.diag_pub.publish(diagnostic_array_msg([status], self.get_clock().now().to_msg()))
 
 
-def _interrupt(*_):
-    raise KeyboardInterrupt
-
-
-def _run(argv: list[str] | None) -> int:
-    rclpy.init(args=argv)
-    node = None
-    try:
-        node = Mu0Node()
-        if node.get_parameter("autostart").value:
-            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-                return 1
-            node.trigger_activate()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        # Ctrl-C in a terminal reaches the whole process group and `ros2 launch` then sends its own
-        # SIGINT: a second interrupt must not cut the cleanup short (traceback, death by signal)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        if node is not None:
-            node._free()
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+def _autostart(node: Mu0Node) -> int | None:
+    """Without a launch driving the lifecycle: configure and activate here (1 if configure fails)."""
+    if node.get_parameter("autostart").value:
+        if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            return 1
+        node.trigger_activate()
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     """Exit 0 on SIGINT / SIGTERM (also when interrupted while starting), 1 when autostart's
-    configure fails."""
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        return _run(argv)
-    except KeyboardInterrupt:
-        return 0
+    configure fails (mu0_ros.node_main has the rest)."""
+    return spin_node(Mu0Node, argv, name="mu0_node", start=_autostart, free=Mu0Node._free)
 
 
 if __name__ == "__main__":

@@ -25,12 +25,10 @@ Camera and joint-state rates are in sim time. Run with use_sim_time clients list
 """
 from __future__ import annotations
 
-import signal
 import sys
 
 import rclpy
 from rclpy.clock import Clock as SteadyClockSource, ClockType
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -45,6 +43,7 @@ from mu0_msgs.msg import NamedPoints
 from mu0_ros.convert import (camera_info_from_intrinsics, depth_to_image, dict_to_named_points,
                              make_header, numpy_to_image)
 from mu0_ros import convert
+from mu0_ros.node_main import spin_node
 from mu0_sim.control import CommandState
 from mu0_sim.env import DEFAULT_CAMERA, STEP_PERIOD_NS, SawyerSimEnv
 from mu0_sim.record import BASE_FRAME, COLOR_FRAME, TOPICS
@@ -266,54 +265,10 @@ class SimArmNode(Node):
         return super().destroy_node()
 
 
-_INTERRUPTED = False
-
-
-def _interrupt(*_):
-    global _INTERRUPTED
-    _INTERRUPTED = True
-    raise KeyboardInterrupt
-
-
-def _run(argv: list[str] | None) -> int:
-    rclpy.init(args=argv)
-    node = None
-    try:
-        node = SimArmNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except ValueError as exc:
-        if _INTERRUPTED:
-            return 0
-        print(f"sim_arm: bad parameter: {exc}", file=sys.stderr)
-        return 2
-    except Exception:
-        # an interrupt that lands inside rclpy's C++ (taking a message) surfaces as a RuntimeError
-        # ("Unable to convert call argument"): after a stop request that is a clean stop
-        if not _INTERRUPTED:
-            raise
-    finally:
-        # Ctrl-C reaches the whole process group and `ros2 launch` sends its own SIGINT too:
-        # a second interrupt must not cut the cleanup short
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        if node is not None:
-            try:
-                node.destroy_node()
-            except Exception as exc:  # noqa: BLE001 - cleanup after a stop must not turn into a failure
-                print(f"sim_arm: cleanup: {exc!r}", file=sys.stderr)
-        rclpy.try_shutdown()
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Exit 0 on SIGINT / SIGTERM (also while starting), 2 on a bad parameter."""
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, _interrupt)
-    try:
-        return _run(argv)
-    except KeyboardInterrupt:
-        return 0
+    """Exit 0 on SIGINT / SIGTERM (also while starting), 2 on a bad parameter
+    (mu0_ros.node_main has the rest; destroy_node closes the sim)."""
+    return spin_node(SimArmNode, argv, name="sim_arm")
 
 
 if __name__ == "__main__":
