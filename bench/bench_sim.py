@@ -1,8 +1,14 @@
-"""Render fps (RGB + metric depth) and recorded episodes/minute at 320x240 and 640x480.
+"""Sim speed: render fps (RGB + metric depth) and recorded episodes/minute at 320x240 and 640x480.
 
-    python bench/bench_sim.py [--episodes 2] [--frames 60]
+    python bench/bench_sim.py [--runs 3] [--frames 60] [--episodes 2] [--task pick-place]
+
+Each of `--runs` runs renders `--frames` frames and records `--episodes` scripted episodes (bag
+written, physics and expert included) per resolution; prints each run's figure and the median over
+the runs. Physics + expert without rendering: 300 steps per run, median steps/s. Times depend on
+the machine's load; note it (uptime) next to the numbers.
 """
 import argparse
+import statistics
 import tempfile
 import time
 
@@ -10,39 +16,61 @@ from mu0_sim.env import SawyerSimEnv
 from mu0_sim.record import record_episode_result
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--frames", type=int, default=60)
-    ap.add_argument("--episodes", type=int, default=2)
-    ap.add_argument("--task", default="pick-place")
-    args = ap.parse_args(argv)
-    env = SawyerSimEnv(args.task, seed=0, render=False)
+def physics_steps_per_s(task: str, steps: int = 300) -> float:
+    env = SawyerSimEnv(task, seed=0, render=False)
     env.reset(0, render=False)
     t = time.perf_counter()
-    n = 0
-    while n < 300:
+    for n in range(steps):
         env.step(env.expert_action(), render=False)
-        n += 1
         if env.success:
-            env.reset(n, render=False)
-    print(f"physics + expert, no rendering: {n / (time.perf_counter() - t):.0f} steps/s")
+            env.reset(n + 1, render=False)
+    return steps / (time.perf_counter() - t)
+
+
+def render_fps(env, frames: int) -> float:
+    env.renderer.render(env.data)          # the first frame pays for the GL context: not counted
+    t = time.perf_counter()
+    for _ in range(frames):
+        env.renderer.render(env.data)
+    return frames / (time.perf_counter() - t)
+
+
+def episodes_per_min(env, task: str, episodes: int, w: int, h: int) -> tuple[float, float]:
+    """(episodes/min, frames/s) of recording `episodes` seeds to bags."""
+    with tempfile.TemporaryDirectory() as out:
+        t = time.perf_counter()
+        frames = 0
+        for seed in range(episodes):
+            r = record_episode_result(task, seed, out, width=w, height=h, env=env)
+            frames += r.num_steps + 1
+        wall = time.perf_counter() - t
+    return episodes / wall * 60, frames / wall
+
+
+def fmt(values, digits=1) -> str:
+    return f"{' / '.join(f'{v:.{digits}f}' for v in values)} -> median {statistics.median(values):.{digits}f}"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=3, help="repeats; the median is printed")
+    ap.add_argument("--frames", type=int, default=60, help="frames rendered per run")
+    ap.add_argument("--episodes", type=int, default=2, help="episodes recorded per run")
+    ap.add_argument("--task", default="pick-place")
+    args = ap.parse_args(argv)
+    steps = [physics_steps_per_s(args.task) for _ in range(args.runs)]
+    print(f"physics + expert, no rendering, steps/s of {args.runs} runs: {fmt(steps, 0)}")
     for w, h in ((320, 240), (640, 480)):
         env = SawyerSimEnv(args.task, seed=0, width=w, height=h)
-        env.renderer.render(env.data)
-        t = time.perf_counter()
-        for _ in range(args.frames):
-            env.renderer.render(env.data)
-        fps = args.frames / (time.perf_counter() - t)
-        with tempfile.TemporaryDirectory() as out:
-            t = time.perf_counter()
-            frames = 0
-            for seed in range(args.episodes):
-                r = record_episode_result(args.task, seed, out, width=w, height=h, env=env)
-                frames += r.num_steps + 1
-            wall = time.perf_counter() - t
-        print(f"{w}x{h}: render RGB+depth {fps:.1f} fps | recording {args.episodes / wall * 60:.1f} "
-              f"episodes/min ({frames / wall:.1f} frames/s incl. physics, expert, bag write)")
+        fps, epm, rec_fps = [], [], []
+        for _ in range(args.runs):
+            fps.append(render_fps(env, args.frames))
+            e, f = episodes_per_min(env, args.task, args.episodes, w, h)
+            epm.append(e)
+            rec_fps.append(f)
         env.close()
+        print(f"{w}x{h}, {args.runs} runs: render RGB+depth fps {fmt(fps)} | recording episodes/min {fmt(epm)} "
+              f"(frames/s incl. physics, expert, bag write: {fmt(rec_fps)})")
     return 0
 
 
