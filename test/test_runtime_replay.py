@@ -85,8 +85,11 @@ def test_live_replay_over_dds_matches_offline(sim_bag, tmp_path):
         # 80 Hz bag at rate 0.1 = 8 frames/s: slow enough for every frame on a loaded CI machine
         # 4 s before playing: this probe must be matched to mu0_node's publisher before the first
         # frame, or it misses trace sets whose frames still shape the query state
+        # /mu0/estop: only the action expert subscribes it, so the bag starts once the expert is up
+        # too (loading its learned policy can take longer than mu0_node's model on a loaded machine)
         code = replay_live(sim_bag, CONFIG, MODEL, rate=0.1, log_dir=tmp_path / "logs", duration_s=150,
-                           start_delay_s=4.0)
+                           start_delay_s=4.0, wait_for=("/camera/camera/color/image_raw", "/mu0/rgbd",
+                                                        "/mu0/traces", "/mu0/estop"))
         assert code == 0, (tmp_path / "logs" / "mu0_node.log").read_text()[-2000:]
         assert time.monotonic() - start < 150
     finally:
