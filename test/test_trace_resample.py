@@ -115,3 +115,25 @@ def test_synchronous_history_is_chronological_and_ends_before_the_query():
 def test_sample_config_rejects_bad_values(bad):
     with pytest.raises(ValueError):
         SampleConfig(**bad)
+
+
+def test_finalize_fits_the_normaliser_on_moving_queries_only(tmp_path):
+    import json
+
+    from mu0_core.bspline import TraceNormalizer
+    from mu0_perception.trace_extract.dataset import finalize, stage_episode
+
+    tr, color, depth, _ = _rigid_episode()
+    cfg = SampleConfig(max_queries=25, stride=5, min_future_valid=4, moving_share=0.5)
+    arrays, captions = build_samples(tr, color, depth, cfg)
+    assert arrays["moving"].any() and (arrays["query_mask"] & ~arrays["moving"]).any()
+    stage_episode(tmp_path, tr, arrays, captions)
+    finalize(tmp_path, sample_config=cfg)
+    index = json.loads((tmp_path / "index.json").read_text())
+    assert index["normalizer_queries"] == "moving"
+    m = arrays["query_mask"] & arrays["moving"]
+    want = TraceNormalizer.from_corpus(arrays["future_uvz"][m], arrays["future_valid"][m], num_ctrl=cfg.num_ctrl)
+    np.testing.assert_allclose(TraceNormalizer.from_dict(index["normalizer"]).scale, want.scale, rtol=1e-6)
+    every = arrays["query_mask"]
+    allq = TraceNormalizer.from_corpus(arrays["future_uvz"][every], arrays["future_valid"][every])
+    assert not np.allclose(allq.scale, want.scale)
