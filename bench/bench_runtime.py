@@ -11,7 +11,8 @@ bag's stamps are not the wall clock). Prints
   trace sets received here and their rate against the model-bound rate 1000 / predict p50,
   camera stamp -> /mu0/traces received here (p50/p99),
   camera stamp -> command publish, measured inside the action expert (the source camera stamp of
-  the traces a command was planned from, to its publish) and reported on /diagnostics,
+  a frame's traces, to the publish of the first command planned from them) and reported on
+  /diagnostics, with the age of the traces behind every command (chunk re-plans included),
   mu0_node's per-stage times (/diagnostics, last 100 frames), and the issue-14 target ratios.
 Numbers, never asserts (docs/interfaces.md: benchmarks print).
 
@@ -214,8 +215,11 @@ def main(argv=None):
         print(f"camera stamp -> traces          n={len(trace_lat):4d}  p50 {np.percentile(trace_lat, 50):7.1f} ms  "
               f"p99 {p99_traces:7.1f} ms  max {trace_lat.max():7.1f} ms")
     print(f"camera stamp -> command publish p50 {expert.get('camera_to_command_ms.p50', '-')} ms  "
-          f"p99 {expert.get('camera_to_command_ms.p99', '-')} ms  (commands published: {expert.get('published', '-')}, "
+          f"p99 {expert.get('camera_to_command_ms.p99', '-')} ms  (the first command planned from each frame; "
+          f"commands published: {expert.get('published', '-')}, "
           f"event-driven re-plans: {expert.get('runner.replans_on_traces', '-')})")
+    print(f"age of the traces of every command p50 {expert.get('command_trace_age_ms.p50', '-')} ms  "
+          f"p99 {expert.get('command_trace_age_ms.p99', '-')} ms  (chunk re-plans from older traces included)")
     for key in ("convert_ms", "select_ms", "predict_ms", "postprocess_ms", "publish_ms", "total_ms", "frame_age_ms"):
         print(f"mu0_node {key:16s} p50 {mu0.get(key + '.p50', '-'):>9s}  p99 {mu0.get(key + '.p99', '-'):>9s}")
     total_p50 = f(mu0, "total_ms.p50")

@@ -22,7 +22,10 @@ Parameters
                                 trajectory at once, a streaming one at its next control tick
   estop_topic   (/mu0/estop)    std_msgs/Bool; true latches a hold until ~/reset_estop (std_srvs/Trigger)
   max_stamp_future_s (5.0)      input stamps further ahead of the node clock are dropped
-  diagnostics_period_s (1.0)    /diagnostics
+  diagnostics_period_s (1.0)    /diagnostics (latency: `camera_to_command_ms` = source camera stamp
+                                -> the first command planned from that frame's traces;
+                                `command_trace_age_ms` = the same for every command, chunk re-plans
+                                from older traces included)
 The joint-state topic, command interface + topic and the control rate come from the robot config.
 Commands: trajectory_msgs/JointTrajectory (joint_trajectory), std_msgs/Float64MultiArray
 (forward_position: joint targets; ee_delta: [dx, dy, dz, gripper] units); a joint robot's gripper
@@ -88,6 +91,8 @@ class ActionExpertNode(LifecycleNode):
         self._endpoints = []     # (kind, handle) created by configure
         self.drops = DropCounter()
         self.camera_to_command_ms = deque(maxlen=1000)
+        self.command_trace_age_ms = deque(maxlen=1000)
+        self._last_command_trace_stamp = None
         self.counts = {"malformed_traces": 0, "malformed_joint_states": 0, "malformed_estop": 0, "published": 0,
                        "dry_run_logged": 0, "estop_messages": 0, "watchdog_ticks": 0, "callback_errors": 0,
                        "in_traces": 0, "in_joint_states": 0}
@@ -351,8 +356,14 @@ class ActionExpertNode(LifecycleNode):
             self.gripper_pub.publish(convert.float64_array_msg(np.array([cmd.gripper])))
         self.counts["published"] += 1
         if cmd.trace_stamp_ns is not None:
-            # end-to-end latency: source camera stamp of the traces -> this command's publish
-            self.camera_to_command_ms.append((self._now() - cmd.trace_stamp_ns) / 1e6)
+            age_ms = (self._now() - cmd.trace_stamp_ns) / 1e6
+            # every command: how old the traces it was planned from are (re-plans of a chunk from
+            # the same traces included)
+            self.command_trace_age_ms.append(age_ms)
+            if cmd.trace_stamp_ns != self._last_command_trace_stamp:
+                # end-to-end latency of a camera frame: its stamp -> the first command planned from it
+                self.camera_to_command_ms.append(age_ms)
+                self._last_command_trace_stamp = cmd.trace_stamp_ns
 
     def _publish_diagnostics(self):
         try:
@@ -366,10 +377,12 @@ class ActionExpertNode(LifecycleNode):
                 if self.runner.act_ms:
                     a = np.asarray(self.runner.act_ms)
                     values.update({"act_ms.p50": f"{np.percentile(a, 50):.2f}", "act_ms.max": f"{a.max():.2f}"})
-                if self.camera_to_command_ms:
-                    lat = np.asarray(self.camera_to_command_ms)
-                    values.update({"camera_to_command_ms.p50": f"{np.percentile(lat, 50):.1f}",
-                                   "camera_to_command_ms.p99": f"{np.percentile(lat, 99):.1f}"})
+                for key, samples in (("camera_to_command_ms", self.camera_to_command_ms),
+                                     ("command_trace_age_ms", self.command_trace_age_ms)):
+                    if samples:
+                        lat = np.asarray(samples)
+                        values.update({f"{key}.p50": f"{np.percentile(lat, 50):.1f}",
+                                       f"{key}.p99": f"{np.percentile(lat, 99):.1f}"})
                 values["active"] = str(self._active)
                 values["dry_run"] = str(self.runner.guard.dry_run)
                 values["estop_latched"] = str(self.runner.guard.estop_latched)
