@@ -15,7 +15,7 @@ import numpy as np
 
 from mu0_core import query_geometry
 from mu0_core.bspline import greville_abscissae, paper_knots
-from mu0_core.query_geometry import history_valid_mask  # noqa: F401  (model/predictor.py imports it from here)
+from mu0_core.query_geometry import history_valid_mask  # model/predictor.py imports it from here too
 from mu0_core.trace_spec import NUM_CTRL, SPLINE_DEGREE
 from mu0_policy.inference import (DEFAULT_HORIZON, DEFAULT_STEP_PERIOD, HISTORY_STEPS, TracePredictor,
                                   TraceRequest, TraceResult, check_predict_args)
