@@ -5,8 +5,9 @@ as in a demo); every `--every` sim steps (the camera rate) the runtime's `QueryT
 queries, in each mode asked for, exactly as mu0_node does (the `objects` mode with the robot self
 filter of the robot config). Each query pixel is labelled by the MuJoCo body the camera sees there
 (a segmentation render, ground truth that the robot does not have):
-- `moving object`: a body off the robot that moves > 1 cm during the episode (puck, drawer,
-  door, window, button; the task's objects);
+- `moving object`: a body off the robot one of whose geoms moves > 1 cm during the episode (puck,
+  drawer, door, window, button; the task's objects). A fixed housing (the button's box) counts
+  as static, though a query there still tells the expert where the task is;
 - `robot`: a body of the Sawyer (arm, gripper, torso) - the gripper gets its own kinematic query
   anyway;
 - `static`: anything else (table, walls, fixed parts, background).
@@ -57,8 +58,8 @@ def run(task: str, seed: int, modes: list, robot, every: int, steps: int, width:
     m = env.model
     robot_ids = robot_bodies(m)
     trackers = {mode: QueryTracker(mode, max_points=32) for mode in modes}
-    start = env.data.xpos.copy()
-    moved = np.zeros(m.nbody)
+    start = env.data.geom_xpos.copy()      # geom centres: a door turning on its hinge moves them,
+    moved = np.zeros(m.ngeom)              # not its body origin
     frames = []
     obs = env.observe()
     for step in range(steps):
@@ -71,11 +72,11 @@ def run(task: str, seed: int, modes: list, robot, every: int, steps: int, width:
                     for mode, tr in trackers.items()}
             frames.append((seg, {k: v.pixels.copy() for k, v in sets.items()}))
         obs = env.step(env.expert_action())
-        moved = np.maximum(moved, np.linalg.norm(env.data.xpos - start, axis=1))
+        moved = np.maximum(moved, np.linalg.norm(env.data.geom_xpos - start, axis=1))
         if env.success and step > every * 4:
             break
     env.close()
-    moving = {i for i in range(m.nbody) if moved[i] > 0.01 and i not in robot_ids}
+    moving = {int(m.geom_bodyid[g]) for g in range(m.ngeom) if moved[g] > 0.01} - robot_ids
     counts = {mode: {"moving object": 0, "robot": 0, "static": 0} for mode in modes}
     for seg, pix in frames:
         for mode, px in pix.items():
