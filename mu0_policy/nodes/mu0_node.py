@@ -72,7 +72,7 @@ class Mu0Node(LifecycleNode):
         p("device", "cpu")
         p("dtype", "float32")
         p("instruction", "")
-        p("queries", "automatic")
+        p("queries", "objects")
         p("max_queries", 32)
         p("grid_rows", 4)
         p("grid_cols", 6)
@@ -394,11 +394,12 @@ class Mu0Node(LifecycleNode):
             self._publish_static_tf(frame.frame_id, msg.header.stamp)
         elif not self._camera_to_base(frame):
             return
-        extra = None
+        extra = robot_pixels = None
         if self.gripper_seeder is not None:
             with self._tf_lock:
                 extra = self.gripper_seeder.query(pipeline.config.camera_to_base, frame.intrinsics)
-        out = pipeline.process(frame, extra)
+                robot_pixels = self.gripper_seeder.self_mask(pipeline.config.camera_to_base, frame.intrinsics)
+        out = pipeline.process(frame, extra, robot_pixels)
         if out is None:
             self.monitor.count("frames_without_queries")
             return
