@@ -6,7 +6,10 @@ BEST_AVAILABLE (ROS 2 Iron and later): the subscription is reliable when every p
 best effort otherwise, so it is compatible with both like BEST_EFFORT, but a reliable camera's
 large images arrive whole — a best-effort reader loses an image whenever one of its DDS fragments
 is lost, measured: ~1 in 3 colour and 3 in 4 depth images at 640x480 @ 30 Hz on this machine,
-none with BEST_AVAILABLE. On Humble (no BEST_AVAILABLE) it falls back to BEST_EFFORT. If a user
+none with BEST_AVAILABLE. On Humble (no BEST_AVAILABLE) it falls back to BEST_EFFORT. The
+policy is resolved when the subscription is created (reliable when no publisher is up yet), so a
+best-effort camera that starts later is incompatible: rgbd_sync then re-subscribes best effort
+(`reliability_fallbacks` on /diagnostics) instead of staying deaf. If a user
 overrides the reliability to RELIABLE while the camera publishes BEST_EFFORT, DDS silently never
 connects the two; the event callbacks below turn that into a counted, throttled warning instead.
 """
@@ -83,9 +86,15 @@ class QosEventMonitor:
             f"(seen {count}x); the endpoints will not exchange messages",
             throttle_duration_sec=5.0)
 
-    def subscription(self, topic: str) -> SubscriptionEventCallbacks:
-        return SubscriptionEventCallbacks(
-            incompatible_qos=lambda info: self._record(topic, "subscription", info))
+    def subscription(self, topic: str, on_incompatible=None) -> SubscriptionEventCallbacks:
+        """`on_incompatible(info)`: a node's own remedy (e.g. re-subscribe best effort); when it
+        returns True the event is handled and not counted as incompatible."""
+        def event(info):
+            if on_incompatible is not None and on_incompatible(info):
+                return
+            self._record(topic, "subscription", info)
+
+        return SubscriptionEventCallbacks(incompatible_qos=event)
 
     def publisher(self, topic: str) -> PublisherEventCallbacks:
         return PublisherEventCallbacks(

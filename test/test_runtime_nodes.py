@@ -318,3 +318,42 @@ def test_incompatible_qos_is_reported_not_silent():
         assert g.got["rgbd"] == []
     finally:
         g.close()
+
+
+def test_default_input_qos_takes_a_best_effort_camera_that_starts_later():
+    """BEST_AVAILABLE is resolved when the subscription is made (reliable: no camera yet); a
+    best-effort camera appearing later is re-subscribed best effort, not left unheard."""
+    sync = RGBDSyncNode(parameter_overrides=[Parameter("diagnostics_period", value=0.3)])
+    g = Graph([sync], reliability="best_effort")
+    try:
+        assert wait_until(lambda: sync.monitor.get("reliability_fallbacks") == 3)
+        assert sync.counters()["incompatible_qos"] == 0
+        assert g.wait_matched()
+        deadline = time.monotonic() + 10
+        k = 0
+        while not g.got["rgbd"] and time.monotonic() < deadline:   # best effort: a frame may be lost
+            g.send_frame(time.time_ns(), shift=k)
+            k += 1
+            time.sleep(0.2)
+        assert g.got["rgbd"] and g.got["rgbd"][0].depth.encoding == "16UC1"
+    finally:
+        g.close()
+
+
+def test_reliable_camera_frames_arrive_whole_with_their_16uc1_depth():
+    sync = RGBDSyncNode(parameter_overrides=[Parameter("diagnostics_period", value=0.3)])
+    g = Graph([sync], reliability="reliable")
+    try:
+        assert g.wait_matched()
+        time.sleep(0.5)
+        stamps = [time.time_ns() + k * 33_000_000 for k in range(10)]
+        for k, stamp in enumerate(stamps):
+            g.send_frame(stamp, shift=k)
+            time.sleep(0.05)
+        assert wait_until(lambda: len(g.got["rgbd"]) == 10)
+        assert [convert.stamp_to_ns(m.header.stamp) for m in g.got["rgbd"]] == stamps
+        frame = convert.rgbd_msg_to_frame(g.got["rgbd"][0])
+        assert frame.depth.dtype == np.float32 and np.allclose(frame.depth, 0.9)
+        assert sync.monitor.get("reliability_fallbacks") == 0
+    finally:
+        g.close()

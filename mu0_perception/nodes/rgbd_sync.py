@@ -3,8 +3,10 @@
 Subscriptions use keep-last, volatile QoS with BEST_AVAILABLE reliability by default: reliable
 delivery from a reliable camera (realsense-ros' default), best effort from a best-effort one, so it
 accepts realsense-ros publishers whatever their reliability setting. (A best-effort subscription
-loses most 640x480 images at 30 Hz over Fast DDS: one lost fragment drops the whole image.) An
-incompatible override is reported (counter + throttled warning), never silent. Matching is
+loses most 640x480 images at 30 Hz over Fast DDS: one lost fragment drops the whole image.) The
+policy is fixed when the subscription is created; a best-effort camera that starts later makes a
+stream re-subscribe best effort (`reliability_fallbacks`). An incompatible explicit override is
+reported (counter + throttled warning), never silent. Matching is
 `mu0_perception.sync.RGBDAssembler` (approximate time, `slop` seconds, `queue_size` per stream).
 A matched set is checked without a decode and goes out as it came: 16UC1 millimetre depth stays
 16UC1 (32FC1 metres stays 32FC1), rgb8 colour stays rgb8 (bgr8 / mono8 become rgb8). Every drop is counted by reason and published on
@@ -24,6 +26,7 @@ import time
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
+from rclpy.qos import QoSPolicyKind
 from sensor_msgs.msg import CameraInfo, Image
 
 from mu0_msgs.msg import RGBD
@@ -67,16 +70,46 @@ class RGBDSyncNode(Node):
         # the model input is latest-only downstream; here a small reliable queue keeps frames whole
         self.publisher = self.create_publisher(RGBD, output_topic, reliable_qos(5),
                                                event_callbacks=self.qos_events.publisher(output_topic))
-        msg_types = {"color": Image, "depth": Image, "info": CameraInfo}
-        self._subs = [
-            self.create_subscription(msg_types[s], topics[s], lambda m, s=s: self._on_message(s, m), input_qos,
-                                     event_callbacks=self.qos_events.subscription(topics[s]))
-            for s in STREAMS]
+        self._input_qos = input_qos
+        self._best_available = reliability == "best_available"
+        self._fallback_pending: set = set()
+        self._subs = {s: self._subscribe(s, input_qos) for s in STREAMS}
         self.diag_pub = self.create_publisher(DiagnosticArray,
                                               "/diagnostics", reliable_qos(10))
         self.create_timer(period, self._report)
         self.get_logger().info(f"syncing {topics['color']} + {topics['depth']} + {topics['info']} "
                                f"-> {output_topic} (slop {slop * 1e3:.0f} ms, queue {queue_size}, {reliability})")
+
+    def _subscribe(self, stream: str, qos):
+        msg_type = CameraInfo if stream == "info" else Image
+        return self.create_subscription(
+            msg_type, self.topics[stream], lambda m, s=stream: self._on_message(s, m), qos,
+            event_callbacks=self.qos_events.subscription(
+                self.topics[stream], on_incompatible=lambda info, s=stream: self._on_incompatible(s, info)))
+
+    def _on_incompatible(self, stream: str, info) -> bool:
+        """BEST_AVAILABLE resolved to reliable before a best-effort camera appeared: re-subscribe best
+        effort (at the next diagnostics tick, outside the subscription's own event callback)."""
+        try:
+            reliability = QoSPolicyKind(info.last_policy_kind) == QoSPolicyKind.RELIABILITY
+        except ValueError:
+            reliability = False
+        if not (self._best_available and reliability):
+            return False
+        with self._lock:
+            self._fallback_pending.add(stream)
+        return True
+
+    def _apply_fallbacks(self) -> None:
+        with self._lock:
+            pending, self._fallback_pending = self._fallback_pending, set()
+        for stream in sorted(pending):
+            qos = make_qos("best_effort", "volatile", self._input_qos.depth, name="input")
+            self.destroy_subscription(self._subs[stream])
+            self._subs[stream] = self._subscribe(stream, qos)
+            self.monitor.count("reliability_fallbacks")
+            self.get_logger().warning(f"{self.topics[stream]} is published best effort: re-subscribed best effort "
+                                      "(large images may lose fragments; a reliable camera delivers them whole)")
 
     def _on_message(self, stream: str, msg) -> None:
         self.monitor.count(f"in_{stream}")      # every message delivered, whatever becomes of it
@@ -141,6 +174,7 @@ class RGBDSyncNode(Node):
         return [s for s, t in seen.items() if t is None or now - t > self.missing_input_timeout]
 
     def _report(self) -> None:
+        self._apply_fallbacks()
         counters = self.counters()
         missing = self.missing_streams()
         if missing and any(self._last_seen[s] is not None for s in STREAMS):
