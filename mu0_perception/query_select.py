@@ -30,6 +30,7 @@ from mu0_core.trace_spec import HISTORY_STEPS
 
 MODES = ("objects", "automatic", "grid", "given")
 OBJECT_MASK_WIDTH = 160      # `objects` mode parses the scene at <= this width (the puck stays >= 2 px)
+PLANE_RETRY_FRAMES = 30      # without an extrinsic, a frame with no support plane is retried this often
 
 
 @dataclass
@@ -144,8 +145,11 @@ class QueryTracker:
         self._next_id = 0
         self._pending_given: QuerySet | None = None
         self.last_object_pixels = 0      # object pixels found at the last `objects` reseed (diagnostics)
+        self._plane = None               # the last RANSAC support plane (no extrinsic), see _support_plane
+        self._plane_failures = 0
 
     def reset(self) -> None:
+        self._plane, self._plane_failures = None, 0
         self.current = QuerySet(np.zeros(0), np.zeros((0, 2)), [])
         self._prev_gray = None
         self._pending_given = None
@@ -201,13 +205,35 @@ class QueryTracker:
             intr = CameraIntrinsics(small.shape[1], small.shape[0], intrinsics.fx / f, intrinsics.fy / f,
                                     intrinsics.cx / f, intrinsics.cy / f)
         points = tabletop.backproject(small, intr)
-        plane = tabletop.fit_support_plane(points, up=up)
+        plane = self._support_plane(points, up)
         if plane is None:
             return None
         mask = tabletop.object_mask(points, plane, intr)
         if exclude_mask is not None:
             mask &= ~exclude_mask[::f, ::f][: mask.shape[0], : mask.shape[1]]
         return mask, f
+
+    def _support_plane(self, points, up):
+        """The work surface, refitted only when needed: with `up` the fit is a histogram (cheap, every
+        frame); without it RANSAC costs ~0.1 s, so the last plane is kept while it still explains
+        >= 70 % of the pixels it explained when fitted, and a failed fit is retried every
+        PLANE_RETRY_FRAMES frames (a static camera's table does not move)."""
+        from mu0_perception import tabletop
+
+        if up is not None:
+            return tabletop.fit_support_plane(points, up=up)
+        if self._plane is not None:
+            finite = np.all(np.isfinite(points), axis=-1)
+            h = self._plane.height(np.where(finite[..., None], points, 0.0))
+            explained = (finite & (np.abs(h) < 0.006)).sum() / max(1, finite.sum())
+            if explained >= 0.7 * self._plane.inlier_fraction:
+                return self._plane
+        elif self._plane_failures % PLANE_RETRY_FRAMES:
+            self._plane_failures += 1
+            return None
+        self._plane = tabletop.fit_support_plane(points)
+        self._plane_failures = 0 if self._plane is not None else self._plane_failures + 1
+        return self._plane
 
     def _on_objects(self, followed: QuerySet, mask: np.ndarray, f: int) -> np.ndarray:
         """Which followed queries still sit on an object (1 px tolerance at the mask's scale): a

@@ -120,6 +120,22 @@ def test_objects_mode_queries_every_object_and_respects_the_robot_mask():
     assert on_small[vi, ui].any()
 
 
+def test_without_an_extrinsic_the_ransac_plane_is_kept_while_it_explains_the_scene(monkeypatch):
+    color, depth = render_scene([BOX, SMALL])
+    fits = []
+    real_fit = tabletop.fit_support_plane
+    monkeypatch.setattr(tabletop, "fit_support_plane", lambda *a, **k: fits.append(k.get("up")) or real_fit(*a, **k))
+    tracker = QueryTracker("objects", max_points=16, track=False)
+    for _ in range(3):
+        qs = tracker.update(color, depth, INTR, None)
+        assert len(qs) and all(e.startswith("object_") for e in qs.entities)
+    assert fits == [None]                      # fitted once (RANSAC), then reused
+    other = depth.copy()
+    other[:] = 2.0                             # the camera now sees a wall: the old plane explains nothing
+    tracker.update(color, other, INTR, None)
+    assert len(fits) == 2
+
+
 def test_objects_mode_falls_back_to_corners_without_a_surface():
     rng = np.random.default_rng(0)
     color = rng.integers(0, 255, (H, W, 3), dtype=np.uint8)
