@@ -294,17 +294,19 @@ def record_job(job: dict) -> dict:
     written. With resume, views whose bag is complete (episode.json) are kept."""
     import shutil
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()   # cpu_s: what sizes a corpus on a loaded machine
     out = Path(job["out"])
     rec = {"key": job["key"], "task": job["task"], "seed": job["seed"], "views": []}
     try:
         views = job["views"]
-        if job["only_success"] and not _expert_succeeds(_env_for(job, views[0]["camera"]), job["seed"],
+        names = [job["key"] if v["name"] is None else f"{job['key']}__{v['name']}" for v in views]
+        complete = job["resume"] and all((out / n / "episode.json").is_file() for n in names)
+        if job["only_success"] and not complete and not _expert_succeeds(_env_for(job, views[0]["camera"]), job["seed"],
                                                         job["max_steps"]):
-            return {**rec, "status": "unsuccessful", "success": False, "wall_s": time.perf_counter() - t0}
+            return {**rec, "status": "unsuccessful", "success": False, "wall_s": time.perf_counter() - t0,
+                "cpu_s": time.process_time() - c0}
         steps, success = 0, True
-        for v in views:
-            name = job["key"] if v["name"] is None else f"{job['key']}__{v['name']}"
+        for v, name in zip(views, names):
             bag = out / name
             if job["resume"] and bag.exists():
                 if (bag / "episode.json").is_file():
@@ -332,14 +334,17 @@ def record_job(job: dict) -> dict:
                 for n in rec["views"]:
                     shutil.rmtree(out / n, ignore_errors=True)
                 return {**rec, "views": [], "status": "unsuccessful", "success": False,
-                        "wall_s": time.perf_counter() - t0}
+                        "wall_s": time.perf_counter() - t0,
+                "cpu_s": time.process_time() - c0}
         return {**rec, "status": "done", "success": bool(success), "num_steps": int(steps),
-                "wall_s": time.perf_counter() - t0}
+                "wall_s": time.perf_counter() - t0,
+                "cpu_s": time.process_time() - c0}
     except Exception as exc:  # one broken episode must not stop a corpus: recorded, retried on resume
         import traceback
 
         return {**rec, "status": "failed", "error": f"{type(exc).__name__}: {exc}",
-                "traceback": traceback.format_exc(limit=5), "wall_s": time.perf_counter() - t0}
+                "traceback": traceback.format_exc(limit=5), "wall_s": time.perf_counter() - t0,
+                "cpu_s": time.process_time() - c0}
 
 
 def _crashed(job: dict, exc: BaseException) -> dict:
@@ -352,6 +357,11 @@ def _write_manifest(out: Path, manifest: dict) -> None:
     tmp = out / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=1))
     tmp.replace(out / MANIFEST)     # atomic: a kill leaves the old or the new manifest, never half
+
+
+def _mean_steps(records: list[dict]) -> str:
+    steps = [r["num_steps"] for r in records if "num_steps" in r]   # unsuccessful ones were not recorded
+    return f"{np.mean(steps):.0f}" if steps else "-"
 
 
 def _parse_seeds(text: str) -> list[int]:
@@ -397,10 +407,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--camera-amplitude-deg", type=float, default=12.0)
     p.add_argument("--camera-period-s", type=float, default=4.0)
     p.add_argument("--shadows", action="store_true", help="render shadows (slower)")
-    p.add_argument("--only-success", action="store_true", help="delete failed episodes")
+    p.add_argument("--only-success", action="store_true",
+                   help="record only episodes whose scripted expert succeeds (checked first without rendering)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--resume", action="store_true",
-                   help="skip episodes whose bag is complete (has episode.json); re-record partial ones")
+                   help=f"skip episodes {MANIFEST} lists as done/unsuccessful and bags that are complete "
+                        "(episode.json); re-record partial ones")
     p.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="local: episodes in this process; ray: one Ray task per episode")
     p.add_argument("--ray-address", default=None,
@@ -505,12 +517,10 @@ def main(argv: list[str] | None = None) -> int:
         rs = [r for r in ran if r["task"] == task]
         if rs:
             table.add_row(task, str(len(rs)), f"{np.mean([r['success'] for r in rs]):.0%}",
-                          f"{np.mean([r.get('num_steps', 0) for r in rs]):.0f}",
-                          f"{np.mean([r['wall_s'] for r in rs]):.2f}")
+                          _mean_steps(rs), f"{np.mean([r['wall_s'] for r in rs]):.2f}")
     if ran:
         table.add_row("all", str(len(ran)), f"{np.mean([r['success'] for r in ran]):.0%}",
-                      f"{np.mean([r.get('num_steps', 0) for r in ran]):.0f}",
-                      f"{np.mean([r['wall_s'] for r in ran]):.2f}", style="bold")
+                      _mean_steps(ran), f"{np.mean([r['wall_s'] for r in ran]):.2f}", style="bold")
     Console().print(table)
     return 1 if failed else 0
 

@@ -25,7 +25,7 @@ from mu0_sim import record  # noqa: E402
 RECORD = ["--tasks", "push,reach", "--seeds", "0", "--resolution", "160x120", "--max-steps", "40",
           "--cameras", "corner", "--perturbed-views", "1"]
 EXTRACT = ["--no-progress", "--stride", "8", "--val-fraction", "0"]
-TIMING_KEYS = {"wall_s", "timings"}
+TIMING_KEYS = {"wall_s", "cpu_s", "timings"}
 
 
 @pytest.fixture(scope="module")

@@ -65,7 +65,7 @@ def load_manifest(out_dir: Path) -> dict:
 def process_one(job: tuple) -> dict:
     """Worker: read, extract, build samples and stage one episode. Never raises."""
     src, out_dir, ecfg, scfg = job
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         t = time.perf_counter()
         ep = read_episode(src)
@@ -82,7 +82,7 @@ def process_one(job: tuple) -> dict:
         info = stage_episode(out_dir, tr, arrays, captions, extra={"source": str(src), "image_size": [H, W]})
         return dict(source=str(src), status="done", episode_id=tr.episode_id, num_samples=info["num_samples"],
                     num_frames=info["num_frames"], coverage=tr.coverage, timings=tr.timings,
-                    wall_s=time.perf_counter() - t0)
+                    wall_s=time.perf_counter() - t0, cpu_s=time.process_time() - c0)
     except LowCoverageError as exc:
         return dict(source=str(src), status="skipped", error=str(exc), wall_s=time.perf_counter() - t0)
     except EpisodeReadError as exc:
