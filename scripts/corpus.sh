@@ -21,7 +21,7 @@ cd "$(dirname "$0")/.."
 [ -f env.sh ] && source env.sh
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1   # one thread per Ray task
 
-OUT="${1:-data/corpus}"
+OUT="$(realpath -m "${1:-data/corpus}")"   # absolute: on a cluster the workers' working directory differs
 TASKS_ALL="assembly,basketball,bin-picking,box-close,button-press,button-press-topdown,\
 button-press-topdown-wall,button-press-wall,coffee-pull,coffee-push,dial-turn,disassemble,door-close,\
 door-lock,door-open,door-unlock,drawer-close,drawer-open,hammer,hand-insert,handle-pull,\
