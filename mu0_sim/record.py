@@ -297,24 +297,28 @@ def record_job(job: dict) -> dict:
     t0, c0 = time.perf_counter(), time.process_time()   # cpu_s: what sizes a corpus on a loaded machine
     out = Path(job["out"])
     rec = {"key": job["key"], "task": job["task"], "seed": job["seed"], "views": []}
+
+    def finish(**fields) -> dict:
+        return {**rec, **fields, "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
+
     try:
         views = job["views"]
         names = [job["key"] if v["name"] is None else f"{job['key']}__{v['name']}" for v in views]
         complete = job["resume"] and all((out / n / "episode.json").is_file() for n in names)
-        if job["only_success"] and not complete and not _expert_succeeds(_env_for(job, views[0]["camera"]), job["seed"],
-                                                        job["max_steps"]):
-            return {**rec, "status": "unsuccessful", "success": False, "wall_s": time.perf_counter() - t0,
-                "cpu_s": time.process_time() - c0}
+        if job["only_success"] and not complete and not _expert_succeeds(
+                _env_for(job, views[0]["camera"]), job["seed"], job["max_steps"]):
+            return finish(status="unsuccessful", success=False)
         steps, success = 0, True
         for v, name in zip(views, names):
             bag = out / name
             if job["resume"] and bag.exists():
-                if (bag / "episode.json").is_file():
+                try:
                     ep = json.loads((bag / "episode.json").read_text())
                     steps, success = ep["num_steps"], success and ep["success"]
                     rec["views"].append(name)
                     continue
-                shutil.rmtree(bag)                       # a partial bag from an interrupted run
+                except (OSError, ValueError, KeyError):  # no or a half-written episode.json
+                    shutil.rmtree(bag)                   # a partial bag from an interrupted run
             env = _env_for(job, v["camera"])
             _set_view(env, v["perturbation"])   # envs are reused across views: always set the pose
             r = record_episode_result(job["task"], job["seed"], out, job["embodiment"], v["camera"],
@@ -333,18 +337,14 @@ def record_job(job: dict) -> dict:
             if job["only_success"] and not r.success:   # cannot happen after the check above; kept honest
                 for n in rec["views"]:
                     shutil.rmtree(out / n, ignore_errors=True)
-                return {**rec, "views": [], "status": "unsuccessful", "success": False,
-                        "wall_s": time.perf_counter() - t0,
-                "cpu_s": time.process_time() - c0}
-        return {**rec, "status": "done", "success": bool(success), "num_steps": int(steps),
-                "wall_s": time.perf_counter() - t0,
-                "cpu_s": time.process_time() - c0}
+                rec["views"] = []
+                return finish(status="unsuccessful", success=False)
+        return finish(status="done", success=bool(success), num_steps=int(steps))
     except Exception as exc:  # one broken episode must not stop a corpus: recorded, retried on resume
         import traceback
 
-        return {**rec, "status": "failed", "error": f"{type(exc).__name__}: {exc}",
-                "traceback": traceback.format_exc(limit=5), "wall_s": time.perf_counter() - t0,
-                "cpu_s": time.process_time() - c0}
+        return finish(status="failed", error=f"{type(exc).__name__}: {exc}",
+                      traceback=traceback.format_exc(limit=5))
 
 
 def _crashed(job: dict, exc: BaseException) -> dict:
