@@ -19,6 +19,7 @@ Numbers, never asserts (docs/interfaces.md: benchmarks print).
     python bench/bench_runtime.py [--seconds 30] [--model checkpoints/mu0_small] [--size 320x240] [--rate 10]
     python bench/bench_runtime.py --size 640x480 --rate 30          # realsense-ros default stream
     python bench/bench_runtime.py --size 640x480 --rate 30 --player # the same stream from a bag
+    python bench/bench_runtime.py --size 640x480 --micro             # CPU per frame of the message handling
 """
 import argparse
 import os
@@ -88,6 +89,74 @@ def write_camera_bag(path: Path, w: int, h: int, rate: float, n_frames: int) -> 
                 writer.write(conn, stamp, store.serialize_cdr(msg, conn.msgtype))
 
 
+def micro(w: int, h: int, n_traces: int, reps: int = 30) -> None:
+    """Per-frame CPU time (thread_time: unaffected by how loaded the machine is) of the hot path's
+    message handling, the pre-issue-14 way and now, on one process: rgbd_sync's matched set ->
+    /mu0/rgbd bytes, mu0_node's /mu0/rgbd bytes -> frame, its publish step, the expert's read."""
+    from rclpy.serialization import deserialize_message, serialize_message
+
+    from mu0_core.camera import RigidTransform
+    from mu0_core.traces import TraceSet
+    from mu0_msgs.msg import RGBD, TraceArray
+    from mu0_perception.sync import assemble_frame, assemble_rgbd_msg
+    from mu0_policy.trace_postprocess import trace_line_strips
+    from mu0_ros import convert
+
+    colors, depth, intr = camera_frames(w, h)
+    hdr = convert.make_header(1_000_000_000, "camera_color_optical_frame")
+    parts = (convert.numpy_to_image(colors[0], "rgb8", hdr), convert.numpy_to_image(depth, "16UC1", hdr),
+             convert.camera_info_from_intrinsics(intr, hdr))
+    wire = [serialize_message(m) for m in parts]
+    types = [type(m) for m in parts]
+    rng = np.random.default_rng(0)
+    t1 = 33
+    traces = TraceSet(
+        stamp_ns=1, frame_id="base_link", instruction="reach the block", model_id="mu0_small", horizon_steps=32,
+        step_period=0.0125, query_ids=np.arange(n_traces, dtype=np.uint32),
+        entities=[f"cluster_{i % 4}" for i in range(n_traces)], pixels=rng.random((n_traces, 2)).astype(np.float32),
+        positions=rng.random((n_traces, 3)), knots=np.linspace(0, 1, 14), control_points=rng.random((n_traces, 10, 3)),
+        samples=rng.random((n_traces, t1, 3)), validity=np.ones((n_traces, t1), np.float32),
+        confidence=np.ones(n_traces, np.float32), camera_to_frame=RigidTransform.identity())
+    strips = trace_line_strips(traces)
+
+    def cpu_ms(fn):
+        fn()
+        start = time.thread_time()
+        for _ in range(reps):
+            fn()
+        return (time.thread_time() - start) / reps * 1e3
+
+    def sync_before():
+        m = [deserialize_message(b, t) for b, t in zip(wire, types)]
+        return serialize_message(convert.frame_to_rgbd_msg(assemble_frame(*m)))
+
+    def sync_now():
+        m = [deserialize_message(b, t) for b, t in zip(wire, types)]
+        return serialize_message(assemble_rgbd_msg(*m))
+
+    rgbd_before, rgbd_now = sync_before(), sync_now()
+    rows = [
+        ("rgbd_sync: 3 images in -> /mu0/rgbd out", cpu_ms(sync_before), cpu_ms(sync_now),
+         f"{len(rgbd_before) / 1e6:.2f} MB -> {len(rgbd_now) / 1e6:.2f} MB per frame"),
+        ("mu0_node: /mu0/rgbd in -> frame", cpu_ms(lambda: convert.rgbd_msg_to_frame(deserialize_message(rgbd_before, RGBD))),
+         cpu_ms(lambda: convert.rgbd_msg_to_frame(deserialize_message(rgbd_now, RGBD))), ""),
+        (f"mu0_node publish ({n_traces} traces, traces + traces_camera + markers)",
+         cpu_ms(lambda: [serialize_message(convert.trace_set_to_msg(traces)) for _ in range(2)]
+                + [serialize_message(convert.marker_array_msg(strips, 0.2, (), 1, "base_link"))]),
+         cpu_ms(lambda: [convert.trace_set_to_cdr(traces) for _ in range(2)]
+                + [convert.marker_array_cdr(strips, 0.2, (), 1, "base_link")]), "now: the camera copy and markers only when subscribed"),
+        ("mu0_node publish, nobody on traces_camera / markers", float("nan"), cpu_ms(lambda: convert.trace_set_to_cdr(traces)), ""),
+        ("action_expert: /mu0/traces in -> TraceSet",
+         cpu_ms(lambda: convert.trace_msg_to_set(deserialize_message(convert.trace_set_to_cdr(traces), TraceArray))),
+         cpu_ms(lambda: convert.trace_cdr_to_set(convert.trace_set_to_cdr(traces))), ""),
+    ]
+    load = os.getloadavg()
+    print(f"CPU ms per frame (thread_time, {reps} reps, {w}x{h}; load average {load[0]:.2f}):")
+    print(f"  {'step':62s} {'before':>8s} {'now':>8s}")
+    for name, before, now, note in rows:
+        print(f"  {name:62s} {before:8.2f} {now:8.2f}  {note}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=30.0)
@@ -96,10 +165,15 @@ def main(argv=None):
     parser.add_argument("--size", default="320x240")
     parser.add_argument("--rate", type=float, default=10.0, help="camera frames per second")
     parser.add_argument("--queries", type=int, default=24)
+    parser.add_argument("--micro", action="store_true",
+                        help="only the per-frame CPU time of the message handling, before issue 14 and now")
     parser.add_argument("--player", action="store_true",
                         help="play the camera stream from a rosbag2 with bag_player (ingest counts only)")
     args = parser.parse_args(argv)
     w, h = (int(v) for v in args.size.split("x"))
+    if args.micro:
+        micro(w, h, args.queries)
+        return 0
 
     import rclpy
     from builtin_interfaces.msg import Time
@@ -165,6 +239,7 @@ def main(argv=None):
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if player.returncode:
             print(f"bag_player exited {player.returncode}: {player.stderr[-2000:]}")
+        player_report = [line for line in player.stderr.splitlines() if "behind" in line]
         sent_seconds = time.monotonic() - t_start
     else:
         colors, depth, intr = camera_frames(w, h)
@@ -199,6 +274,8 @@ def main(argv=None):
     print(f"camera {'bag_player' if args.player else 'publisher'}: {n_frames} frames at {args.rate:g} Hz, "
           f"{w}x{h}, model {args.model} ({args.backend}), {args.queries} queries, one process per node; "
           f"exit codes {codes}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    if args.player:
+        print("bag_player: " + ("; ".join(line.split("]: ")[-1] for line in player_report) or "-"))
     print(f"rgbd_sync received colour {sync['received_color']} depth {sync['received_depth']} "
           f"info {sync['received_info']}; published /mu0/rgbd {sync['published']} "
           f"({100.0 * sync['published'] / max(n_frames, 1):.1f} % of camera frames)")

@@ -73,7 +73,7 @@ class BagPlayer(Node):
     from the bag in log-time order rather than loaded whole (a minute of such a stream is GBs)."""
 
     def __init__(self, bag, rate: float = 1.0, loop: bool = False, topics=None, publish_clock: bool = True,
-                 latched_topics=LATCHED_TOPICS, qos_depth: int = 10, exclude=(), **kwargs):
+                 latched_topics=LATCHED_TOPICS, qos_depth: int = 30, exclude=(), **kwargs):
         super().__init__("bag_player", **kwargs)
         if not rate > 0:
             raise ValueError(f"rate: must be > 0, got {rate}")
@@ -89,6 +89,9 @@ class BagPlayer(Node):
         if not self.message_count:
             raise ValueError(f"bag: {bag} has no messages on the selected topics")
         self.rate, self.loop, self.publish_clock = float(rate), bool(loop), bool(publish_clock)
+        # keep-last `qos_depth` (1 s of a 30 Hz camera): a reliable writer drops its oldest samples
+        # when the history is full, acknowledged or not, so a player catching up after a stall
+        # would otherwise overrun a slower reader
         self.publishers_by_topic = {}
         for c in connections:
             if c.topic not in self.publishers_by_topic:
