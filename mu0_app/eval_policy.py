@@ -249,12 +249,16 @@ def run_episode(env, robot, source: TraceSource, seed: int, expert_name: str, ma
             runner.update_traces(traces)
             shown = traces
         if step % trace_every == 0 and video is not None and obs.color is not None:
-            frame = obs.color
+            import cv2
+
+            # drawn on a 3x upscale: 1-px traces on a 160x120 frame are invisible in a player
+            big = (3 * obs.color.shape[1], 3 * obs.color.shape[0])
+            frame = cv2.resize(obs.color, big, interpolation=cv2.INTER_NEAREST)
             if shown is not None and len(shown):
                 from mu0_policy.trace_postprocess import transform_trace_set
 
                 cam = transform_trace_set(shown, obs.T_base_cam.inverse(), "camera")
-                frame = draw_traces(obs.color, cam, obs.intrinsics, thickness=1)
+                frame = draw_traces(frame, cam, obs.intrinsics.scaled(*big), thickness=2)
             video.append(frame)
         if scripted:
             action = env.expert_action()
