@@ -15,8 +15,9 @@ How a stop goes, and why:
 - `ros2 launch` gives every process 5 s after its SIGINT, then SIGTERM, then SIGKILL; Ctrl-C in a
   terminal reaches the whole process group, so a node gets SIGINT twice (the terminal's, then
   launch's). The first one stops the spin; from then on SIGINT is ignored so the second cannot cut
-  the cleanup short (a traceback, death by signal). SIGTERM raises KeyboardInterrupt, also during
-  the cleanup: a SIGTERM means "stop now", so it ends the process with 0 right away.
+  the cleanup short (a traceback, death by signal). A SIGTERM that comes after another stop
+  request (launch's escalation once its grace is over) cuts the cleanup short: the process ends
+  with 0 right away.
 - The node is freed (`free`: threads joined, subscriptions gone) and destroyed and rclpy is shut
   down explicitly, then the process ends with `os._exit` after flushing Python's and C's stdio.
   Measured on the 2-core machine under load (load average 25-45): the interpreter's own teardown
@@ -46,11 +47,16 @@ def run_node(make_node: Callable, argv: list[str] | None = None, *, name: str,
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
-    stopping = {"signal": False}
+    stopping = {"signal": False, "cleanup": False}
 
     def interrupt(signum, frame):
+        first = not stopping["signal"]
         stopping["signal"] = True
-        raise KeyboardInterrupt
+        # during the cleanup only a second stop request (launch's SIGTERM after its grace) cuts it
+        # short; the first one's Python handler can run late, after rclpy's own handler has
+        # already ended the spin, and must not skip the cleanup it asked for
+        if not stopping["cleanup"] or not first:
+            raise KeyboardInterrupt
 
     # before rclpy.init: rclpy's own handlers (they shut the context down) chain to these
     signal.signal(signal.SIGINT, interrupt)
@@ -74,6 +80,7 @@ def run_node(make_node: Callable, argv: list[str] | None = None, *, name: str,
         finally:
             # the second Ctrl-C (terminal, then launch) must not interrupt the cleanup
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+            stopping["cleanup"] = True
             if node is not None:
                 _cleanup(node, name, free)
             rclpy.try_shutdown()
