@@ -93,6 +93,7 @@ class ActionExpertNode(LifecycleNode):
         self.camera_to_command_ms = deque(maxlen=1000)
         self.command_trace_age_ms = deque(maxlen=1000)
         self._last_command_trace_stamp = None
+        self._last_was_hold = True   # no event-driven command before the control tick has planned once
         self.counts = {"malformed_traces": 0, "malformed_joint_states": 0, "malformed_estop": 0, "published": 0,
                        "dry_run_logged": 0, "estop_messages": 0, "watchdog_ticks": 0, "callback_errors": 0,
                        "in_traces": 0, "in_joint_states": 0}
@@ -269,10 +270,11 @@ class ActionExpertNode(LifecycleNode):
         except Exception as err:  # noqa: BLE001 - one message never stops the node
             self._dropped("traces", err)
             return
-        if self.robot.command_interface == "joint_trajectory":
+        if self.robot.command_interface == "joint_trajectory" and not self._last_was_hold:
             # a trajectory is timed from its receipt: send the new one now (guarded as every
             # command). Streaming interfaces (forward_position, ee_delta) emit one row per control
             # tick, since the guard's step limits are per tick: their next tick uses the new plan.
+            # While holding (start-up, a fault) the control tick alone decides: no extra holds.
             self._on_tick()
 
     def _on_joint_state(self, msg):
@@ -337,6 +339,7 @@ class ActionExpertNode(LifecycleNode):
     def _publish(self, cmd):
         if cmd is None:
             return
+        self._last_was_hold = bool(cmd.hold)
         if not cmd.send:
             self.counts["dry_run_logged"] += 1
             self.get_logger().info(
