@@ -2,7 +2,8 @@
 # Scripted demos for the learned action experts (both sim embodiments), resumable:
 #   bash scripts/expert_demos.sh [OUT_DIR]      (default data/expert)
 # 8 tasks (those of checkpoints/mu0_small), 160x120 (the resolution μ_0 small was trained at),
-# seeds 0-19 (evaluation uses unseen seeds 100+), successful episodes only.
+# seeds 0-19, and 20-29 for the four EE tasks the expert finds hardest (reach, push, pick-place,
+# door-open); evaluation uses unseen seeds 100+; successful episodes only.
 # The joint-position arm leaves out push and pick-place: its scripted demonstrator (Meta-World's
 # policy through IK and the PD joint controller) finishes them in about 1 of 10 seeds, so 20 seeds
 # cost ~30 min of recording for 2-3 demos.
@@ -15,5 +16,7 @@ TASKS_EE=reach,push,pick-place,drawer-open,drawer-close,button-press,door-open,w
 TASKS_JOINT=reach,drawer-open,drawer-close,button-press,door-open,window-open
 python -m mu0_sim.record --tasks "$TASKS_EE" --seeds "${MU0_DEMO_SEEDS:-0-19}" --resolution 160x120 \
     --embodiment sawyer_ee --only-success --max-steps 300 --resume --out "$OUT/bags_ee"
+python -m mu0_sim.record --tasks reach,push,pick-place,door-open --seeds "${MU0_DEMO_SEEDS_EXTRA:-20-29}" \
+    --resolution 160x120 --embodiment sawyer_ee --only-success --max-steps 300 --resume --out "$OUT/bags_ee"
 python -m mu0_sim.record --tasks "$TASKS_JOINT" --seeds "${MU0_DEMO_SEEDS:-0-19}" --resolution 160x120 \
     --embodiment sawyer_joint --only-success --max-steps 300 --resume --out "$OUT/bags_joint"

@@ -10,16 +10,16 @@ export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1   # one thread
 WHICH="${1:-all}"
 DATA="${MU0_EXPERT_DATA:-data/expert}"
 RUNS="${MU0_EXPERT_RUNS:-runs/experts}"
-STEPS="${MU0_EXPERT_STEPS:-3000}"
+declare -A STEPS=([ee]="${MU0_EXPERT_STEPS_EE:-4000}" [joint]="${MU0_EXPERT_STEPS_JOINT:-3000}")
 bash scripts/expert_demos.sh "$DATA"
 for EMB in ee joint; do
   [ "$WHICH" = all ] || [ "$WHICH" = "$EMB" ] || continue
   ROBOT=config/robots/sim_sawyer_${EMB}.yaml
   BAGS="$DATA/bags_${EMB}"
-  COMMON=(--bags "$BAGS" --robot "$ROBOT" --steps "$STEPS" --no-progress --export)
-  [ -f "$RUNS/${EMB}_mu0/model.onnx" ] || nice -n 5 mu0 train-expert "${COMMON[@]}" --model checkpoints/mu0_small --out "$RUNS/${EMB}_mu0"
-  [ -f "$RUNS/${EMB}_notrace/model.onnx" ] || nice -n 5 mu0 train-expert "${COMMON[@]}" --model checkpoints/mu0_small --no-traces --out "$RUNS/${EMB}_notrace"
-  [ -f "$RUNS/${EMB}_gt/model.onnx" ] || nice -n 5 mu0 train-expert "${COMMON[@]}" --model ground_truth --out "$RUNS/${EMB}_gt"
+  COMMON=(--bags "$BAGS" --robot "$ROBOT" --steps "${STEPS[$EMB]}" --no-progress --export)
+  [ -f "$RUNS/${EMB}_mu0/model.onnx" ] || mu0 train-expert "${COMMON[@]}" --model checkpoints/mu0_small --out "$RUNS/${EMB}_mu0"
+  [ -f "$RUNS/${EMB}_notrace/model.onnx" ] || mu0 train-expert "${COMMON[@]}" --model checkpoints/mu0_small --no-traces --out "$RUNS/${EMB}_notrace"
+  [ -f "$RUNS/${EMB}_gt/model.onnx" ] || mu0 train-expert "${COMMON[@]}" --model ground_truth --out "$RUNS/${EMB}_gt"
   mkdir -p checkpoints/expert_sawyer_${EMB}
   cp "$RUNS/${EMB}_mu0/"{model.safetensors,config.json,model.onnx} checkpoints/expert_sawyer_${EMB}/
 done
