@@ -323,8 +323,9 @@ class QueryHistory:
 
     History step j (0..7) is the query's uvz at `now - (8 - j) * step_period`, linearly
     interpolated between the observations kept for that id; a time before the first observation
-    of the id is NaN (invalid — the predictor masks it). Ids not seen for `forget_after_ns` are
-    forgotten. With a static camera the reference camera of every step is the current one.
+    of the id, or whose nearest observation is a frame where the query had no depth (added as a NaN
+    row), is NaN (invalid — the predictor masks it), as TraceExtract marks such steps in training.
+    Ids not seen for `forget_after_ns` are forgotten. With a static camera the reference camera of every step is the current one.
     """
 
     def __init__(self, max_observations: int = 32, forget_after_ns: int = 2_000_000_000):
@@ -362,9 +363,16 @@ class QueryHistory:
                 continue
             t_obs = np.array([t for t, _ in track], dtype=np.float64)
             p_obs = np.stack([p for _, p in track])
+            seen = np.isfinite(p_obs).all(axis=1)      # NaN rows: frames where the query had no depth
             usable = (times >= t_obs[0]) & (times <= max(t_obs[-1], now_ns))
+            if seen.any():
+                # a step whose nearest frame had no depth stays invalid (TraceExtract's rule)
+                nearest = np.abs(times[:, None] - t_obs[None]).argmin(axis=1)
+                usable &= seen[nearest]
+            else:
+                usable[:] = False
             if not usable.any():
                 continue
             for c in range(3):
-                out[i, usable, c] = np.interp(times[usable], t_obs, p_obs[:, c])
+                out[i, usable, c] = np.interp(times[usable], t_obs[seen], p_obs[seen, c])
         return out

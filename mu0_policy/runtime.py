@@ -219,6 +219,10 @@ class TracePipeline:
         z = sample_depth_at(frame.depth, queries.pixels) if len(queries) else np.zeros(0, np.float32)
         has_depth = np.isfinite(z) & (z > 0)
         without_depth = int((~has_depth).sum())
+        if without_depth:   # a depthless frame is a gap in those queries' history (NaN = invalid step),
+            # as TraceExtract marks it in training; interpolating over it would feed the model a
+            # history it never saw
+            self.history.add(frame.stamp_ns, queries.query_ids[~has_depth], np.full((without_depth, 3), np.nan))
         queries = queries.subset(has_depth)   # no metric anchor -> no 3D trace for the robot
         z = z[has_depth]
         uvz_now = np.concatenate([pixels_to_normalized(queries.pixels, width, height), z[:, None]], axis=1)

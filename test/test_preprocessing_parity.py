@@ -176,9 +176,6 @@ def test_identical_history_inputs(both):
     assert train["history_valid"][0][t_rows].all()     # a full history on both sides, frames 0..7
 
 
-@pytest.mark.xfail(strict=True, reason="open: the runtime's QueryHistory interpolates a history step over "
-                   "frames where the query had no depth (the node skips it there), TraceExtract marks the "
-                   "step invalid; mu0_perception/query_select.py, reported for the query-selection rewrite")
 def test_identical_history_when_a_query_lost_its_depth_for_two_frames(tmp_path):
     intr, uv, colors, depths = _clip(dropout_frames=(3, 4))
     train, _, normalizer = _training_inputs(tmp_path, intr, uv, colors, depths)
