@@ -52,10 +52,14 @@ def run_node(make_node: Callable, argv: list[str] | None = None, *, name: str,
     def interrupt(signum, frame):
         first = not stopping["signal"]
         stopping["signal"] = True
-        # during the cleanup only a second stop request (launch's SIGTERM after its grace) cuts it
-        # short; the first one's Python handler can run late, after rclpy's own handler has
-        # already ended the spin, and must not skip the cleanup it asked for
-        if not stopping["cleanup"] or not first:
+        # the first stop request ends the spin; the first one's Python handler can run late, after
+        # rclpy's own handler has already ended the spin, and must not skip the cleanup it asked for
+        if first and not stopping["cleanup"]:
+            raise KeyboardInterrupt
+        # afterwards only launch's escalation (SIGTERM after its grace) cuts the cleanup short; a
+        # repeated SIGINT (Ctrl-C reaches the group, then launch sends its own) is the same request,
+        # even when both arrive before the cleanup has begun
+        if signum == signal.SIGTERM and not first:
             raise KeyboardInterrupt
 
     # before rclpy.init: rclpy's own handlers (they shut the context down) chain to these

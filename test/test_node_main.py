@@ -28,8 +28,13 @@ NODE = textwrap.dedent("""
                 raise ValueError("rate must be > 0, got -1")
             if MODE == "stuck_teardown":   # would keep a plain sys.exit() waiting forever
                 threading.Thread(target=lambda: time.sleep(3600), daemon=False).start()
-            self.create_timer(0.05, lambda: None)
-            print("spinning", flush=True)
+            self._said = False
+            self.create_timer(0.05, self.tick)
+
+        def tick(self):   # said from the spin, so a stop sent after it finds the node built
+            if not self._said:
+                self._said = True
+                print("spinning", flush=True)
 
     def free(node):
         print("freed", end="")          # no newline, no flush: exit_now must flush it
