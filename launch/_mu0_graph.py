@@ -133,7 +133,7 @@ def drive_lifecycle(node):
     from launch_ros.events.lifecycle import ChangeState
     from lifecycle_msgs.msg import Transition
 
-    state = {"transitions": 0, "tries": 0, "timer": None}
+    state = {"transitions": 0, "tries": 0, "timer": None, "exited": False}
 
     def request(transition):
         return EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node), transition_id=transition))
@@ -154,12 +154,20 @@ def drive_lifecycle(node):
 
     def retry(context):
         state["timer"] = None
-        if context.is_shutdown or state["transitions"] or state["tries"] >= CONFIGURE_RETRIES:
+        if context.is_shutdown or state["exited"] or state["transitions"] or state["tries"] >= CONFIGURE_RETRIES:
             return []
         state["tries"] += 1
         return [LogInfo(msg=f"mu0_node: no lifecycle transition {CONFIGURE_RETRY_S:.0f} s after the configure "
                             f"request; asking again ({state['tries']}/{CONFIGURE_RETRIES})"),
                 *configure(context)]
+
+    def node_exited(context):
+        # a retry timer left after mu0_node's process is gone would keep launch alive (it is only
+        # idle when every timer is done) although every node has exited - seen in CI when a Ctrl-C
+        # reached the nodes but launch did not act on it: 5 x 20 s of "asking again"
+        state["exited"] = True
+        cancel_timer()
+        return []
 
     def saw_transition(context):
         state["transitions"] += 1
@@ -182,6 +190,7 @@ def drive_lifecycle(node):
             entities=[LogInfo(msg="mu0_node: configure FAILED (reason in its log above); it stays unconfigured "
                                   "- fix the parameter, then `ros2 lifecycle set /mu0_node configure`")])),
         RegisterEventHandler(OnProcessStart(target_action=node, on_start=[OpaqueFunction(function=configure)])),
+        RegisterEventHandler(OnProcessExit(target_action=node, on_exit=[OpaqueFunction(function=node_exited)])),
         RegisterEventHandler(OnShutdown(on_shutdown=lambda *_: cancel_timer())),
     ]
 
