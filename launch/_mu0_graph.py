@@ -128,7 +128,7 @@ def drive_lifecycle(node):
     """
     from launch.actions import OpaqueFunction, TimerAction
     from launch.event_handlers import OnProcessStart
-    from launch.events import matches_action
+    from launch.events import Shutdown, matches_action
     from launch_ros.event_handlers import OnStateTransition
     from launch_ros.events.lifecycle import ChangeState
     from lifecycle_msgs.msg import Transition
@@ -161,13 +161,18 @@ def drive_lifecycle(node):
                             f"request; asking again ({state['tries']}/{CONFIGURE_RETRIES})"),
                 *configure(context)]
 
-    def node_exited(context):
-        # a retry timer left after mu0_node's process is gone would keep launch alive (it is only
-        # idle when every timer is done) although every node has exited - seen in CI when a Ctrl-C
-        # reached the nodes but launch did not act on it: 5 x 20 s of "asking again"
+    def node_exited(event, context):
+        # mu0_node is required: without it the graph has no traces. Its exit also ends launch, as
+        # ROS launch files do for required nodes (on_exit=Shutdown). Without this, a configure
+        # request left unanswered by the dead node (launch_ros polls it until launch shuts down)
+        # and the retry timer kept `ros2 launch` alive with every node gone - seen in CI when a
+        # Ctrl-C reached the nodes but launch did not act on it
         state["exited"] = True
         cancel_timer()
-        return []
+        if context.is_shutdown:
+            return []
+        return [LogInfo(msg=f"mu0_node exited (code {event.returncode}): shutting the graph down"),
+                EmitEvent(event=Shutdown(reason="mu0_node exited"))]
 
     def saw_transition(context):
         state["transitions"] += 1
@@ -190,7 +195,7 @@ def drive_lifecycle(node):
             entities=[LogInfo(msg="mu0_node: configure FAILED (reason in its log above); it stays unconfigured "
                                   "- fix the parameter, then `ros2 lifecycle set /mu0_node configure`")])),
         RegisterEventHandler(OnProcessStart(target_action=node, on_start=[OpaqueFunction(function=configure)])),
-        RegisterEventHandler(OnProcessExit(target_action=node, on_exit=[OpaqueFunction(function=node_exited)])),
+        RegisterEventHandler(OnProcessExit(target_action=node, on_exit=node_exited)),
         RegisterEventHandler(OnShutdown(on_shutdown=lambda *_: cancel_timer())),
     ]
 
