@@ -83,7 +83,9 @@ class RGBDSyncNode(Node):
                                               "/diagnostics", reliable_qos(10))
         # diagnostics on the steady clock: with use_sim_time a stalled or rewound /clock must not
         # silence the report that says so
-        self.create_timer(period, self._report, clock=Clock(clock_type=ClockType.STEADY_TIME))
+        # (the node keeps the clock: a timer does not, and a collected clock never fires it)
+        self._steady_clock = Clock(clock_type=ClockType.STEADY_TIME)
+        self.create_timer(period, self._report, clock=self._steady_clock)
         # a backwards jump of the node clock (a looping bag's /clock) resets the matcher when it
         # happens, from the clock itself: comparing clock readings between messages misses it when
         # a loaded executor applies the /clock messages of a whole pass before the frames
