@@ -25,7 +25,7 @@ import time
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.clock import Clock, ClockType, JumpThreshold
+from rclpy.clock import JumpThreshold
 from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import QoSPolicyKind
@@ -81,11 +81,7 @@ class RGBDSyncNode(Node):
         self._subs = {s: self._subscribe(s, input_qos) for s in STREAMS}
         self.diag_pub = self.create_publisher(DiagnosticArray,
                                               "/diagnostics", reliable_qos(10))
-        # diagnostics on the steady clock: with use_sim_time a stalled or rewound /clock must not
-        # silence the report that says so
-        # (the node keeps the clock: a timer does not, and a collected clock never fires it)
-        self._steady_clock = Clock(clock_type=ClockType.STEADY_TIME)
-        self.create_timer(period, self._report, clock=self._steady_clock)
+        self.create_timer(period, self._report)
         # a backwards jump of the node clock (a looping bag's /clock) resets the matcher when it
         # happens, from the clock itself: comparing clock readings between messages misses it when
         # a loaded executor applies the /clock messages of a whole pass before the frames
