@@ -93,3 +93,9 @@ def test_eval_cli_protocols_report_top1_top5_2d_3d(run, tmp_path, protocol):
                 assert f"top{k}/ADE@{T}" in t[space]
     md = (out / "metrics.md").read_text()
     assert "2D uv, top-1" in md and "3D uvz, top-5" in md
+    # per task (val = unseen episodes: ep5, ep6 of two tasks) in the json, the md and a plot of its own
+    per_task = report["per_task"]
+    assert len(per_task) == 2 and sum(t["num_frames"] for t in per_task.values()) == report["num_frames"]
+    assert f"### per task: val (unseen episodes), protocol {protocol}" in md
+    assert all(f"| {task} |" in md for task in per_task)
+    assert (out / "metrics_val.png").stat().st_size > 5_000 and (out / "metrics.png").is_file()
