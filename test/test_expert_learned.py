@@ -157,3 +157,34 @@ def test_bundled_expert_finishes_through_the_live_graph_over_dds(tmp_path):
                      wall_timeout_s=200, log_dir=tmp_path, real_time_factor=0.5)
     assert o.success, f"not finished after {o.steps} sim steps; logs in {tmp_path}"
     assert eval_policy.embodiment_of(load_robot_config(EE_ROBOT)) == "sawyer_ee"
+
+
+def _runner_counts_for_traces_of(model_id):
+    from mu0_core.traces import TraceSet
+    from mu0_policy.experts.runner import ExpertRunner
+
+    robot = load_robot_config(EE_ROBOT)
+    runner = ExpertRunner(robot)
+    q = (np.asarray(robot.joints.lower) + np.asarray(robot.joints.upper)) / 2
+    ee = runner.kinematics.ee_pose(q)[:3, 3]
+    samples = (ee + np.linspace(0, 1, 33)[:, None] * np.array([0.05, 0.0, -0.02]))[None]
+    stamp = 10_000_000_000
+    traces = TraceSet(stamp_ns=stamp, frame_id=robot.base_frame, instruction="open the drawer", model_id=model_id,
+                      horizon_steps=32, step_period=0.0125, query_ids=np.zeros(1, np.uint32), entities=["gripper"],
+                      pixels=np.zeros((1, 2), np.float32), positions=samples[:, 0], knots=np.zeros(14),
+                      control_points=np.zeros((1, 10, 3)), samples=samples, validity=np.ones((1, 33), np.float32),
+                      confidence=np.ones(1, np.float32))
+    runner.update_joint_state(stamp + 10_000_000, robot.joint_names, q)
+    runner.update_traces(traces)
+    runner.tick(stamp + 20_000_000)
+    return runner
+
+
+def test_traces_of_another_mu0_than_the_expert_was_trained_on_are_counted_and_named():
+    """An expert is trained on one μ_0's traces (policy.trace_model_id); swapping μ_0 under it changes
+    its input distribution, so the runner counts it and says which models (the node warns)."""
+    same = _runner_counts_for_traces_of("mu0_small")
+    assert same.counts["plans"] == 1 and same.counts["trace_model_mismatch"] == 0
+    other = _runner_counts_for_traces_of("mu0_base")
+    assert other.counts["plans"] == 1 and other.counts["trace_model_mismatch"] == 1
+    assert "'mu0_base'" in other.last_trace_model_mismatch and "'mu0_small'" in other.last_trace_model_mismatch

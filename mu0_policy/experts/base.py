@@ -28,6 +28,7 @@ class ExpertObservation:
     step_period: float                     # seconds between trace samples
     instruction: str = ""                  # what the traces were predicted for (TraceArray.instruction)
     gripper_position: float | None = None  # gripper state (robot config `gripper.state_joint`), -1 open .. 1 closed
+    trace_model_id: str = ""               # the μ_0 that predicted the traces (TraceArray.model_id)
 
     def __post_init__(self):
         J = len(self.joint_names)

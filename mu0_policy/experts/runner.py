@@ -49,6 +49,7 @@ class _Traces:
     query_ids: np.ndarray
     step_period: float
     instruction: str = ""
+    model_id: str = ""
 
 
 class ExpertRunner:
@@ -104,7 +105,8 @@ class ExpertRunner:
             raise ValueError(f"traces.stamp: {(cur.stamp_ns - stamp) * 1e-9:.3f} s older than the traces in use "
                              "(out of order)")
         self._traces = _Traces(stamp, samples, validity, list(traces.entities),
-                               np.asarray(traces.query_ids), step_period, str(traces.instruction))
+                               np.asarray(traces.query_ids), step_period, str(traces.instruction),
+                               str(getattr(traces, "model_id", "") or ""))
         self._traces_wall_ns = time.monotonic_ns()
         self.counts["traces"] += 1
 
@@ -252,7 +254,7 @@ class ExpertRunner:
             stamp_ns=now_ns, joint_names=list(self.robot.joints.names), joint_positions=q, joint_velocities=qd,
             traces_xyz=t.samples, validity=t.validity, entities=t.entities, query_ids=t.query_ids,
             trace_stamp_ns=t.stamp_ns, step_period=t.step_period, instruction=t.instruction,
-            gripper_position=self.gripper_measured())
+            gripper_position=self.gripper_measured(), trace_model_id=t.model_id)
         start = time.perf_counter()
         try:
             chunk = self.expert.act(obs)
@@ -265,6 +267,9 @@ class ExpertRunner:
             del self.act_ms[:100]
         if chunk is not None and "hold" in getattr(chunk, "info", {}):
             self.counts["expert_holds"] += 1
+        if chunk is not None and getattr(chunk, "info", {}).get("trace_model_mismatch"):
+            self.counts["trace_model_mismatch"] += 1
+            self.last_trace_model_mismatch = chunk.info["trace_model_mismatch"]
         rows = self._chunk_rows(chunk)
         out = self._guard(now_ns, rows, q, js_stamp, tr_stamp, wall)
         if out.values is None:

@@ -71,6 +71,9 @@ class TracePolicyConfig:
                                      # at its kinematic position (the runtime should do the same)
     query_mode: str = "automatic"    # the query selection μ_0 ran with for its training traces
                                      # (runtime PipelineConfig.queries; checkpoints before it: automatic)
+    trace_model_id: str = ""         # model_id of the μ_0 whose traces it was trained on ("" = not
+                                     # recorded / no traces); traces of another μ_0 are a different
+                                     # input distribution: counted and warned about at run time
 
     REQUIRED = ("robot", "interface", "joint_names", "action_dim", "state_dim", "horizon", "control_dt",
                 "use_traces", "head", "dim", "layers", "heads", "max_traces", "trace_offsets")
@@ -507,6 +510,11 @@ class TracePolicyExpert(ActionExpert):
         T, dt = self.robot.chunk_horizon, self.robot.control_dt
         y = y[:T]
         info = {"ee_position": ee, "traces_used": int(mask.sum()), "use_traces": self.cfg.use_traces}
+        want = self.cfg.trace_model_id
+        if self.cfg.use_traces and want and obs.trace_model_id and obs.trace_model_id != want:
+            info["trace_model_mismatch"] = (
+                f"traces come from μ_0 {obs.trace_model_id!r} but the expert checkpoint {self.runner.path} was "
+                f"trained on traces of {want!r}: retrain it on the new model's traces (mu0 train-expert --model)")
         if self.cfg.interface == "ee_delta":
             out = y.copy()
             out[:, 3] = np.clip(out[:, 3], -1.0, 1.0)

@@ -67,7 +67,8 @@ from mu0_ros.diagnostics import ERROR, OK, WARN, DropCounter, StatusData, diagno
 from mu0_ros.node_main import spin_node
 from mu0_ros.qos import QosEventMonitor
 
-WARN_COUNTERS = ("malformed_traces", "malformed_joint_states", "malformed_estop", "expert_errors")
+WARN_COUNTERS = ("malformed_traces", "malformed_joint_states", "malformed_estop", "expert_errors",
+                 "trace_model_mismatch")
 DEACTIVATED = "deactivated"
 
 
@@ -332,6 +333,9 @@ class ActionExpertNode(LifecycleNode):
                     return
                 cmd = self.runner.tick(self._now(), time.monotonic_ns())
                 self._publish(cmd)
+                mismatch = getattr(self.runner, "last_trace_model_mismatch", None)
+            if mismatch:
+                self.get_logger().warning(mismatch, throttle_duration_sec=10.0)
         except Exception as err:  # noqa: BLE001 - never let one tick end the node
             self.counts["callback_errors"] += 1
             self.get_logger().error(f"tick failed: {type(err).__name__}: {err}", throttle_duration_sec=5.0)

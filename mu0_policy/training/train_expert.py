@@ -94,7 +94,7 @@ def train(args) -> Path:
                             control_dt=robot.control_dt, use_traces=not args.no_traces, head=args.head,
                             dim=args.dim, layers=args.layers, heads=4, max_traces=args.max_traces,
                             gripper_entities=gripper_entities, gripper_query=not args.no_gripper_query,
-                            query_mode=args.queries)
+                            query_mode=args.queries, trace_model_id=_trace_model_id(model, args.no_traces))
     net = build_net(cfg)
     n_params = sum(p.numel() for p in net.parameters())
 
@@ -213,6 +213,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export", action="store_true", help="write model.onnx and check parity")
     p.add_argument("--no-progress", action="store_true")
     return p
+
+
+def _trace_model_id(model: str, no_traces: bool) -> str:
+    """The model_id its traces will carry at run time, when the traces come from a μ_0 checkpoint
+    directory ("" for ground truth, baselines and the no-trace ablation: nothing to check)."""
+    if no_traces or model == GT_MODEL or not (Path(model) / "config.json").is_file():
+        return ""
+    from mu0_policy.model.checkpoint import read_config
+
+    return read_config(model)[0].model_id
 
 
 def main(argv: list[str] | None = None) -> int:
