@@ -77,12 +77,21 @@ def depth_at_pixels(depth: np.ndarray | None, uv_px, radius: int = DEPTH_WINDOW_
     return out
 
 
-def query_uvz(depth: np.ndarray | None, uv_px, width: int, height: int) -> np.ndarray:
+def query_uvz(depth: np.ndarray | None, uv_px, width: int, height: int, z=None) -> np.ndarray:
     """(N, 3) float32 query uvz: normalised u, v of the pixels and :func:`depth_at_pixels` (NaN
-    where the pixel has no depth)."""
+    where the pixel has no depth).
+
+    ``z`` (N,): the depth at these pixels when the caller already sampled it with
+    :func:`depth_at_pixels` (the runtime does, to drop depthless queries before it asks the model);
+    then ``depth`` is not read again, so the depth is sampled once per frame by the one rule."""
     uv = np.asarray(uv_px, dtype=np.float64).reshape(-1, 2)
     uvn = pixels_to_normalized(uv, width, height)
-    z = depth_at_pixels(depth, uv)
+    if z is None:
+        z = depth_at_pixels(depth, uv)
+    else:
+        z = np.asarray(z, np.float32).reshape(-1)
+        if z.shape != (len(uv),):
+            raise ValueError(f"z: expected ({len(uv)},) depths for the pixels, got {z.shape}")
     return np.concatenate([uvn, z[:, None]], axis=1).astype(np.float32)
 
 
@@ -106,16 +115,17 @@ def history_model_input(history_uvz, valid=None) -> tuple[np.ndarray, np.ndarray
 
 
 def query_anchor_uvz(depth: np.ndarray | None, query_px, width: int, height: int,
-                     history_uvz=None) -> tuple[np.ndarray, np.ndarray]:
+                     history_uvz=None, z=None) -> tuple[np.ndarray, np.ndarray]:
     """(N, 3) float32 anchor uvz of each query and (N,) whether its depth is known.
 
-    Depth by :func:`depth_at_pixels`; where the pixel has none, the last valid history step's
+    Depth by :func:`depth_at_pixels`, or ``z`` when the caller already sampled it by that rule
+    (:func:`query_uvz`; the image is then read only for the last fallback); where the pixel has none, the last valid history step's
     depth (still known: it was measured on this point a moment ago); failing both, the median of
     the image's valid depths (so decoded samples stay finite) with ``known`` False, and 0 when the
     image has no valid depth at all. Training never produces an unknown anchor (TraceExtract
     drops such points), so the fallbacks only serve API callers that ask about depthless pixels.
     """
-    uvz = query_uvz(depth, query_px, width, height)
+    uvz = query_uvz(depth, query_px, width, height, z)
     z = uvz[:, 2]
     if history_uvz is not None and len(z):
         hist = np.asarray(history_uvz, np.float32)

@@ -25,9 +25,11 @@ DEGREE = SPLINE_DEGREE
 
 def query_anchor_uvz(request: TraceRequest) -> tuple[np.ndarray, np.ndarray]:
     """(N, 3) current uvz of each query of a request and (N,) whether its depth is known:
-    `mu0_core.query_geometry.query_anchor_uvz` (the rule training data is made with) on its fields."""
+    `mu0_core.query_geometry.query_anchor_uvz` (the rule training data is made with) on its fields;
+    the request's `query_depth`, when the caller sampled it already, instead of sampling again."""
     return query_geometry.query_anchor_uvz(request.depth, request.query_px, request.intrinsics.width,
-                                           request.intrinsics.height, request.history_uvz)
+                                           request.intrinsics.height, request.history_uvz,
+                                           z=request.query_depth)
 
 
 class _LinearMotionPredictor(TracePredictor):

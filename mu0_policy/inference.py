@@ -35,6 +35,11 @@ class TraceRequest:
     instruction: str
     query_px: np.ndarray                  # (N, 2) float pixels
     history_uvz: np.ndarray | None = None  # (N, 8, 3), None = no history
+    # (N,) metres: the depth at query_px already sampled by mu0_core.query_geometry.depth_at_pixels
+    # (NaN = the pixel has none), so a caller that sampled it (the runtime: it drops depthless
+    # queries first) does not make the predictor sample the image a second time; it wins over
+    # `depth` for the anchor. None = the predictor samples `depth` (training, eval, API callers).
+    query_depth: np.ndarray | None = None
 
     def validate(self) -> None:
         """Raise ValueError naming the field when the request breaks the contract."""
@@ -64,6 +69,14 @@ class TraceRequest:
             if hist.shape != (q.shape[0], HISTORY_STEPS, 3):
                 raise ValueError(
                     f"TraceRequest.history_uvz: expected {(q.shape[0], HISTORY_STEPS, 3)}, got {hist.shape}")
+        if self.query_depth is not None:
+            z = np.asarray(self.query_depth)
+            if z.shape != (q.shape[0],) or not np.issubdtype(z.dtype, np.floating):
+                raise ValueError(f"TraceRequest.query_depth: expected float ({q.shape[0]},), got {z.dtype} {z.shape}")
+            with np.errstate(invalid="ignore"):
+                bad = ~(np.isnan(z) | (np.isfinite(z) & (z > 0)))
+            if bad.any():   # depth_at_pixels gives a measurement (finite, > 0) or NaN, nothing else
+                raise ValueError("TraceRequest.query_depth: values must be finite and > 0, or NaN (no depth)")
 
     @property
     def num_queries(self) -> int:

@@ -232,8 +232,11 @@ class TracePipeline:
         if len(queries) == 0:
             return None
         t1 = time.perf_counter()
+        # the anchor depth sampled above goes with the request: the predictor does not sample the
+        # depth image a second time (same rule, mu0_core.query_geometry.depth_at_pixels)
         request = TraceRequest(color=frame.color, depth=frame.depth, intrinsics=frame.intrinsics,
-                               instruction=self.instruction, query_px=queries.pixels, history_uvz=history)
+                               instruction=self.instruction, query_px=queries.pixels, history_uvz=history,
+                               query_depth=z)
         result = self.predictor.predict([request], num_samples=self.config.num_samples,
                                         seed=self.config.seed)[0]
         timings["predict_ms"] = (time.perf_counter() - t1) * 1e3

@@ -183,3 +183,89 @@ def test_identical_history_when_a_query_lost_its_depth_for_two_frames(tmp_path):
     t_rows, s_rows = _matched_rows(train, serve)
     assert not train["history_valid"][0][t_rows[0], 3:5].any()      # the training side: steps t-5, t-4 invalid
     np.testing.assert_array_equal(train["history_valid"][0][t_rows], serve["history_valid"][0][s_rows])
+
+
+class _RequestRecordingPredictor(_RecordingPredictor):
+    """Also keeps the requests the runtime built."""
+
+    def prepare(self, requests):
+        self.requests = list(requests)
+        return super().prepare(requests)
+
+
+def _runtime_requests(intr, uv, colors, depths, frames=REF + 1):
+    cfg = Mu0Config(image_height=MODEL_HW[0], image_width=MODEL_HW[1], horizon=HORIZON, history=HISTORY,
+                    step_period=STEP_NS / 1e9, normalizer={"scale": [0.1, 0.1, 0.05], "horizon": HORIZON})
+    predictor = _RequestRecordingPredictor(cfg)
+    pipeline = TracePipeline(predictor, PipelineConfig(queries="given", track_queries=False, max_queries=8),
+                             instruction=INSTRUCTION)
+    ids = np.arange(len(START), dtype=np.uint32)
+    for f in range(frames):
+        pipeline.set_given_queries(uv[f].astype(np.float32), ids, [f"q{i}" for i in ids])
+        assert pipeline.process(RGBDFrame(f * STEP_NS, "camera", colors[f], depths[f], intr)) is not None
+    return predictor
+
+
+def test_the_runtime_samples_the_anchor_depth_once_per_frame(monkeypatch):
+    """The runtime samples the depth at its queries (to drop depthless ones) and hands it to the
+    predictor in the request (`query_depth`); the predictor does not sample the image again."""
+    import mu0_core.query_geometry as qg
+    import mu0_policy.runtime as runtime
+
+    calls = []
+    real = qg.depth_at_pixels
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(qg, "depth_at_pixels", counting)           # the predictor's path (query_uvz)
+    monkeypatch.setattr(runtime, "sample_depth_at", counting)       # the runtime's own sampling
+    intr, uv, colors, depths = _clip(dropout_frames=(3,))
+    predictor = _runtime_requests(intr, uv, colors, depths)
+    assert len(calls) == REF + 1                                    # once per frame, not twice
+    (request,) = predictor.requests
+    assert request.query_depth is not None
+    np.testing.assert_array_equal(request.query_depth, real(depths[REF], request.query_px))
+
+
+def test_the_carried_anchor_gives_the_model_inputs_and_results_of_the_old_path():
+    """Model inputs with the runtime's `query_depth` equal those the predictor builds sampling the
+    depth image itself (the path before it was carried), element for element; a baseline's results too."""
+    from dataclasses import replace
+
+    from mu0_policy.baselines import ConstantVelocityPredictor
+
+    intr, uv, colors, depths = _clip(dropout_frames=(3, 4))
+    predictor = _runtime_requests(intr, uv, colors, depths)
+    (request,) = predictor.requests
+    old = replace(request, query_depth=None)
+    new_inputs, new_meta = predictor.prepare([request])
+    old_inputs, old_meta = predictor.prepare([old])
+    for key in old_inputs:
+        np.testing.assert_array_equal(new_inputs[key], old_inputs[key], err_msg=key)
+    np.testing.assert_array_equal(new_meta[0][0], old_meta[0][0])
+    np.testing.assert_array_equal(new_meta[0][1], old_meta[0][1])
+    base = ConstantVelocityPredictor()
+    (a,), (b,) = base.predict([request]), base.predict([old])
+    for field in ("samples_uvz", "validity", "ctrl_uvz"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+
+
+def test_an_explicit_anchor_depth_wins_over_the_depth_image():
+    from dataclasses import replace
+
+    intr, uv, colors, depths = _clip()
+    predictor = _runtime_requests(intr, uv, colors, depths)
+    (request,) = predictor.requests
+    n = request.num_queries
+    given = np.full(n, 2.5, np.float32)
+    given[1] = np.nan                         # no depth here: the fallback (last valid history step) as before
+    inputs, meta = predictor.prepare([replace(request, query_depth=given)])
+    anchor, known = meta[0][:2]
+    np.testing.assert_array_equal(np.delete(anchor[:, 2], 1), 2.5)
+    assert anchor[1, 2] == request.history_uvz[1, -1, 2] and known.all()
+    np.testing.assert_array_equal(inputs["query_uvz"][0, :n], anchor)
+    for bad in (np.zeros(n, np.float32), np.full(n + 1, 1.0, np.float32), np.full(n, np.inf, np.float32)):
+        with pytest.raises(ValueError, match="query_depth"):
+            replace(request, query_depth=bad).validate()
