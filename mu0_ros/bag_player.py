@@ -45,12 +45,7 @@ def read_schedule(bag: str | Path, topics: list[str] | None = None, exclude=()):
         raise ValueError(f"bag: {bag} is not a rosbag2 directory (no metadata.yaml)")
     out = []
     with Reader(bag) as reader:
-        connections = [c for c in reader.connections
-                       if (topics is None or c.topic in topics) and c.topic not in set(exclude)]
-        if topics:
-            missing = sorted(set(topics) - {c.topic for c in reader.connections})
-            if missing:
-                raise ValueError(f"topics: {missing} not in bag {bag}")
+        connections = _select(reader, topics, exclude, bag)
         for connection, log_time, raw in reader.messages(connections=connections):
             out.append((int(log_time), connection.topic, connection.msgtype, bytes(raw)))
     out.sort(key=lambda item: item[0])
@@ -58,6 +53,8 @@ def read_schedule(bag: str | Path, topics: list[str] | None = None, exclude=()):
 
 
 def _select(reader, topics, exclude, bag):
+    """The bag's connections on `topics` (None = all) minus `exclude`; ValueError naming the
+    requested topics the bag lacks. One rule for the schedule and the player's publishers."""
     connections = [c for c in reader.connections
                    if (topics is None or c.topic in topics) and c.topic not in set(exclude)]
     if topics:
