@@ -266,6 +266,9 @@ def per_trace_errors(pred, gt, valid, backend: str = "numpy", chunk: int = 2048)
         P, G, V = (xp.as_tensor(pred, dtype=xp.float64), xp.as_tensor(gt, dtype=xp.float64),
                    xp.as_tensor(valid, dtype=xp.bool))
     K, M, T, C = P.shape
+    if K * M == 0:   # no trace to score (e.g. nothing moves within this horizon): empty, not an error
+        empty = np.zeros((K, M)) if xp is np else xp.zeros((K, M), dtype=xp.float64)
+        return {name: empty for name in ("ADE", "FDE", "DTW", "Frechet")}
     zero = 0.0
     P = xp.where(V[None, ..., None], P, zero) if xp is np else xp.where(V[None, ..., None], P, xp.zeros((), dtype=P.dtype))
     G = xp.where(V[..., None], G, zero) if xp is np else xp.where(V[..., None], G, xp.zeros((), dtype=G.dtype))

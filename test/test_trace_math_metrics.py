@@ -229,3 +229,15 @@ def test_bad_input_raises_naming_the_argument():
         mt.moving_points(np.zeros((3, 4, 2)), np.ones((3, 4)), np.ones((3, 4), bool), (0, 10))
     with pytest.raises(ValueError, match="gt_uvz"):
         mt.moving_mask(np.zeros((3, 33)), None)
+
+
+def test_results_table_with_no_trace_valid_within_the_horizon_is_nan_not_an_error():
+    """A split or task whose moving points have no valid step up to T gives NaN for that T."""
+    from mu0_core.metrics import results_table
+
+    gt = np.zeros((3, 33, 3))
+    gt[:, :, 0] = np.linspace(0, 1, 33)
+    valid = np.zeros((3, 33), bool)
+    valid[:, 0] = True
+    table = results_table(np.repeat(gt[None], 2, 0), gt, valid, horizons=(8,), topk=(1,), moving=False)
+    assert np.isnan(table["top1/ADE@8"]) and np.isnan(table["top1/DTW@8"])
