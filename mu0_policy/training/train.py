@@ -138,6 +138,13 @@ def normalizer_queries(dataset: TraceDataset) -> str:
     return str(dataset.index.raw.get("normalizer_queries", "all"))
 
 
+def dataset_parameterization(dataset: TraceDataset) -> str:
+    """How the dataset's steps were resampled (TraceExtract's provenance in index.json): the
+    runtime must build the query history by the same rule (mu0_perception.query_history).
+    Datasets without the field were written before it existed, with per-trace arc length."""
+    return str(dataset.index.raw.get("parameterization", "arc_length"))
+
+
 class BatchBuilder:
     """Collate + instruction embeddings (cached per caption) or VLM prompt ids; re-encodes the
     control-point targets when the model's normaliser is not the dataset's."""
@@ -331,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
                     "preset": args.preset, "batch_size": args.batch_size * world, "lr": args.lr,
                     "argv": list(argv) if argv is not None else sys.argv[1:], "history": history,
                     "queries": args.queries, "normalizer": args.normalizer,
+                    "parameterization": dataset_parameterization(train_set),
                     "history_dropout": {"sample": args.history_drop_sample, "query": args.history_drop_query},
                     "train_seconds": round(time.time() - t0 + prior_seconds, 1)}
         save_checkpoint(out, model, cfg, training,
