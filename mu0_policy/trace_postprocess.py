@@ -6,10 +6,19 @@ the B-spline control points in xyz (a spline in uvz is not a spline in xyz: pers
 is not affine), optionally maps everything into the robot base frame (B-splines are affine
 invariant, so transforming the control points transforms the curve), and describes RViz line
 strips as plain data for the node to turn into messages.
+
+Why a refit and not the model's own control points lifted to xyz (x = (u - cx) z / fx per control
+point, then the spline): Trace.msg says the control points decode to `samples`, in metres, in one
+frame; lifting the uvz control points gives a curve up to 3 mm away from the lifted model samples
+on real predictions of checkpoints/mu0_small (docs/runtime.md "Hot path"), so the lifted samples are
+fitted instead. The fit (validity-weighted, ridge 0.2, anchor pinned: `bspline.fit`) is a linear map
+of the samples for a given validity pattern, so that map is cached (`_refit_map`): one matrix
+product per trace instead of assembling and solving the normal equations every frame.
 """
 from __future__ import annotations
 
 import colorsys
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +40,66 @@ def _hold_last_finite(xyz: np.ndarray, ok: np.ndarray) -> np.ndarray:
             if not ok[i, t]:
                 out[i, t] = out[i, t - 1]
     return out
+
+
+_CACHE_SIZE = 256      # validity patterns kept (a pattern is almost always "valid up to step k")
+_basis_cache: OrderedDict = OrderedDict()
+_map_cache: OrderedDict = OrderedDict()
+
+
+def _cached(cache: OrderedDict, key, make):
+    value = cache.get(key)
+    if value is None:
+        value = cache[key] = make()
+        if len(cache) > _CACHE_SIZE:
+            cache.popitem(last=False)
+    else:
+        cache.move_to_end(key)
+    return value
+
+
+def _basis(num_ctrl: int, horizon: int, knots: np.ndarray) -> tuple[tuple, np.ndarray]:
+    """The basis matrix for these knots (validated by bspline on first use) and its cache key."""
+    key = (num_ctrl, horizon, knots.tobytes())
+    return key, _cached(_basis_cache, key, lambda: bspline.basis_matrix(num_ctrl, horizon, knots=knots))
+
+
+def _refit_map(basis: np.ndarray, used: np.ndarray, ridge: float) -> np.ndarray:
+    """(D, H+1) matrix L with `bspline.fit(X, basis, valid=used, ridge=ridge) == L @ X` (X with
+    zeros at unused steps): the fit's normal equations depend only on the basis, the ridge and
+    which steps are used, so they are solved once per validity pattern instead of every frame."""
+    D = basis.shape[1]
+    Bs, b0, R, r0 = bspline._fit_system(basis, float(ridge), True)
+    w = used.astype(np.float64)
+    A = (Bs * w[:, None]).T @ Bs + R
+    # the ridge makes A positive definite; without one, too few used steps leave it singular and
+    # bspline.fit takes the minimum-norm solution: the pseudo-inverse does the same
+    A_inv = np.linalg.inv(A) if ridge > 0 else np.linalg.pinv(A)
+    G = A_inv @ (Bs.T * w[None, :])                     # (D-1, H+1)
+    L = np.zeros((D, basis.shape[0]))
+    L[0, 0] = 1.0                                        # control point 0 is the anchor sample
+    L[1:] = G
+    L[1:, 0] -= G @ b0 + A_inv @ r0                      # the pinned anchor's pull on the others
+    return L
+
+
+def _refit(xyz: np.ndarray, used: np.ndarray, basis_key: tuple, basis: np.ndarray, ridge: float) -> np.ndarray:
+    """`bspline.fit(xyz, basis, valid=used, ridge=ridge)` for (N, H+1, 3) traces and (N, H+1) bool
+    `used` (step 0 always used), through cached per-pattern maps (`_refit_map`)."""
+    if not (np.isfinite(ridge) and ridge >= 0):
+        raise ValueError(f"ridge must be finite and >= 0, got {ridge}")
+    used = used.copy()
+    used[:, 0] = True
+    X = np.where(used[..., None], xyz, 0.0)
+    groups: dict[bytes, list] = {}
+    for i, row in enumerate(np.packbits(used, axis=1)):
+        groups.setdefault(row.tobytes(), []).append(i)
+    ctrl = np.empty((len(X), basis.shape[1], 3))
+    for pattern, rows in groups.items():
+        L = _cached(_map_cache, (basis_key, float(ridge), pattern),
+                    lambda: _refit_map(basis, used[rows[0]], ridge))
+        ctrl[rows] = np.matmul(L, X[rows])
+    return ctrl
 
 
 def result_to_trace_set(result: TraceResult, *, query_ids, entities, pixels, intrinsics: CameraIntrinsics,
@@ -69,9 +138,10 @@ def result_to_trace_set(result: TraceResult, *, query_ids, entities, pixels, int
     horizon = t1 - 1
     knots = np.asarray(result.knots, dtype=np.float64)
     num_ctrl = len(knots) - bspline.DEFAULT_DEGREE - 1
-    basis = bspline.basis_matrix(num_ctrl, horizon, knots=knots)
-    weights = (validity >= VALID_THRESHOLD).astype(np.float64)
-    ctrl = bspline.fit(xyz, basis, valid=weights, ridge=ridge) if n else np.zeros((0, num_ctrl, 3))
+    basis_key, basis = _basis(num_ctrl, horizon, knots)
+    # the lifted samples refitted (see the module docstring for why not the model's own control
+    # points); exactly bspline.fit with validity weights, through cached per-pattern maps
+    ctrl = _refit(xyz, validity >= VALID_THRESHOLD, basis_key, basis, ridge) if n else np.zeros((0, num_ctrl, 3))
     samples = bspline.decode(ctrl, basis) if n else np.zeros((0, t1, 3))
     confidence = validity[:, 1:].mean(axis=1) if n else np.zeros(0)
     return TraceSet(

@@ -194,6 +194,30 @@ def test_invalid_samples_get_zero_validity_and_markers_stop_there():
     assert strips[0].colors[0, 2] > strips[0].colors[0, 0] and strips[0].colors[-1, 0] > strips[0].colors[-1, 2]
 
 
+@pytest.mark.parametrize("ridge", [bspline.DEFAULT_RIDGE, 0.0])
+def test_the_cached_refit_is_bspline_fit(ridge, monkeypatch):
+    """The postprocess refit (one cached linear map per validity pattern) gives bspline.fit's
+    control points, and solves each pattern once."""
+    from mu0_policy import trace_postprocess as tp
+
+    rng = np.random.default_rng(1)
+    basis = bspline.basis_matrix(10, 32)
+    xyz = rng.normal(size=(40, 33, 3))
+    used = rng.random((40, 33)) < 0.7
+    used[:10] = True                                       # the common case: all valid
+    used[10:20, 17:] = False                               # valid up to a step
+    used[20:25, 1:] = False                                # the anchor only
+    used[:, 0] = True                                      # the anchor is always fitted (pinned)
+    want = bspline.fit(np.where(used[..., None], xyz, np.nan), basis, valid=used.astype(float), ridge=ridge)
+    made = []
+    real = tp._refit_map
+    monkeypatch.setattr(tp, "_refit_map", lambda *a: made.append(1) or real(*a))
+    monkeypatch.setattr(tp, "_map_cache", type(tp._map_cache)())
+    for _ in range(2):
+        np.testing.assert_allclose(tp._refit(xyz, used, ("test", 10, 32), basis, ridge), want, atol=1e-10)
+    assert len(made) == len({r.tobytes() for r in used})    # once per pattern, then from the cache
+
+
 def test_anchor_without_depth_is_rejected():
     result, _ = _line_result(1)
     result.samples_uvz[0, 0, 0, 2] = np.nan
