@@ -11,6 +11,11 @@ Four sources of queries (`QueryTracker.mode`):
 * ``grid``      — a rows x cols lattice over the image (entity ``grid``);
 * ``given``     — pixels from outside (mu0_msgs/QueryPoints), with their ids and entities.
 
+``objects`` mode parses the static scene (support plane, the work surface's image region) every
+``objects_refresh_frames`` frames and when queries were lost, not every frame; whether a followed
+query still sits on an object is read from each frame's own depth at its pixels (the same rule as
+the whole object mask), and the whole mask is built only when new queries are seeded.
+
 Queries keep their id while the physical point is followed from frame to frame by pyramidal
 Lucas-Kanade optical flow, so `QueryHistory` can hand the model each query's past positions
 (the (N, 8, 3) history μ_0 is conditioned on). Lost automatic/grid queries are replaced by new
@@ -31,6 +36,19 @@ from mu0_core.trace_spec import HISTORY_STEPS
 MODES = ("objects", "automatic", "grid", "given")
 OBJECT_MASK_WIDTH = 160      # `objects` mode parses the scene at <= this width (the puck stays >= 2 px)
 PLANE_RETRY_FRAMES = 30      # without an extrinsic, a frame with no support plane is retried this often
+OBJECTS_REFRESH_FRAMES = 5   # `objects` mode re-parses the scene (plane, surface) at least this often
+
+
+@dataclass
+class _Scene:
+    """What `objects` mode knows of the static scene: the support plane and the work surface's
+    image region at the decimated scale (factor `f`, intrinsics `intr`); plane None = no surface."""
+    key: tuple
+    frame: int
+    f: int
+    intr: CameraIntrinsics
+    plane: object
+    region: np.ndarray | None
 
 
 @dataclass
@@ -129,9 +147,11 @@ class QueryTracker:
     def __init__(self, mode: str = "automatic", max_points: int = 32, grid_rows: int = 4,
                  grid_cols: int = 6, grid_margin: float = 0.1, min_distance: float = 12.0,
                  num_entities: int = 4, track: bool = True, reseed_fraction: float = 0.5,
-                 max_flow_error: float = 30.0):
+                 max_flow_error: float = 30.0, objects_refresh_frames: int = OBJECTS_REFRESH_FRAMES):
         if mode not in MODES:
             raise ValueError(f"queries mode must be one of {MODES}, got {mode!r}")
+        if int(objects_refresh_frames) < 1:
+            raise ValueError(f"objects_refresh_frames must be >= 1, got {objects_refresh_frames}")
         self.mode = mode
         self.max_points = int(max_points)
         self.grid_rows, self.grid_cols, self.grid_margin = int(grid_rows), int(grid_cols), float(grid_margin)
@@ -146,10 +166,14 @@ class QueryTracker:
         self._pending_given: QuerySet | None = None
         self.last_object_pixels = 0      # object pixels found at the last `objects` reseed (diagnostics)
         self._plane = None               # the last RANSAC support plane (no extrinsic), see _support_plane
-        self._plane_failures = 0
+        self._plane_retry_at = 0         # frame from which a failed RANSAC fit is tried again
+        self.objects_refresh_frames = int(objects_refresh_frames)
+        self._scene: _Scene | None = None
+        self._frame = 0                  # update() calls, the clock of the two caches above
 
     def reset(self) -> None:
-        self._plane, self._plane_failures = None, 0
+        self._plane, self._plane_retry_at = None, 0
+        self._scene, self._frame = None, 0
         self.current = QuerySet(np.zeros(0), np.zeros((0, 2)), [])
         self._prev_gray = None
         self._pending_given = None
@@ -191,13 +215,23 @@ class QueryTracker:
         keep = (status.ravel() == 1) & inside & (err.ravel() < self.max_flow_error)
         return QuerySet(cur.query_ids[keep], next_pts[keep], [e for e, k in zip(cur.entities, keep) if k])
 
-    def _object_mask(self, depth, intrinsics, up, exclude_mask) -> tuple[np.ndarray, float] | None:
-        """The object mask (`tabletop`) on a depth image decimated to <= OBJECT_MASK_WIDTH px wide,
-        and the decimation factor; None without depth / intrinsics or when no surface is found."""
+    def _scene_for(self, depth, intrinsics, up, force: bool = False) -> tuple[_Scene | None, np.ndarray | None]:
+        """The scene (support plane + surface region, `tabletop`) on a depth image decimated to
+        <= OBJECT_MASK_WIDTH px wide, re-parsed when `force`d, every `objects_refresh_frames`
+        frames, or when the image size, intrinsics or `up` change; else the cached one (a static
+        camera's table does not move, the objects on it are read from each frame's own depth).
+        Returns (scene, the decimated frame's points when it was re-parsed now, else None);
+        scene None without depth / intrinsics."""
         from mu0_perception import tabletop
 
         if depth is None or intrinsics is None:
-            return None
+            return None, None
+        key = (depth.shape, intrinsics.fx, intrinsics.fy, intrinsics.cx, intrinsics.cy,
+               None if up is None else tuple(np.asarray(up, float).ravel()))
+        cached = self._scene
+        if (not force and cached is not None and cached.key == key
+                and self._frame - cached.frame < self.objects_refresh_frames):
+            return cached, None
         f = max(1, int(np.ceil(depth.shape[1] / OBJECT_MASK_WIDTH)))
         small, intr = depth, intrinsics
         if f > 1:       # nearest-neighbour decimation keeps depth values real (no mixed edges)
@@ -206,18 +240,28 @@ class QueryTracker:
                                     intrinsics.cx / f, intrinsics.cy / f)
         points = tabletop.backproject(small, intr)
         plane = self._support_plane(points, up)
-        if plane is None:
-            return None
-        mask = tabletop.object_mask(points, plane, intr)
+        region = tabletop.surface_region(points, plane) if plane is not None else None
+        self._scene = _Scene(key, self._frame, f, intr, plane, region)
+        return self._scene, points
+
+    def _object_mask(self, depth, scene: _Scene, exclude_mask, points=None) -> np.ndarray:
+        """(h, w) bool object mask of this frame at the scene's scale (`tabletop.object_mask` with
+        the scene's plane and surface), minus the robot's pixels."""
+        from mu0_perception import tabletop
+
+        f = scene.f
+        if points is None:
+            points = tabletop.backproject(depth[::f, ::f] if f > 1 else depth, scene.intr)
+        mask = tabletop.object_mask(points, scene.plane, scene.intr, scene.region)
         if exclude_mask is not None:
             mask &= ~exclude_mask[::f, ::f][: mask.shape[0], : mask.shape[1]]
-        return mask, f
+        return mask
 
     def _support_plane(self, points, up):
-        """The work surface, refitted only when needed: with `up` the fit is a histogram (cheap, every
-        frame); without it RANSAC costs ~0.1 s, so the last plane is kept while it still explains
-        >= 70 % of the pixels it explained when fitted, and a failed fit is retried every
-        PLANE_RETRY_FRAMES frames (a static camera's table does not move)."""
+        """The work surface, refitted only when needed: with `up` the fit is a histogram (cheap, at
+        every scene refresh); without it RANSAC costs ~0.1 s, so the last plane is kept while it
+        still explains >= 70 % of the pixels it explained when fitted, and a failed fit is retried
+        after PLANE_RETRY_FRAMES frames (a static camera's table does not move)."""
         from mu0_perception import tabletop
 
         if up is not None:
@@ -228,20 +272,36 @@ class QueryTracker:
             explained = (finite & (np.abs(h) < 0.006)).sum() / max(1, finite.sum())
             if explained >= 0.7 * self._plane.inlier_fraction:
                 return self._plane
-        elif self._plane_failures % PLANE_RETRY_FRAMES:
-            self._plane_failures += 1
+        elif self._frame < self._plane_retry_at:
             return None
         self._plane = tabletop.fit_support_plane(points)
-        self._plane_failures = 0 if self._plane is not None else self._plane_failures + 1
+        if self._plane is None:
+            self._plane_retry_at = self._frame + PLANE_RETRY_FRAMES
         return self._plane
 
-    def _on_objects(self, followed: QuerySet, mask: np.ndarray, f: int) -> np.ndarray:
+    def _on_objects(self, followed: QuerySet, depth: np.ndarray, scene: _Scene, exclude_mask) -> np.ndarray:
         """Which followed queries still sit on an object (1 px tolerance at the mask's scale): a
-        point tracked off a small object onto the table no longer tells where the object goes."""
-        near = cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
-        ui = np.clip(np.rint(followed.pixels[:, 0] / f).astype(int), 0, mask.shape[1] - 1)
-        vi = np.clip(np.rint(followed.pixels[:, 1] / f).astype(int), 0, mask.shape[0] - 1)
-        return near[vi, ui]
+        point tracked off a small object onto the table no longer tells where the object goes.
+        Evaluated on this frame's depth at the 3 x 3 mask pixels around each query only (the
+        object mask's rule, `tabletop.stands_on_surface`, with the scene's plane and surface):
+        the same answer as the dilated whole-frame mask, without building it every frame."""
+        from mu0_perception import tabletop
+
+        f, intr = scene.f, scene.intr
+        h, w = intr.height, intr.width
+        ui = np.clip(np.rint(followed.pixels[:, 0] / f).astype(int), 0, w - 1)
+        vi = np.clip(np.rint(followed.pixels[:, 1] / f).astype(int), 0, h - 1)
+        offs = np.array([-1, 0, 1])
+        uu = (ui[:, None, None] + offs[None, None, :]).repeat(3, axis=1).reshape(len(ui), 9)
+        vv = (vi[:, None, None] + offs[None, :, None]).repeat(3, axis=2).reshape(len(vi), 9)
+        inside = (uu >= 0) & (uu < w) & (vv >= 0) & (vv < h)
+        uu, vv = np.clip(uu, 0, w - 1), np.clip(vv, 0, h - 1)
+        points = tabletop.lift_pixels(depth[vv * f, uu * f], intr, uu, vv)   # mask pixel k is full pixel f * k
+        on = tabletop.stands_on_surface(points.reshape(-1, 3), scene.plane, intr, scene.region).reshape(uu.shape)
+        on &= inside
+        if exclude_mask is not None:
+            on &= ~exclude_mask[vv * f, uu * f]
+        return on.any(axis=1)
 
     def _select_objects(self, mask: np.ndarray, f: int, followed: QuerySet,
                         budget: int) -> tuple[np.ndarray, list]:
@@ -278,12 +338,23 @@ class QueryTracker:
             vi = np.clip(np.rint(followed.pixels[:, 1]).astype(int), 0, h - 1)
             followed = followed.subset(~exclude_mask[vi, ui])
         mode = self.mode
-        objects = self._object_mask(depth, intrinsics, up, exclude_mask) if mode == "objects" else None
-        if objects is not None and len(followed):
-            followed = followed.subset(self._on_objects(followed, *objects))
+        if mode == "objects":
+            before = len(self.current)
+            scene, points = self._scene_for(depth, intrinsics, up)
+            refreshed = points is not None
+            if scene is not None and scene.plane is not None and len(followed):
+                followed = followed.subset(self._on_objects(followed, depth, scene, exclude_mask))
         if mode == "objects" and len(followed) < self.reseed_fraction * self.max_points:
-            fresh, labels = (self._select_objects(*objects, followed, self.max_points - len(followed))
-                             if objects is not None else (np.zeros((0, 2), np.float32), []))
+            fresh, labels = np.zeros((0, 2), np.float32), []
+            # seeding needs this frame's whole object mask (the objects move), but the plane and
+            # surface it stands on are the cached scene's, re-parsed now only when queries were lost
+            # in this frame (the scene may have changed under them, e.g. the camera now sees a wall)
+            if scene is not None:
+                if not refreshed and len(followed) < before:
+                    scene, points = self._scene_for(depth, intrinsics, up, force=True)
+                if scene.plane is not None:
+                    fresh, labels = self._select_objects(self._object_mask(depth, scene, exclude_mask, points),
+                                                         scene.f, followed, self.max_points - len(followed))
             if len(fresh):
                 followed = QuerySet(np.concatenate([followed.query_ids, self._new_ids(len(fresh))]),
                                     np.concatenate([followed.pixels, fresh]), followed.entities + labels)
@@ -315,6 +386,7 @@ class QueryTracker:
                                 followed.entities + ["grid"] * len(lattice))
         self._prev_gray = gray
         self.current = followed
+        self._frame += 1
         return followed
 
 

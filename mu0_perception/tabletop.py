@@ -122,6 +122,14 @@ def object_mask(points: np.ndarray, plane: SupportPlane, intr: CameraIntrinsics,
     inside the work surface's image region (`surface_region`)."""
     if region is None:
         region = surface_region(points, plane)
+    return stands_on_surface(points.reshape(-1, 3), plane, intr, region, min_height,
+                             max_height).reshape(points.shape[:-1])
+
+
+def stands_on_surface(points: np.ndarray, plane: SupportPlane, intr: CameraIntrinsics, region: np.ndarray,
+                      min_height: float = 0.008, max_height: float = 0.45) -> np.ndarray:
+    """(M,) bool: `object_mask`'s rule for (M, 3) camera-frame points (NaN = no depth), so a few
+    pixels (the followed queries) can be checked without building the whole mask."""
     finite = np.all(np.isfinite(points), axis=-1)
     safe = np.where(finite[..., None], points, 0.0)
     h = plane.height(safe)
@@ -137,6 +145,15 @@ def object_mask(points: np.ndarray, plane: SupportPlane, intr: CameraIntrinsics,
     inside[ok] = region[vi[ok], ui[ok]]
     out[cand] = inside
     return out
+
+
+def lift_pixels(depth_values: np.ndarray, intr: CameraIntrinsics, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """(..., 3) camera-frame points of pixels (u, v) whose depth is `depth_values`, exactly as
+    `backproject` lifts them (NaN where the depth is invalid)."""
+    d = np.asarray(depth_values)
+    z = np.where(np.isfinite(d) & (d > 0), d, np.nan).astype(np.float64)
+    return np.stack([(np.asarray(u, np.float64) - intr.cx) / intr.fx * z,
+                     (np.asarray(v, np.float64) - intr.cy) / intr.fy * z, z], axis=-1)
 
 
 def capsules_mask(capsules_base: np.ndarray, T_base_cam, intr: CameraIntrinsics) -> np.ndarray:

@@ -13,7 +13,7 @@ import numpy as np
 from mu0_core.camera import RigidTransform
 from mu0_core.frames import RGBDFrame
 from mu0_core.traces import TraceSet
-from mu0_perception.query_select import QueryHistory, QuerySet, QueryTracker
+from mu0_perception.query_select import OBJECTS_REFRESH_FRAMES, QueryHistory, QuerySet, QueryTracker
 from mu0_policy.inference import TracePredictor, TraceRequest, pixels_to_normalized, sample_depth_at
 from mu0_policy.trace_postprocess import (LineStrip, result_to_trace_set, trace_line_strips,
                                           transform_trace_set)
@@ -27,6 +27,9 @@ class PipelineConfig:
     grid_cols: int = 6
     num_entities: int = 4
     track_queries: bool = True
+    # `objects` queries: the support plane / work surface are re-parsed at least every this many
+    # frames (and whenever lost queries must be replaced); 1 = every frame (query_select.QueryTracker)
+    objects_refresh_frames: int = OBJECTS_REFRESH_FRAMES
     num_samples: int = 1
     seed: int | None = 0
     camera_to_base: RigidTransform | None = None   # T_base_cam; None = camera frame only
@@ -161,7 +164,8 @@ class TracePipeline:
             raise ValueError(f"num_samples must be >= 1, got {self.config.num_samples}")
         self.tracker = QueryTracker(self.config.queries, max_points=self.config.max_queries,
                                     grid_rows=self.config.grid_rows, grid_cols=self.config.grid_cols,
-                                    num_entities=self.config.num_entities, track=self.config.track_queries)
+                                    num_entities=self.config.num_entities, track=self.config.track_queries,
+                                    objects_refresh_frames=self.config.objects_refresh_frames)
         self.history = QueryHistory()
         self.instruction = ""
         if instruction:

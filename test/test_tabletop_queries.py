@@ -136,6 +136,33 @@ def test_without_an_extrinsic_the_ransac_plane_is_kept_while_it_explains_the_sce
     assert len(fits) == 2
 
 
+def test_objects_mode_reparses_the_scene_every_n_frames_with_the_same_queries(monkeypatch):
+    """`objects_refresh_frames`: the plane and surface are parsed every N frames (and when queries
+    were lost), not every frame; the queries are those of a tracker that parses every frame,
+    also when an object leaves between two parses (its queries are dropped in that very frame,
+    read from that frame's depth) and when one appears elsewhere."""
+    moved = (0.1, 0.2, 0.05, 0.12, 0.08)
+    scenes = [render_scene([BOX, SMALL])] * 6 + [render_scene([SMALL])] * 3 + [render_scene([moved, SMALL])] * 5
+    every = QueryTracker("objects", max_points=16, track=False, objects_refresh_frames=1)
+    want = [every.update(color, depth, INTR, UP) for color, depth in scenes]
+    parses = []
+    real_region = tabletop.surface_region
+    monkeypatch.setattr(tabletop, "surface_region", lambda *a, **k: parses.append(1) or real_region(*a, **k))
+    tracker = QueryTracker("objects", max_points=16, track=False, objects_refresh_frames=4)
+    for k, ((color, depth), expected) in enumerate(zip(scenes, want)):
+        got = tracker.update(color, depth, INTR, UP)
+        np.testing.assert_array_equal(got.query_ids, expected.query_ids, err_msg=f"frame {k}")
+        np.testing.assert_array_equal(got.pixels, expected.pixels, err_msg=f"frame {k}")
+        assert got.entities == expected.entities
+    gone = box_pixels(scenes[0][1], BOX)
+    ui, vi = np.rint(want[6].pixels[:, 0]).astype(int), np.rint(want[6].pixels[:, 1]).astype(int)
+    assert gone[np.rint(want[5].pixels[:, 1]).astype(int), np.rint(want[5].pixels[:, 0]).astype(int)].any()
+    assert not gone[vi, ui].any()                  # the box left at frame 6: none of its queries stayed
+    assert len(parses) < len(scenes) // 2          # frames 0, 4 and the frames that lost queries
+    with pytest.raises(ValueError, match="objects_refresh_frames"):
+        QueryTracker("objects", objects_refresh_frames=0)
+
+
 def test_objects_mode_falls_back_to_corners_without_a_surface():
     rng = np.random.default_rng(0)
     color = rng.integers(0, 255, (H, W, 3), dtype=np.uint8)
