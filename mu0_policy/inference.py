@@ -96,6 +96,9 @@ class TracePredictor(ABC):
     horizon: int
     step_period: float
     num_ctrl: int
+    # what a history step of the training data meant (mu0_perception.query_history): "synchronous"
+    # (equal scene progress, the authors' rule) or "arc_length" / "time" (time-spaced at step_period)
+    history_parameterization: str = "arc_length"
 
     @abstractmethod
     def predict(self, requests: list[TraceRequest], num_samples: int = 1,

@@ -111,8 +111,14 @@ def make_predictor(model, backend: str = "torch", device: str = "cpu", dtype: st
         raise CheckpointError(root, None, "not a directory")
     from mu0_policy.model.predictor import Mu0Predictor
 
-    cfg, _ = read_config(root)
+    from mu0_perception.query_history import history_parameterization
+
+    cfg, doc = read_config(root)
     predictor = Mu0Predictor.from_checkpoint(root, cfg, backend=backend, device=device, dtype=dtype)
+    try:
+        predictor.history_parameterization = history_parameterization(doc.get("training"))
+    except ValueError as err:
+        raise CheckpointError(root / "config.json", "training.parameterization", str(err)) from None
     predictor.backend_report = backend_report(predictor, backend, device)
     check_device(predictor.backend_report, require_device)
     return predictor

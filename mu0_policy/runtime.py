@@ -13,7 +13,8 @@ import numpy as np
 from mu0_core.camera import RigidTransform
 from mu0_core.frames import RGBDFrame
 from mu0_core.traces import TraceSet
-from mu0_perception.query_select import OBJECTS_REFRESH_FRAMES, QueryHistory, QuerySet, QueryTracker
+from mu0_perception.query_history import make_query_history
+from mu0_perception.query_select import OBJECTS_REFRESH_FRAMES, QuerySet, QueryTracker
 from mu0_policy.inference import TracePredictor, TraceRequest, pixels_to_normalized, sample_depth_at
 from mu0_policy.trace_postprocess import (LineStrip, result_to_trace_set, trace_line_strips,
                                           transform_trace_set)
@@ -166,7 +167,9 @@ class TracePipeline:
                                     grid_rows=self.config.grid_rows, grid_cols=self.config.grid_cols,
                                     num_entities=self.config.num_entities, track=self.config.track_queries,
                                     objects_refresh_frames=self.config.objects_refresh_frames)
-        self.history = QueryHistory()
+        # the history is built by the rule the checkpoint's training data was made with: a model
+        # trained on synchronous (progress) steps must not get a time-spaced history
+        self.history = make_query_history(getattr(predictor, "history_parameterization", "arc_length"))
         self.instruction = ""
         if instruction:
             self.set_instruction(instruction)

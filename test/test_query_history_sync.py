@@ -236,3 +236,35 @@ def test_training_records_the_dataset_parameterization(tmp_path):
     training = json.loads((out / "config.json").read_text())["training"]
     assert training["parameterization"] == "synchronous"
     assert history_parameterization(training) == "synchronous"
+
+
+def _checkpoint_with_parameterization(tmp_path, value):
+    import json
+    import shutil
+
+    root = tmp_path / "ckpt"
+    shutil.copytree("checkpoints/mu0_small", root, ignore=shutil.ignore_patterns("eval", "*.onnx", "*.md", "*.sh"))
+    doc = json.loads((root / "config.json").read_text())
+    doc["training"]["parameterization"] = value
+    (root / "config.json").write_text(json.dumps(doc))
+    return root
+
+
+def test_the_runtime_builds_the_history_by_the_checkpoints_training_rule(tmp_path):
+    from mu0_perception.query_select import QueryHistory
+    from mu0_policy.predictors import make_predictor
+    from mu0_policy.runtime import TracePipeline
+
+    bundled = TracePipeline(make_predictor("checkpoints/mu0_small"))     # written before the key existed
+    assert type(bundled.history) is QueryHistory
+    sync = TracePipeline(make_predictor(str(_checkpoint_with_parameterization(tmp_path, "synchronous"))))
+    assert isinstance(sync.history, SynchronousQueryHistory)
+
+
+def test_an_unknown_parameterization_in_a_checkpoint_fails_naming_file_and_field(tmp_path):
+    from mu0_policy.model.checkpoint import CheckpointError
+    from mu0_policy.predictors import make_predictor
+
+    root = _checkpoint_with_parameterization(tmp_path, "by-the-moon")
+    with pytest.raises(CheckpointError, match=r"config.json field 'training.parameterization'.*by-the-moon"):
+        make_predictor(str(root))
