@@ -116,6 +116,10 @@ def test_spread_selection_and_task_parsing():
     got = [tasks[i] for i in sel]
     assert got.count("b") == 2 and got.count("c") == 1 and got.count("a") == 4
     assert {eps[i] for i in sel if tasks[i] == "a"} == {"a0", "a1"}
+    # one sample of a 5-frame episode is its middle frame, not the first (which has no history)
+    one = evaluate.spread_selection(["a"] * 5, ["a0"] * 5, 1)
+    assert one == [2]
+    assert evaluate.spread_selection(["a"] * 6, ["a0"] * 6, 2) == [1, 4]
     assert evaluate._even_quota([5, 1, 5], 4) == [2, 1, 1]
     assert evaluate._even_quota([5, 1, 5], 9) == [4, 1, 4] and evaluate._even_quota([2, 2], 99) == [2, 2]
     assert evaluate.task_from_episode("drawer-close-v3_seed100_corner") == "drawer-close"

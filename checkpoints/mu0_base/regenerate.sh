@@ -10,13 +10,13 @@
 #   bash checkpoints/mu0_base/regenerate.sh [WORK_DIR]          (default WORK_DIR: data/corpus)
 #   nohup bash checkpoints/mu0_base/regenerate.sh > /dev/null 2>&1 &   (progress: WORK_DIR/logs/)
 #
-# Knobs: MU0_STEPS (default 3000), MU0_BATCH (16), MU0_EVAL_MAX (400 samples per split).
+# Knobs: MU0_STEPS (default 5000), MU0_BATCH (16), MU0_EVAL_MAX (400 samples per split).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source env.sh
 WORK="${1:-data/corpus}"
 CKPT=checkpoints/mu0_base
-STEPS="${MU0_STEPS:-3000}"
+STEPS="${MU0_STEPS:-5000}"
 BATCH="${MU0_BATCH:-16}"
 EVAL_MAX="${MU0_EVAL_MAX:-400}"
 mkdir -p "$WORK/logs"

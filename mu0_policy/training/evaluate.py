@@ -95,7 +95,8 @@ def _even_quota(sizes: list[int], n: int) -> list[int]:
 
 def spread_selection(tasks: list[str], episodes: list[str], n: int) -> list[int]:
     """Positions of ``n`` of the given samples spread evenly over tasks, then over each task's
-    episodes, then over each episode's samples (evenly spaced); deterministic, in input order."""
+    episodes, then over each episode's samples (the centres of equal stretches); deterministic, in
+    input order."""
     if n >= len(tasks):
         return list(range(len(tasks)))
     groups: dict[str, dict[str, list[int]]] = {}
@@ -107,7 +108,9 @@ def spread_selection(tasks: list[str], episodes: list[str], n: int) -> list[int]
         rows = list(eps.values())
         for pos, qe in zip(rows, _even_quota([len(r) for r in rows], qt)):
             if qe:
-                chosen.extend(pos[j] for j in np.linspace(0, len(pos) - 1, qe).round().astype(int))
+                # centred in qe equal stretches: one pick lands mid-episode, not on the first frame,
+                # which has no history (there constant velocity equals zero motion)
+                chosen.extend(pos[j] for j in ((np.arange(qe) + 0.5) * len(pos) / qe).astype(int))
     return sorted(chosen)
 
 
