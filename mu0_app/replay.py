@@ -40,7 +40,7 @@ RGBD_PARAMS = {"color_topic": "/camera/camera/color/image_raw",
                "camera_info_topic": "/camera/camera/color/camera_info",
                "slop": 0.02, "queue_size": 10, "min_valid_depth_fraction": 0.05}
 PIPELINE_KEYS = ("queries", "max_queries", "grid_rows", "grid_cols", "num_entities", "track_queries",
-                 "num_samples", "seed", "base_frame_id")
+                 "num_samples", "seed", "base_frame_id", "objects_refresh_frames")
 
 
 def pipeline_from_params(params: dict) -> TracePipeline:

@@ -207,6 +207,13 @@ def test_mu0_node_configure_fails_on_bad_model_and_service_rejects_empty_instruc
     bad = mu0(model=str(tmp_path / "no_such_checkpoint"))
     assert bad.trigger_configure() == TransitionCallbackReturn.FAILURE
     bad.destroy_node()
+    bad = mu0(objects_refresh_frames=0)        # the scene cache needs >= 1
+    assert bad.trigger_configure() == TransitionCallbackReturn.FAILURE
+    bad.destroy_node()
+    every_frame = mu0(objects_refresh_frames=1)
+    assert every_frame.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    assert every_frame.pipeline.config.objects_refresh_frames == 1
+    every_frame.destroy_node()
     node = mu0()
     g = Graph([node])
     try:

@@ -45,7 +45,7 @@ from mu0_msgs.msg import RGBD, QueryPoints, TraceArray
 from mu0_msgs.srv import SetInstruction
 from mu0_core.resources import resolve
 from mu0_core.tf_tree import TfTree, TransformUnavailable
-from mu0_policy.runtime import PipelineConfig, TracePipeline, extrinsic_from_list
+from mu0_policy.runtime import OBJECTS_REFRESH_FRAMES, PipelineConfig, TracePipeline, extrinsic_from_list
 from mu0_policy.predictors import DeviceUnavailableWarning, backend_report, describe_backend, make_predictor
 from mu0_ros import convert
 from mu0_ros.diagnostics import RuntimeMonitor, diagnostic_array_msg
@@ -78,6 +78,9 @@ class Mu0Node(LifecycleNode):
         p("grid_cols", 6)
         p("num_entities", 4)
         p("track_queries", True)
+        # `objects` queries: the scene (support plane, surfaces) is re-parsed every N frames and
+        # whenever queries were lost; 1 = every frame (the pre-cache behaviour)
+        p("objects_refresh_frames", OBJECTS_REFRESH_FRAMES)
         p("num_samples", 1)
         p("seed", 0)
         p("camera_to_base", Parameter.Type.DOUBLE_ARRAY)
@@ -138,7 +141,8 @@ class Mu0Node(LifecycleNode):
                                     grid_rows=int(g("grid_rows")), grid_cols=int(g("grid_cols")),
                                     num_entities=int(g("num_entities")), track_queries=bool(g("track_queries")),
                                     num_samples=int(g("num_samples")), seed=int(g("seed")),
-                                    camera_to_base=extrinsic, base_frame_id=g("base_frame_id"))
+                                    camera_to_base=extrinsic, base_frame_id=g("base_frame_id"),
+                                    objects_refresh_frames=int(g("objects_refresh_frames")))
             model = g("model")
             if not model.startswith("baseline:"):   # a checkpoint: cwd, else the source tree / share/mu0
                 model = str(resolve(model))
