@@ -1,25 +1,33 @@
-"""The bundled default checkpoint (checkpoints/mu0_small) loads on both backends and agrees."""
+"""The bundled μ_0 checkpoints (checkpoints/mu0_small, the robots' default; checkpoints/mu0_base, the
+40-task one) load on both backends and agree."""
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from mu0_core.camera import CameraIntrinsics
 from mu0_policy.inference import TraceRequest
 from mu0_policy.predictors import make_predictor
 
-CKPT = Path(__file__).resolve().parents[1] / "checkpoints" / "mu0_small"
+CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
+CKPT = CHECKPOINTS / "mu0_small"
+# model id -> the query-history parameterisation its training data had (the runtime follows it)
+BUNDLED = {"mu0_small": "arc_length", "mu0_base": "synchronous"}
 
 
-def test_default_checkpoint_torch_and_onnxruntime_agree_and_traces_start_at_the_queries():
-    assert (CKPT / "model.safetensors").stat().st_size < 20e6 and (CKPT / "model.onnx").is_file()
+@pytest.mark.parametrize("name", sorted(BUNDLED))
+def test_bundled_checkpoint_torch_and_onnxruntime_agree_and_traces_start_at_the_queries(name):
+    ckpt = CHECKPOINTS / name
+    assert (ckpt / "model.safetensors").stat().st_size < 20e6 and (ckpt / "model.onnx").is_file()
     rng = np.random.default_rng(0)
     w, h = 160, 120
     query = rng.uniform(0, 119, (64, 2))
     req = TraceRequest(rng.integers(0, 255, (h, w, 3), dtype=np.uint8), np.full((h, w), 1.2, np.float32),
                        CameraIntrinsics(w, h, 140.0, 140.0, 79.5, 59.5), "push the puck to the goal", query)
-    torch_pred = make_predictor(CKPT)
-    ort_pred = make_predictor(CKPT, backend="onnxruntime")
-    assert torch_pred.model_id == "mu0_small" and torch_pred.horizon == 32 and torch_pred.num_ctrl == 10
+    torch_pred = make_predictor(ckpt)
+    ort_pred = make_predictor(ckpt, backend="onnxruntime")
+    assert torch_pred.model_id == name and torch_pred.horizon == 32 and torch_pred.num_ctrl == 10
+    assert torch_pred.history_parameterization == ort_pred.history_parameterization == BUNDLED[name]
     a = torch_pred.predict([req], num_samples=2, seed=1)[0]
     b = ort_pred.predict([req], num_samples=2, seed=1)[0]
     np.testing.assert_allclose(a.samples_uvz, b.samples_uvz, atol=1e-4)
