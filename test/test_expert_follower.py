@@ -177,7 +177,7 @@ def test_follower_ee_delta_interface_produces_deltas():
 def test_runner_commands_carry_the_camera_stamp_of_their_traces(joint_robot):
     """End-to-end latency is measured from this stamp: a plan carries it, a hold carries none."""
     from mu0_policy.experts.runner import ExpertRunner
-    from mu0_core.traces import TraceSet
+    from trace_fixtures import gripper_trace
 
     robot = load_robot_config(follower_config("sim_sawyer_forward", hold_orientation=True))
     runner = ExpertRunner(robot, guard=None)
@@ -186,11 +186,7 @@ def test_runner_commands_carry_the_camera_stamp_of_their_traces(joint_robot):
     ee = runner.kinematics.ee_pose(q)[:3, 3]
     samples = line(ee, [0.05, 0.0, -0.03])[None]
     camera_stamp = 10 * SEC
-    traces = TraceSet(stamp_ns=camera_stamp, frame_id=robot.base_frame, instruction="reach", model_id="test",
-                      horizon_steps=32, step_period=0.05, query_ids=np.zeros(1, np.uint32), entities=["gripper"],
-                      pixels=np.zeros((1, 2), np.float32), positions=samples[:, 0], knots=np.zeros(14),
-                      control_points=np.zeros((1, 10, 3)), samples=samples, validity=np.ones((1, 33), np.float32),
-                      confidence=np.ones(1, np.float32))
+    traces = gripper_trace(samples, camera_stamp, robot.base_frame)
     runner.update_joint_state(camera_stamp + 20_000_000, robot.joint_names, q)
     runner.update_traces(traces)
     cmd = runner.tick(camera_stamp + 30_000_000)

@@ -160,7 +160,7 @@ def test_bundled_expert_finishes_through_the_live_graph_over_dds(tmp_path):
 
 
 def _runner_counts_for_traces_of(model_id):
-    from mu0_core.traces import TraceSet
+    from trace_fixtures import gripper_trace
     from mu0_policy.experts.runner import ExpertRunner
 
     robot = load_robot_config(EE_ROBOT)
@@ -169,11 +169,7 @@ def _runner_counts_for_traces_of(model_id):
     ee = runner.kinematics.ee_pose(q)[:3, 3]
     samples = (ee + np.linspace(0, 1, 33)[:, None] * np.array([0.05, 0.0, -0.02]))[None]
     stamp = 10_000_000_000
-    traces = TraceSet(stamp_ns=stamp, frame_id=robot.base_frame, instruction="open the drawer", model_id=model_id,
-                      horizon_steps=32, step_period=0.0125, query_ids=np.zeros(1, np.uint32), entities=["gripper"],
-                      pixels=np.zeros((1, 2), np.float32), positions=samples[:, 0], knots=np.zeros(14),
-                      control_points=np.zeros((1, 10, 3)), samples=samples, validity=np.ones((1, 33), np.float32),
-                      confidence=np.ones(1, np.float32))
+    traces = gripper_trace(samples, stamp, robot.base_frame, "open the drawer", model_id, step_period=0.0125)
     runner.update_joint_state(stamp + 10_000_000, robot.joint_names, q)
     runner.update_traces(traces)
     runner.tick(stamp + 20_000_000)
