@@ -154,6 +154,69 @@ def test_history_interpolates_at_the_model_step_period():
     assert np.isnan(hist[1]).all()                         # never seen: invalid
 
 
+class _LoopQueryHistory:
+    """The per-query loop that QueryHistory replaced (issue 14: ~1 ms per frame), kept as the oracle."""
+
+    def __init__(self, max_observations=32, forget_after_ns=2_000_000_000):
+        from collections import deque
+        self._deque, self._tracks = deque, {}
+        self.max_observations, self.forget_after_ns = max_observations, forget_after_ns
+
+    def add(self, stamp_ns, query_ids, uvz):
+        uvz = np.asarray(uvz, dtype=np.float64).reshape(-1, 3)
+        for qid, point in zip(np.asarray(query_ids).tolist(), uvz):
+            track = self._tracks.setdefault(int(qid), self._deque(maxlen=self.max_observations))
+            if track and stamp_ns <= track[-1][0]:
+                continue
+            track.append((int(stamp_ns), point.copy()))
+        for qid in [q for q, t in self._tracks.items() if stamp_ns - t[-1][0] > self.forget_after_ns]:
+            del self._tracks[qid]
+
+    def history(self, query_ids, now_ns, step_period, steps=8):
+        out = np.full((len(query_ids), steps, 3), np.nan, np.float32)
+        times = now_ns - np.arange(steps, 0, -1) * step_period * 1e9
+        for i, qid in enumerate(np.asarray(query_ids).tolist()):
+            track = self._tracks.get(int(qid))
+            if not track:
+                continue
+            t_obs = np.array([t for t, _ in track], dtype=np.float64)
+            p_obs = np.stack([p for _, p in track])
+            seen = np.isfinite(p_obs).all(axis=1)
+            usable = (times >= t_obs[0]) & (times <= max(t_obs[-1], now_ns))
+            if seen.any():
+                usable &= seen[np.abs(times[:, None] - t_obs[None]).argmin(axis=1)]
+            else:
+                usable[:] = False
+            if not usable.any():
+                continue
+            for c in range(3):
+                out[i, usable, c] = np.interp(times[usable], t_obs[seen], p_obs[seen, c])
+        return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_history_equals_the_per_query_loop_it_replaced(seed):
+    """Vectorised QueryHistory == the old loop: ids coming and going, depthless (NaN) frames, repeated
+    ids and stamps, out-of-order frames, ids forgotten after a pause, more frames than it keeps."""
+    rng = np.random.default_rng(seed)
+    new, old = QueryHistory(max_observations=12, forget_after_ns=700 * MS), _LoopQueryHistory(12, 700 * MS)
+    stamp = 0
+    for frame in range(70):
+        stamp += int(rng.choice([40, 100, 130, 900 if frame == 35 else 60])) * MS
+        at = stamp - (150 * MS if rng.random() < 0.1 else 0)            # now and then an out-of-order frame
+        ids = rng.choice(40, size=rng.integers(0, 15), replace=True)     # repeats within a frame
+        uvz = rng.normal(size=(len(ids), 3))
+        uvz[rng.random(len(ids)) < 0.2] = np.nan
+        for h in (new, old):
+            h.add(at, ids, uvz)
+        ask = rng.choice(45, size=20, replace=False)                     # some never seen
+        period = float(rng.choice([0.0125, 0.05, 0.1]))
+        a, b = new.history(ask, stamp, period), old.history(ask, stamp, period)
+        assert np.array_equal(np.isnan(a), np.isnan(b)), f"frame {frame}"
+        assert np.allclose(a, b, equal_nan=True, atol=1e-6), f"frame {frame}"
+        assert len(new) == len(old._tracks)
+
+
 # ------------------------------------------------------------------------------------------ postprocess
 def _line_result(n=2, horizon=32):
     anchor = np.array([[0.0, 0.0, 1.0], [0.5, -0.5, 2.0]])[:n]
