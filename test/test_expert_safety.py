@@ -171,3 +171,18 @@ def test_guard_from_robot_config_follows_its_dry_run_and_limits():
         assert np.allclose(g._step, np.minimum(robot.joints.max_step_delta,
                                                robot.joints.max_velocity / robot.control_rate_hz))
     assert SafetyGuard.from_robot(load_robot_config("config/robots/sim_sawyer_forward.yaml")).streaming
+
+
+def test_sim_ee_guard_passes_the_full_diagonal_step_the_sim_arm_and_its_demos_make():
+    """The sim arm moves up to clip x metres_per_unit per AXIS per step, and the scripted demos the
+    expert learns from use it; a guard that caps the norm below that slows diagonal motion (it kept
+    door-open from ever finishing). A full diagonal step passes unchanged; a longer one is cut back."""
+    robot = load_robot_config("config/robots/sim_sawyer_ee.yaml")
+    g = SafetyGuard.from_robot(robot, dry_run=False)
+    now = 5 * SEC
+    out = g.ee_command(now, [[0.0099, -0.0099, 0.0099, 1.0]], np.array([0.0, 0.6, 0.2]), now, now)
+    assert not out.hold and out.send
+    assert np.allclose(out.values[0], [0.99, -0.99, 0.99, 1.0]) and out.rate_limited == 0 and out.clamped == 0
+    out = g.ee_command(now, [[0.03, 0.0, 0.04, 1.0]], np.array([0.0, 0.6, 0.2]), now, now)
+    step_m = np.linalg.norm(out.values[0, :3]) * g.settings.metres_per_unit
+    assert out.rate_limited == 1 and step_m <= 0.0174 + 1e-9
