@@ -2,7 +2,8 @@
 # Regenerates the bundled learned experts and their closed-loop success tables, resumably:
 #   bash scripts/train_experts.sh [ee|joint|all]      (default all)
 # demos (scripts/expert_demos.sh) -> per embodiment: trace_policy on frozen μ_0 traces (bundled),
-# the no-trace ablation, the ground-truth-trace upper bound -> ONNX export + parity -> eval-policy.
+# the no-trace ablation, the ground-truth-trace upper bound (EE also: the expert on mu0_base's traces)
+# -> ONNX export + parity -> eval-policy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source env.sh
@@ -22,5 +23,10 @@ for EMB in ee joint; do
   [ -f "$RUNS/${EMB}_gt/model.onnx" ] || mu0 train-expert "${COMMON[@]}" --model ground_truth --out "$RUNS/${EMB}_gt"
   mkdir -p checkpoints/expert_sawyer_${EMB}
   cp "$RUNS/${EMB}_mu0/"{model.safetensors,config.json,model.onnx} checkpoints/expert_sawyer_${EMB}/
+  if [ "$EMB" = ee ]; then   # the same expert on the larger μ_0's traces (config/robots/sim_sawyer_ee_mu0base.yaml)
+    [ -f "$RUNS/ee_mu0base/model.onnx" ] || mu0 train-expert "${COMMON[@]}" --model checkpoints/mu0_base --out "$RUNS/ee_mu0base"
+    mkdir -p checkpoints/expert_sawyer_ee_mu0base
+    cp "$RUNS/ee_mu0base/"{model.safetensors,config.json,model.onnx} checkpoints/expert_sawyer_ee_mu0base/
+  fi
 done
 echo "experts trained; success tables: bash scripts/eval_experts.sh"

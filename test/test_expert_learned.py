@@ -23,6 +23,7 @@ EE_ROBOT = "config/robots/sim_sawyer_ee.yaml"
 JOINT_ROBOT = "config/robots/sim_sawyer_joint.yaml"
 EE_CKPT = "checkpoints/expert_sawyer_ee"
 JOINT_CKPT = "checkpoints/expert_sawyer_joint"
+EE_MU0BASE_CKPT = "checkpoints/expert_sawyer_ee_mu0base"   # the EE expert on mu0_base's traces
 
 
 def test_wilson_interval_matches_the_closed_form():
@@ -90,7 +91,7 @@ def test_no_trace_ablation_is_the_same_network_and_ignores_traces(tmp_path):
     np.testing.assert_array_equal(b.predict(state, text, tr1, mask), b.predict(state, text, tr2, mask))
 
 
-@pytest.mark.parametrize("ckpt", [EE_CKPT, JOINT_CKPT])
+@pytest.mark.parametrize("ckpt", [EE_CKPT, JOINT_CKPT, EE_MU0BASE_CKPT])
 def test_bundled_expert_torch_and_onnxruntime_agree(ckpt):
     assert onnx_parity(ckpt, samples=16) < 1e-4
 
@@ -149,6 +150,14 @@ def test_bundled_ee_expert_finishes_drawer_close_with_mu0_traces(tmp_path):
 def test_bundled_joint_expert_finishes_drawer_close_with_mu0_traces():
     report = evaluate(JOINT_ROBOT, ["drawer-close"], [100, 101, 102], "checkpoints/mu0_small", max_steps=250,
                       videos=False, progress=False)
+    assert sum(o.success for o in report.outcomes) >= 2, report.markdown()
+
+
+def test_mu0_base_ee_pair_finishes_door_open():
+    """The EE expert on mu0_base's traces with its robot config: door-open, which no expert finished
+    while the guard capped an end-effector step below the sim arm's own diagonal step."""
+    report = evaluate("config/robots/sim_sawyer_ee_mu0base.yaml", ["door-open"], [100, 101, 102],
+                      "checkpoints/mu0_base", max_steps=250, videos=False, progress=False)
     assert sum(o.success for o in report.outcomes) >= 2, report.markdown()
 
 
