@@ -186,3 +186,15 @@ def test_sim_ee_guard_passes_the_full_diagonal_step_the_sim_arm_and_its_demos_ma
     out = g.ee_command(now, [[0.03, 0.0, 0.04, 1.0]], np.array([0.0, 0.6, 0.2]), now, now)
     step_m = np.linalg.norm(out.values[0, :3]) * g.settings.metres_per_unit
     assert out.rate_limited == 1 and step_m <= 0.0174 + 1e-9
+
+
+@pytest.mark.parametrize("name", ["sim_sawyer_joint", "sim_sawyer_forward"])
+def test_sim_joint_step_limit_lets_the_velocity_limit_bind(name):
+    """A per-tick step cap below max_velocity x control period silently lowers the arm's speed
+    limit (0.06 rad per 20 Hz tick was 1.2 rad/s on joints rated 1.33-1.96 rad/s, slower than the
+    demos the expert learned from). A guarded command at the velocity limit passes unchanged."""
+    robot = load_robot_config(f"config/robots/{name}.yaml")
+    lim = JointLimits.from_robot(robot)
+    step = np.asarray(lim.max_step_delta, float) * np.ones(len(robot.joint_names))
+    vel = np.asarray(robot.joints.max_velocity, float)
+    assert np.all(step >= 0.99 * vel * robot.control_dt), (step, vel * robot.control_dt)
