@@ -4,6 +4,7 @@ import pytest
 
 from mu0_policy.experts import safety as S
 from mu0_policy.experts import load_robot_config
+from mu0_policy.experts.robot_config import RobotConfigError
 from mu0_policy.experts.safety import GuardSettings, JointLimits, SafetyGuard
 
 SEC = 1_000_000_000
@@ -198,3 +199,15 @@ def test_sim_joint_step_limit_lets_the_velocity_limit_bind(name):
     step = np.asarray(lim.max_step_delta, float) * np.ones(len(robot.joint_names))
     vel = np.asarray(robot.joints.max_velocity, float)
     assert np.all(step >= 0.99 * vel * robot.control_dt), (step, vel * robot.control_dt)
+
+
+def test_a_robot_config_extends_another_and_overrides_only_what_it_names(tmp_path):
+    variant = load_robot_config("config/robots/sim_sawyer_ee_mu0base.yaml")
+    base = load_robot_config("config/robots/sim_sawyer_ee.yaml")
+    assert variant.expert_params["checkpoint"] == "checkpoints/expert_sawyer_ee_mu0base"
+    assert base.expert_params["checkpoint"] == "checkpoints/expert_sawyer_ee"
+    assert variant.safety.max_ee_step_m == base.safety.max_ee_step_m and variant.joint_names == base.joint_names
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(RobotConfigError, match=r"b.yaml: field 'extends'.*cycle"):
+        load_robot_config(str(tmp_path / "a.yaml"))

@@ -210,7 +210,15 @@ class _Reader:
 
 
 def load_robot_config(path: str) -> RobotConfig:
-    """Load and validate a robot config; `RobotConfigError` names the file and the field."""
+    """Load and validate a robot config; `RobotConfigError` names the file and the field.
+
+    A config may start with ``extends: OTHER.yaml`` (relative to its own folder): it is then that
+    file with this one's sections merged over it, mapping by mapping (a variant that differs in
+    one field, e.g. the expert checkpoint, repeats nothing else)."""
+    return robot_config_from_dict(_read_with_base(str(path), ()), path)
+
+
+def _read_mapping(path: str) -> dict:
     try:
         with open(path) as f:
             data = yaml.safe_load(f)
@@ -220,7 +228,27 @@ def load_robot_config(path: str) -> RobotConfig:
         raise RobotConfigError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(data, dict):
         raise RobotConfigError(f"{path}: the file must hold a mapping at the top level")
-    return robot_config_from_dict(data, path)
+    return data
+
+
+def _read_with_base(path: str, chain: tuple) -> dict:
+    data = _read_mapping(path)
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base:
+        raise RobotConfigError(f"{path}: field 'extends': must be the file name of another robot config, got {base!r}")
+    base_path = os.path.join(os.path.dirname(path), base)
+    if os.path.realpath(base_path) in chain + (os.path.realpath(path),):
+        raise RobotConfigError(f"{path}: field 'extends': {base} extends itself (a cycle)")
+    return _merged(_read_with_base(base_path, chain + (os.path.realpath(path),)), data)
+
+
+def _merged(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
 
 
 def robot_config_from_dict(data: dict, path: str = "<dict>") -> RobotConfig:
