@@ -228,7 +228,12 @@ def test_rgbd_sync_resets_on_a_backwards_clock_jump(ros):
         clock_pub = node.create_publisher(Clock, "/clock", 10)
         pubs = [node.create_publisher(Image, "/lp/color", REL), node.create_publisher(Image, "/lp/depth", REL),
                 node.create_publisher(CameraInfo, "/lp/info", REL)]
-        assert spin(20, until=lambda: all(pub.get_subscription_count() > 0 for pub in pubs))
+        # /clock must be matched too: until the node has a sim time, every frame stamped 100 s is
+        # "more than max_stamp_future_s ahead" of its clock (0) and rightly dropped as bad_stamp
+        assert spin(20, until=lambda: all(pub.get_subscription_count() > 0 for pub in pubs + [clock_pub]))
+        for _ in range(10):
+            clock_pub.publish(Clock(clock=convert.ns_to_stamp(100 * SEC)))
+            spin(0.05)
         spin(0.5)
 
         def one_pass(start_ns, n=30):
