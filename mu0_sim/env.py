@@ -319,7 +319,7 @@ class SawyerSimEnv:
         self._q_home = q.copy()
         self._ik_seed = q.copy()
         self._ee_target = self.data.body("hand").xpos.copy()
-        self._gripper_cmd = -1.0
+        self._gripper_cmd = None   # the scripted expert's last gripper command (None: none yet)
         if self.embodiment == "sawyer_joint":
             for i in self._weld_ids:
                 self.data.eq_active[i] = 0
@@ -397,7 +397,19 @@ class SawyerSimEnv:
         self._ee_target = hand + lead * (max_lead / dist) if dist > max_lead else target
         q = self.solve_ik(self._ee_target, seed_q=self._ik_seed)
         self._ik_seed = q
-        return np.concatenate([q, [a[3]]])
+        grip = float(a[3])
+        # Meta-World's policies start closing the fingers while the hand is still descending: the
+        # mocap hand gets there first, but the joint arm lags its target, so the fingers shut above
+        # the object and rest on it. The gripper closes only once the hand has caught up with its
+        # target (then stays closed while the policy asks); opening, and a policy that closes from
+        # the first step (a closed fist pushing a door or a window), pass at once.
+        settle = float(self.robot.ik.get("close_when_within_m", 0.0))
+        lag = float(np.linalg.norm(self._ee_target - hand))
+        if settle > 0.0 and grip > 0.0 and self._gripper_cmd is not None and self._gripper_cmd <= 0.0 \
+                and lag > settle:
+            grip = self._gripper_cmd
+        self._gripper_cmd = grip
+        return np.concatenate([q, [grip]])
 
     def solve_ik(self, target_pos, target_quat_wxyz=_HAND_QUAT_WXYZ, seed_q=None,
                  iterations: int | None = None) -> np.ndarray:

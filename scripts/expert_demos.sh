@@ -4,9 +4,10 @@
 # 8 tasks (those of checkpoints/mu0_small), 160x120 (the resolution μ_0 small was trained at),
 # seeds 0-19, and 20-29 for the four EE tasks the expert finds hardest (reach, push, pick-place,
 # door-open); evaluation uses unseen seeds 100+; successful episodes only.
-# The joint-position arm leaves out push and pick-place: its scripted demonstrator (Meta-World's
-# policy through IK and the PD joint controller) finishes them in about 1 of 10 seeds, so 20 seeds
-# cost ~30 min of recording for 2-3 demos.
+# The joint-position arm's scripted demonstrator (Meta-World's policy through IK and the PD joint
+# controller) finishes push and pick-place in only 14-26 % of seeds, so those two take their
+# successful episodes from seeds 0-99 and 120-199 (never the evaluation seeds 100-119): ~25 push and
+# ~30 pick-place demos, ~5 min of physics-only checks each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source env.sh
@@ -20,3 +21,5 @@ python -m mu0_sim.record --tasks reach,push,pick-place,door-open --seeds "${MU0_
     --resolution 160x120 --embodiment sawyer_ee --only-success --max-steps 300 --resume --out "$OUT/bags_ee"
 python -m mu0_sim.record --tasks "$TASKS_JOINT" --seeds "${MU0_DEMO_SEEDS:-0-19}" --resolution 160x120 \
     --embodiment sawyer_joint --only-success --max-steps 300 --resume --out "$OUT/bags_joint"
+python -m mu0_sim.record --tasks push,pick-place --seeds "${MU0_DEMO_SEEDS_JOINT_OBJECTS:-0-99,120-199}" \
+    --resolution 160x120 --embodiment sawyer_joint --only-success --max-steps 300 --resume --out "$OUT/bags_joint"

@@ -33,6 +33,41 @@ def test_joint_expert_succeeds_through_ik(task):
     assert ok, f"{task}: no success in {steps} steps"
 
 
+def _joint_gripper_log(task, seed, settle, steps=300):
+    env = SawyerSimEnv(task, seed=seed, embodiment="sawyer_joint", render=False)
+    env.robot.ik["close_when_within_m"] = settle
+    env.reset(seed, render=False)
+    log = []     # (gripper command, |EE target - hand| when it was sent)
+    for _ in range(steps):
+        a = env.expert_action()
+        log.append((float(a[-1]), float(np.linalg.norm(env._ee_target - env.data.body("hand").xpos))))
+        env.step(a, render=False)
+        if env.ever_succeeded:
+            break
+    return env.ever_succeeded, log
+
+
+def test_joint_demonstrator_closes_the_gripper_only_once_the_hand_has_caught_up():
+    """Meta-World's pick-place policy starts closing while descending; the lagging joint arm then
+    shut its fingers above the puck. With the bundled setting the close comes only when the hand is
+    within close_when_within_m of its target, and (seed 1) the puck is picked and placed."""
+    settle = load_sim_robot("sawyer_joint").ik["close_when_within_m"]
+    ok, log = _joint_gripper_log("pick-place", 1, settle)
+    closes = [lag for (prev, _), (cmd, lag) in zip(log, log[1:]) if prev <= 0.0 < cmd]
+    assert ok and closes and all(lag <= settle for lag in closes), closes
+    # without the gate the policy closes while the hand is still far behind its target
+    _, ungated = _joint_gripper_log("pick-place", 1, 0.0, steps=60)
+    assert any(lag > settle for (prev, _), (cmd, lag) in zip(ungated, ungated[1:]) if prev <= 0.0 < cmd)
+
+
+def test_joint_demonstrator_keeps_a_fist_closed_from_the_first_step():
+    """Door / window / drawer-close policies push with a closed gripper from step 0: that first
+    command is not held back, so their demos are what they were before the gate existed."""
+    settle = load_sim_robot("sawyer_joint").ik["close_when_within_m"]
+    gated, ungated = (_joint_gripper_log("door-open", 0, s, steps=80)[1] for s in (settle, 0.0))
+    assert gated[0][0] > 0.0 and [c for c, _ in gated] == [c for c, _ in ungated]
+
+
 def test_joint_targets_are_tracked_by_physics():
     env = SawyerSimEnv("reach", seed=0, embodiment="sawyer_joint", render=False)
     q0 = env.arm_positions()
