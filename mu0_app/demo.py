@@ -14,11 +14,11 @@ from mu0_app.replay import render_overlay_from_bag, replay_offline
 
 from mu0_core.resources import share_path
 
-DEFAULT_MODEL_DIR = share_path("checkpoints/mu0_small")       # the source tree, or share/mu0 when installed
-CLOSED_LOOP_ROBOT = share_path("config/robots/sim_sawyer_ee.yaml")
+DEFAULT_MODEL_DIR = share_path("checkpoints/mu0_base")        # the default μ_0 (source tree, or share/mu0 when installed)
+CLOSED_LOOP_ROBOT = share_path("config/robots/sim_sawyer_ee_mu0base.yaml")   # the expert trained on its traces
 
 
-def closed_loop(out_dir, robot=CLOSED_LOOP_ROBOT, task: str = "drawer-close", seed: int = 100,
+def closed_loop(out_dir, robot=CLOSED_LOOP_ROBOT, task: str = "pick-place", seed: int = 100,
                 max_steps: int = 250) -> str:
     """One closed-loop episode of the sim arm driven by the robot YAML's expert (the bundled learned
     expert) on the bundled μ_0's traces, lockstep (mu0 eval-policy); writes an MP4 with the traces."""
@@ -32,7 +32,7 @@ def closed_loop(out_dir, robot=CLOSED_LOOP_ROBOT, task: str = "drawer-close", se
 
 
 def demo(out_dir, bag=None, config="replay", overrides=(), live: bool = False, task: str = "pick-place",
-         seed: int = 0, max_steps: int = 120, closed_loop_task: str | None = "drawer-close") -> str:
+         seed: int = 0, max_steps: int = 120, closed_loop_task: str | None = "pick-place") -> str:
     """The main job: a sim episode (recorded now, or `bag`) -> sync -> μ_0 -> expert, offline and
     optionally live; writes out_dir/replayed (bag), traces.mp4 and traces.png. Returns a summary."""
     out_dir = Path(out_dir)
@@ -63,7 +63,7 @@ def main_demo(argv: list[str] | None = None) -> int:
     parser.add_argument("--bag", default=None, help="use this recorded bag instead of recording a sim episode")
     parser.add_argument("--config", default="replay")
     parser.add_argument("--live", action="store_true", help="also replay live over DDS (processes)")
-    parser.add_argument("--closed-loop-task", default="drawer-close",
+    parser.add_argument("--closed-loop-task", default="pick-place",
                         help="task of the closed-loop episode (bundled learned expert + μ_0); '' to skip")
     _overrides_arg(parser)
     args = parser.parse_args(argv)

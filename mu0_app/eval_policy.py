@@ -190,6 +190,26 @@ def robot_for_eval(robot_path: str, expert: str | None):
     return dataclasses.replace(robot, safety=dataclasses.replace(robot.safety, dry_run=False))
 
 
+DEFAULT_MODEL = "checkpoints/mu0_base"   # the default μ_0, for experts that do not name theirs
+
+
+def paired_model(robot_path: str, expert: str | None = None) -> str:
+    """The μ_0 checkpoint an expert was trained on: `checkpoints/<trace_model_id>` of its
+    checkpoint's config.json (bundled in this tree or share/mu0), else the default μ_0. Serving an
+    expert another μ_0's traces still runs, but measures a pairing nobody trained."""
+    from mu0_core.resources import resolve, share_path
+
+    robot = robot_for_eval(robot_path, expert)
+    ckpt = robot.expert_params.get("checkpoint") if robot.expert_name == "trace_policy" else None
+    cfg = resolve(ckpt) / "config.json" if ckpt else None
+    if cfg is not None and cfg.is_file():
+        model_id = json.loads(cfg.read_text()).get("policy", {}).get("trace_model_id") or ""
+        candidate = share_path(f"checkpoints/{model_id}") if model_id else None
+        if candidate is not None and (candidate / "config.json").is_file():
+            return str(candidate)
+    return str(share_path(DEFAULT_MODEL))
+
+
 def embodiment_of(robot) -> str:
     return "sawyer_ee" if robot.command_interface == "ee_delta" else "sawyer_joint"
 
@@ -489,8 +509,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--robot", required=True, help="robot config YAML (expert, limits, safety)")
     p.add_argument("--tasks", default="reach,push,pick-place,drawer-open,drawer-close,button-press,door-open,window-open")
     p.add_argument("--seeds", default="100-119", help="seed list/ranges, e.g. 100-119")
-    p.add_argument("--model", default="checkpoints/mu0_small",
-                   help="μ_0 checkpoint, baseline:<name>, 'ground_truth' (oracle traces) or 'none'")
+    p.add_argument("--model", default=None,
+                   help="μ_0 checkpoint, baseline:<name>, 'ground_truth' (oracle traces) or 'none' (default: the "
+                        "μ_0 the expert checkpoint was trained on, its trace_model_id; else checkpoints/mu0_base)")
     p.add_argument("--expert", default=None,
                    help="override the YAML's expert: a trace_policy checkpoint dir, trace_follower, or scripted")
     p.add_argument("--out", required=True)
@@ -523,6 +544,9 @@ def main(argv: list[str] | None = None) -> int:
         seeds = parse_seeds(args.seeds)
         w, h = (int(x) for x in args.resolution.lower().split("x"))
         tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        if args.model is None:
+            args.model = paired_model(args.robot, args.expert)
+            print(f"μ_0: {args.model} (the one the expert was trained on)", file=sys.stderr)
         if args.live:
             if args.expert or args.model in (GROUND_TRUTH, NO_TRACES):
                 raise ValueError("--live runs the robot YAML's expert with a μ_0 checkpoint or baseline:<name>")

@@ -12,8 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-ROWS = [("mu0_expert", "μ_0 traces + learned expert"),
-        ("mu0base_expert", "μ_0 base traces + learned expert"), ("no_traces", "learned expert, no traces"),
+ROWS = [("mu0base_expert", "μ_0 traces (mu0_base, default) + learned expert"),
+        ("mu0_expert", "μ_0 traces (mu0_small) + learned expert"), ("no_traces", "learned expert, no traces"),
         ("gt_expert", "ground-truth traces + learned expert"), ("trace_follower", "μ_0 traces + trace_follower"),
         ("scripted", "scripted expert (ceiling)")]
 

@@ -24,6 +24,7 @@ JOINT_ROBOT = "config/robots/sim_sawyer_joint.yaml"
 EE_CKPT = "checkpoints/expert_sawyer_ee"
 JOINT_CKPT = "checkpoints/expert_sawyer_joint"
 EE_MU0BASE_CKPT = "checkpoints/expert_sawyer_ee_mu0base"   # the EE expert on mu0_base's traces
+JOINT_MU0BASE_CKPT = "checkpoints/expert_sawyer_joint_mu0base"
 
 
 def test_wilson_interval_matches_the_closed_form():
@@ -91,7 +92,7 @@ def test_no_trace_ablation_is_the_same_network_and_ignores_traces(tmp_path):
     np.testing.assert_array_equal(b.predict(state, text, tr1, mask), b.predict(state, text, tr2, mask))
 
 
-@pytest.mark.parametrize("ckpt", [EE_CKPT, JOINT_CKPT, EE_MU0BASE_CKPT])
+@pytest.mark.parametrize("ckpt", [EE_CKPT, JOINT_CKPT, EE_MU0BASE_CKPT, JOINT_MU0BASE_CKPT])
 def test_bundled_expert_torch_and_onnxruntime_agree(ckpt):
     assert onnx_parity(ckpt, samples=16) < 1e-4
 
@@ -126,6 +127,19 @@ def test_bad_expert_checkpoint_fails_naming_file_and_field(tmp_path):
     robot = dataclasses.replace(load_robot_config(EE_ROBOT), expert_name="trace_policy", expert_params={"checkpoint": str(d)})
     with pytest.raises(RobotConfigError, match=r"config.json: field 'policy.horizon': is required"):
         make_expert(robot)
+
+
+def test_eval_policy_serves_each_expert_the_mu0_it_was_trained_on():
+    """`mu0 eval-policy` without --model picks the μ_0 named by the expert's trace_model_id: the
+    *_mu0base robot configs get mu0_base, the others mu0_small; an expert with no μ_0 of its own
+    (trace_follower) gets the default μ_0."""
+    from mu0_core.resources import share_path
+
+    assert eval_policy.paired_model(EE_ROBOT) == str(share_path("checkpoints/mu0_small"))
+    assert eval_policy.paired_model("config/robots/sim_sawyer_ee_mu0base.yaml") == str(share_path("checkpoints/mu0_base"))
+    assert eval_policy.paired_model("config/robots/sim_sawyer_joint_mu0base.yaml") == str(share_path("checkpoints/mu0_base"))
+    assert eval_policy.paired_model(JOINT_ROBOT, expert=EE_MU0BASE_CKPT) == str(share_path("checkpoints/mu0_base"))
+    assert eval_policy.paired_model(EE_ROBOT, expert="trace_follower") == str(share_path(eval_policy.DEFAULT_MODEL))
 
 
 def test_evaluator_is_deterministic_for_a_seed():

@@ -65,6 +65,8 @@ def workspace(tmp_path_factory):
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     share = ws / "install" / "mu0" / "share" / "mu0"
     for rel in ("launch/sim.launch.py", "config/mu0_sim.yaml", "config/robots/sim_sawyer_joint.yaml",
+                "config/robots/sim_sawyer_joint_mu0base.yaml", "checkpoints/mu0_base/model.onnx",
+                "checkpoints/expert_sawyer_joint_mu0base/model.onnx",
                 "config/sim/sawyer_joint.yaml", "config/robots/ur5e.urdf", "config/rviz/mu0.rviz",
                 "checkpoints/mu0_small/config.json", "package.xml"):
         assert (share / rel).is_file(), rel
@@ -185,7 +187,8 @@ def test_sim_launch_from_install_traces_commands_and_clean_sigint(workspace, tmp
     assert seen["traces"] >= 3 and seen["commands"] >= 3, (seen, out[-6000:])
     assert seen["frame_id"] == "base_link"
     # every resource came from the installed share dir
-    assert "share/mu0/checkpoints/mu0_small" in out and "share/mu0/config/robots/sim_sawyer_joint.yaml" in out, out
+    # (the default μ_0 and its joint expert, whose YAML extends sim_sawyer_joint.yaml in the same share dir)
+    assert "share/mu0/checkpoints/mu0_base" in out and "share/mu0/config/robots/sim_sawyer_joint_mu0base.yaml" in out, out
     assert "mu0_node configured; activating" in out                            # lifecycle driven by the launch
     assert_clean_sigint(code, out, NODES)
 
@@ -257,9 +260,9 @@ def test_replay_launch_honours_the_graph_yaml_and_the_bag(workspace, tmp_path):
         assert params[node]["ros__parameters"]["use_sim_time"] is True, node       # mu0_replay.yaml says so
     mu0 = params["mu0_node"]["ros__parameters"]
     assert mu0["camera_to_base"] == [1.0, 2.0, 3.0, 0.0, 0.0, 0.0, 1.0]            # the sim bag's extrinsic
-    assert mu0["autostart"] is False and mu0["model"].endswith("share/mu0/checkpoints/mu0_small")
+    assert mu0["autostart"] is False and mu0["model"].endswith("share/mu0/checkpoints/mu0_base")
     assert params["action_expert"]["ros__parameters"]["robot_config"].endswith(
-        "share/mu0/config/robots/sim_sawyer_joint.yaml")
+        "share/mu0/config/robots/sim_sawyer_joint_mu0base.yaml")
     assert "LifecycleNode" in out["jazzy"]["nodes"]
     jazzy, humble = out["jazzy"]["play"], out["humble"]["play"]
     assert jazzy[:5] == ["ros2", "bag", "play", str(bag), "--clock"] and "--exclude-topics" in jazzy

@@ -62,11 +62,11 @@ def test_graph_params_carry_use_sim_time_and_absolute_resources(tmp_path, monkey
     assert "mu0_graph" not in params
     for node in graph.nodes:
         assert params[node]["ros__parameters"]["use_sim_time"] is True, node
-    assert params["mu0_node"]["ros__parameters"]["model"] == str(REPO / "checkpoints" / "mu0_small")
+    assert params["mu0_node"]["ros__parameters"]["model"] == str(REPO / "checkpoints" / "mu0_base")
     robot = params["mu0_node"]["ros__parameters"].get("robot_config")
     assert robot is None or Path(robot).is_absolute()
     assert params["action_expert"]["ros__parameters"]["robot_config"] == \
-        str(REPO / "config" / "robots" / "sim_sawyer_joint.yaml")
+        str(REPO / "config" / "robots" / "sim_sawyer_joint_mu0base.yaml")
     arm = load_graph_config(resources.share_path("config/mu0_arm.yaml"), ["mu0_node.model=baseline:zero_motion"])
     assert arm.node_params("mu0_node")["model"] == "baseline:zero_motion"
     assert "use_sim_time" not in arm.node_params("rgbd_sync")
