@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Closed-loop success tables of the learned experts and their baselines (scripts/train_experts.sh
-# first), both sim embodiments, unseen seeds (demos used 0-19):
+# first), both sim embodiments, unseen seeds 100-119 (no demo used them):
 #   bash scripts/eval_experts.sh [ee|joint|all]      -> out/eval_experts/<embodiment>/<row>/success.{json,md}
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,8 +18,8 @@ for EMB in ee joint; do
   O="$OUT/$EMB"
   run() { local row=$1; shift; [ -f "$O/$row/success.json" ] || nice -n 5 mu0 eval-policy --robot "$ROBOT" "${COMMON[@]}" --out "$O/$row" "$@"; }
   run mu0_expert    --model checkpoints/mu0_small --expert checkpoints/expert_sawyer_${EMB} --seeds "$MAIN_SEEDS"
-  [ "$EMB" = ee ] && ROBOT=config/robots/sim_sawyer_ee_mu0base.yaml \
-    run mu0base_expert --model checkpoints/mu0_base --expert checkpoints/expert_sawyer_ee_mu0base --seeds "$MAIN_SEEDS" --no-video
+  ROBOT=config/robots/sim_sawyer_${EMB}_mu0base.yaml \
+    run mu0base_expert --model checkpoints/mu0_base --expert checkpoints/expert_sawyer_${EMB}_mu0base --seeds "$MAIN_SEEDS" --no-video
   run no_traces     --model none                  --expert "$RUNS/${EMB}_notrace"        --seeds "$MAIN_SEEDS" --no-video
   run gt_expert     --model ground_truth          --expert "$RUNS/${EMB}_gt"             --seeds "$OTHER_SEEDS"
   run trace_follower --model checkpoints/mu0_small --expert trace_follower               --seeds "$OTHER_SEEDS" --no-video

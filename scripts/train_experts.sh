@@ -2,7 +2,8 @@
 # Regenerates the bundled learned experts and their closed-loop success tables, resumably:
 #   bash scripts/train_experts.sh [ee|joint|all]      (default all)
 # demos (scripts/expert_demos.sh) -> per embodiment: trace_policy on frozen μ_0 traces (bundled),
-# the no-trace ablation, the ground-truth-trace upper bound (EE also: the expert on mu0_base's traces)
+# the no-trace ablation, the ground-truth-trace upper bound, and the expert on mu0_base's traces (the
+# default pair: checkpoints/expert_sawyer_<emb>_mu0base, config/robots/sim_sawyer_<emb>_mu0base.yaml)
 # -> ONNX export + parity -> eval-policy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,8 +12,8 @@ export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1   # one thread
 WHICH="${1:-all}"
 DATA="${MU0_EXPERT_DATA:-data/expert}"
 RUNS="${MU0_EXPERT_RUNS:-runs/experts}"
-declare -A STEPS=([ee]="${MU0_EXPERT_STEPS_EE:-4000}" [joint]="${MU0_EXPERT_STEPS_JOINT:-3000}")
-bash scripts/expert_demos.sh "$DATA"
+declare -A STEPS=([ee]="${MU0_EXPERT_STEPS_EE:-4000}" [joint]="${MU0_EXPERT_STEPS_JOINT:-4000}")
+bash scripts/expert_demos.sh "$DATA" "$WHICH"
 for EMB in ee joint; do
   [ "$WHICH" = all ] || [ "$WHICH" = "$EMB" ] || continue
   ROBOT=config/robots/sim_sawyer_${EMB}.yaml
@@ -23,10 +24,9 @@ for EMB in ee joint; do
   [ -f "$RUNS/${EMB}_gt/model.onnx" ] || mu0 train-expert "${COMMON[@]}" --model ground_truth --out "$RUNS/${EMB}_gt"
   mkdir -p checkpoints/expert_sawyer_${EMB}
   cp "$RUNS/${EMB}_mu0/"{model.safetensors,config.json,model.onnx} checkpoints/expert_sawyer_${EMB}/
-  if [ "$EMB" = ee ]; then   # the same expert on the larger μ_0's traces (config/robots/sim_sawyer_ee_mu0base.yaml)
-    [ -f "$RUNS/ee_mu0base/model.onnx" ] || mu0 train-expert "${COMMON[@]}" --model checkpoints/mu0_base --out "$RUNS/ee_mu0base"
-    mkdir -p checkpoints/expert_sawyer_ee_mu0base
-    cp "$RUNS/ee_mu0base/"{model.safetensors,config.json,model.onnx} checkpoints/expert_sawyer_ee_mu0base/
-  fi
+  # the same expert on the default μ_0's traces (config/robots/sim_sawyer_${EMB}_mu0base.yaml)
+  [ -f "$RUNS/${EMB}_mu0base/model.onnx" ] || mu0 train-expert "${COMMON[@]}" --model checkpoints/mu0_base --out "$RUNS/${EMB}_mu0base"
+  mkdir -p checkpoints/expert_sawyer_${EMB}_mu0base
+  cp "$RUNS/${EMB}_mu0base/"{model.safetensors,config.json,model.onnx} checkpoints/expert_sawyer_${EMB}_mu0base/
 done
 echo "experts trained; success tables: bash scripts/eval_experts.sh"
