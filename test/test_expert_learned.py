@@ -14,6 +14,7 @@ import pytest
 from mu0_app import eval_policy
 from mu0_app.eval_policy import evaluate, live_episode, wilson_interval
 from mu0_policy.experts import load_robot_config, make_expert
+from mu0_policy.experts.base import ExpertObservation
 from mu0_policy.experts.robot_config import RobotConfigError
 from mu0_policy.experts.trace_policy import (TRACE_FEATURES, Normalization, PolicyRunner, TracePolicyConfig,
                                              build_net, export_expert_onnx, onnx_parity, save_expert_checkpoint,
@@ -126,6 +127,61 @@ def test_bad_expert_checkpoint_fails_naming_file_and_field(tmp_path):
     (d / "config.json").write_text(json.dumps(doc))
     robot = dataclasses.replace(load_robot_config(EE_ROBOT), expert_name="trace_policy", expert_params={"checkpoint": str(d)})
     with pytest.raises(RobotConfigError, match=r"config.json: field 'policy.horizon': is required"):
+        make_expert(robot)
+
+
+def _ee_space_checkpoint(tmp_path, offset, ee_rotation):
+    """A joint-robot checkpoint in the "ee" action space whose every output is `offset` (metres) +
+    a closed gripper: the normalisation's std is ~0, so the network's output is the mean."""
+    import torch
+
+    torch.manual_seed(0)
+    robot = load_robot_config(JOINT_ROBOT)
+    cfg = TracePolicyConfig(robot=robot.robot, interface="joint", joint_names=list(robot.joint_names), action_dim=4,
+                            state_dim=11, horizon=16, control_dt=robot.control_dt, dim=32, layers=1,
+                            action_space="ee", ee_rotation=ee_rotation)
+    norm = Normalization(np.zeros(11), np.ones(11), np.zeros(TRACE_FEATURES), np.ones(TRACE_FEATURES),
+                         np.array([*offset, 1.0]), np.full(4, 1e-9))
+    out = tmp_path / "ee_space"
+    save_expert_checkpoint(out, build_net(cfg), cfg, norm)
+    return out, robot
+
+
+def test_ee_action_space_expert_commands_joints_that_put_the_hand_on_its_targets(tmp_path):
+    """A joint robot's expert trained in the "ee" action space predicts hand offsets; the arm's IK
+    turns them into joint targets. Each target's forward kinematics must land on the predicted
+    point (within 2 mm) with the hand at the checkpoint's orientation, from a pose where it is not."""
+    from mu0_policy.experts.kinematics import rotation_error
+
+    robot = load_robot_config(JOINT_ROBOT)
+    kin = robot.build_kinematics()
+    q0 = np.array([0.0, -1.2, 0.0, 2.0, 0.0, 0.8, 1.6])
+    held = kin.ee_pose(np.array([0.0, -1.1, 0.0, 1.9, 0.0, 0.85, 1.57]))[:3, :3]
+    offset = (0.03, -0.02, 0.01)
+    ckpt, robot = _ee_space_checkpoint(tmp_path, offset, held.tolist())
+    expert = make_expert(dataclasses.replace(robot, expert_name="trace_policy",
+                                             expert_params={"checkpoint": str(ckpt), "backend": "torch"}))
+    obs = ExpertObservation(stamp_ns=10**9, joint_names=list(robot.joint_names), joint_positions=q0,
+                            joint_velocities=None, traces_xyz=np.zeros((0, 33, 3)), validity=np.zeros((0, 33)),
+                            entities=[], query_ids=np.zeros(0, int), trace_stamp_ns=10**9, step_period=0.0125)
+    chunk = expert.act(obs)
+    ee0 = kin.ee_pose(q0)[:3, 3]
+    assert chunk.joint_positions.shape == (robot.chunk_horizon, 7) and np.all(chunk.gripper == 1.0)
+    assert np.linalg.norm(chunk.joint_positions[0] - q0) > 1e-3                        # it moved the arm
+    for q in chunk.joint_positions[1:]:       # every tick after the first has had its iterations to converge
+        pose = kin.ee_pose(q)
+        np.testing.assert_allclose(pose[:3, 3], ee0 + np.array(offset), atol=2e-3)
+        assert np.linalg.norm(rotation_error(pose[:3, :3], held)) < 0.02
+    assert np.all(chunk.joint_positions >= kin.chain.lower - 1e-9) and np.all(chunk.joint_positions <= kin.chain.upper + 1e-9)
+
+
+def test_ee_action_space_is_refused_on_an_ee_delta_checkpoint(tmp_path):
+    d, _ = _tiny_checkpoint(tmp_path, True)
+    doc = json.loads((d / "config.json").read_text())
+    doc["policy"]["action_space"] = "ee"
+    (d / "config.json").write_text(json.dumps(doc))
+    robot = dataclasses.replace(load_robot_config(EE_ROBOT), expert_name="trace_policy", expert_params={"checkpoint": str(d)})
+    with pytest.raises(RobotConfigError, match=r"config.json: field 'policy.action_space': applies to the joint"):
         make_expert(robot)
 
 

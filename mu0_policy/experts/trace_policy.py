@@ -74,6 +74,13 @@ class TracePolicyConfig:
     trace_model_id: str = ""         # model_id of the μ_0 whose traces it was trained on ("" = not
                                      # recorded / no traces); traces of another μ_0 are a different
                                      # input distribution: counted and warned about at run time
+    action_space: str = "joint"      # joint interface only: "joint" = offsets of the arm joints from
+                                     # their current positions; "ee" = offsets of the end effector
+                                     # from its current position, turned into joint targets by the
+                                     # arm's IK at run time (+ gripper either way)
+    ee_rotation: list = field(default_factory=list)   # action_space "ee": the hand orientation (3x3,
+                                     # row-major) the demonstrations held, which IK holds; [] = the
+                                     # orientation the hand has when the episode begins
 
     REQUIRED = ("robot", "interface", "joint_names", "action_dim", "state_dim", "horizon", "control_dt",
                 "use_traces", "head", "dim", "layers", "heads", "max_traces", "trace_offsets")
@@ -89,6 +96,12 @@ class TracePolicyConfig:
         cfg = cls(**d)
         if cfg.interface not in ("ee_delta", "joint"):
             raise ExpertCheckpointError(path, "policy.interface", f"must be ee_delta or joint, got {cfg.interface!r}")
+        if cfg.action_space not in ("joint", "ee"):
+            raise ExpertCheckpointError(path, "policy.action_space", f"must be joint or ee, got {cfg.action_space!r}")
+        if cfg.interface == "ee_delta" and cfg.action_space != "joint":
+            raise ExpertCheckpointError(path, "policy.action_space", "applies to the joint interface only")
+        if cfg.ee_rotation and np.asarray(cfg.ee_rotation, float).shape != (3, 3):
+            raise ExpertCheckpointError(path, "policy.ee_rotation", "must be a 3x3 rotation matrix")
         if cfg.head not in ("regression", "flow"):
             raise ExpertCheckpointError(path, "policy.head", f"must be regression or flow, got {cfg.head!r}")
         for k in ("action_dim", "state_dim", "horizon", "dim", "layers", "heads", "max_traces"):
@@ -475,11 +488,13 @@ class TracePolicyExpert(ActionExpert):
         self.seed = int(seed)
         self._rng = np.random.default_rng(self.seed)
         self._text_cache: dict = {}
+        self._held_rotation = None         # action_space "ee": the hand orientation IK holds
         # load the sentence encoder now: loading it at the first act() would stall a control loop
         self.embed("")
 
     def reset(self) -> None:
         self._rng = np.random.default_rng(self.seed)
+        self._held_rotation = None
 
     def embed(self, text: str) -> np.ndarray:
         if text not in self._text_cache:
@@ -520,4 +535,31 @@ class TracePolicyExpert(ActionExpert):
             out[:, 3] = np.clip(out[:, 3], -1.0, 1.0)
             return ActionChunk(None, dt, ee_deltas=out, info=info)
         q = np.asarray(obs.joint_positions, float)
-        return ActionChunk(q[None, :] + y[:, :-1], dt, gripper=np.clip(y[:, -1], -1.0, 1.0), info=info)
+        grip = np.clip(y[:, -1], -1.0, 1.0)
+        if self.cfg.action_space == "ee":
+            targets, worst = self.ee_offsets_to_joints(q, ee + y[:, :3])
+            info.update(ee_targets=ee + y[:, :3], ik_max_position_error=worst)
+            return ActionChunk(targets, dt, gripper=grip, info=info)
+        return ActionChunk(q[None, :] + y[:, :-1], dt, gripper=grip, info=info)
+
+    def ee_offsets_to_joints(self, q_now: np.ndarray, ee_targets: np.ndarray) -> tuple[np.ndarray, float]:
+        """Joint targets (T, J) reaching `ee_targets` (T, 3) in turn, each IK warm-started from the
+        previous tick's solution, the hand held at the orientation the demonstrations held
+        (checkpoint `ee_rotation`; else the one it had when the episode began: holding the current
+        one would let contact torques turn it a little more at every plan). A few damped
+        least-squares iterations per tick: the targets move a few cm per tick, so warm-started IK
+        lands within a millimetre except next to a joint limit, where it catches up over the
+        following ticks. Returns the targets and the worst IK position error (m)."""
+        chain = self.kinematics.chain
+        if self._held_rotation is None:
+            self._held_rotation = (np.asarray(self.cfg.ee_rotation, float) if self.cfg.ee_rotation
+                                   else self.kinematics.ee_pose(q_now)[:3, :3].copy())
+        qc = self.kinematics.chain_q(q_now)
+        rows, worst = [], 0.0
+        for tgt in ee_targets:
+            r = chain.ik(tgt, qc, target_rotation=self._held_rotation, orientation_weight=0.3, max_iterations=5,
+                         position_tolerance=5e-4, orientation_tolerance=1e-2)
+            qc = r.joint_positions
+            worst = max(worst, r.position_error)
+            rows.append(self.kinematics.with_chain_q(q_now, qc))
+        return np.array(rows), worst

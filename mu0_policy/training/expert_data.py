@@ -253,14 +253,19 @@ class ExpertSamples:
     actions: np.ndarray            # (B, H, A)
     episode: np.ndarray            # (B,) episode index
     texts: list
+    ee_rotation: list = None       # joint robots: the chordal mean of the hand orientation at the
+                                   # commanded joint targets (3x3), what an "ee" action-space expert holds
 
     def __len__(self):
         return len(self.state)
 
 
 def episode_samples(ep: DemoEpisode, traces: CachedTraces, robot, kinematics, horizon: int,
-                    max_traces: int, gripper_entities, stride: int = 1):
-    """(state, traces, mask, actions) for every `stride`-th step of one episode."""
+                    max_traces: int, gripper_entities, stride: int = 1, action_space: str = "joint"):
+    """(state, traces, mask, actions) for every `stride`-th step of one episode. A joint robot's
+    actions are its commanded joint targets as offsets from the current joints (`action_space`
+    "joint"), or where those targets put the end effector, as offsets from where it is now ("ee"),
+    + the gripper command."""
     arm = list(robot.joint_names)
     q_all = np.stack([ep.column(n) for n in arm], axis=1)
     grip_state = ep.column("gripper") if "gripper" in ep.joint_names else np.full(ep.num_steps, -1.0)
@@ -290,7 +295,12 @@ def episode_samples(ep: DemoEpisode, traces: CachedTraces, robot, kinematics, ho
             rows[:, :3] *= scale
         else:
             idx = np.minimum(s + every * (np.arange(horizon) + 1) - 1, last - 1)
-            rows = np.concatenate([ep.commands[idx][:, cmd_idx] - q_all[s][None], ep.commands[idx][:, [g_idx]]], axis=1)
+            if action_space == "ee":
+                ee_cmd = np.array([kinematics.ee_pose(q)[:3, 3] for q in ep.commands[idx][:, cmd_idx]])
+                rows = np.concatenate([ee_cmd - ee[None], ep.commands[idx][:, [g_idx]]], axis=1)
+            else:
+                rows = np.concatenate([ep.commands[idx][:, cmd_idx] - q_all[s][None], ep.commands[idx][:, [g_idx]]],
+                                      axis=1)
         acts.append(rows)
     return (np.asarray(states, np.float32), np.asarray(feats, np.float32), np.asarray(masks, bool),
             np.asarray(acts, np.float32))
@@ -298,13 +308,14 @@ def episode_samples(ep: DemoEpisode, traces: CachedTraces, robot, kinematics, ho
 
 def build_samples(bags, robot, model: str, horizon: int, max_traces: int, trace_every: int,
                   gripper_entities, cache_dir=None, pipeline_factory=None, progress: bool = True,
-                  gripper_query: bool = True, query_mode: str = "objects") -> ExpertSamples:
+                  gripper_query: bool = True, query_mode: str = "objects", action_space: str = "joint") -> ExpertSamples:
     """Samples from many demo bags (failed demos are skipped)."""
     from tqdm import tqdm
 
     kin = robot.build_kinematics()
     out = {k: [] for k in ("state", "traces", "mask", "actions", "episode", "text_index")}
     texts: list = []
+    rotation_sum = np.zeros((3, 3))
     for i, bag in enumerate(tqdm(list(bags), desc=f"samples ({model_key(model)})", unit="bag", disable=not progress,
                           mininterval=1 if sys.stderr.isatty() else 30)):
         ep = read_demo_bag(bag)
@@ -312,7 +323,11 @@ def build_samples(bags, robot, model: str, horizon: int, max_traces: int, trace_
             continue
         ct = load_or_make_traces(ep, model, trace_every, cache_dir, pipeline_factory,
                                  robot if gripper_query else None, query_mode)
-        st, tr, m, a = episode_samples(ep, ct, robot, kin, horizon, max_traces, gripper_entities)
+        st, tr, m, a = episode_samples(ep, ct, robot, kin, horizon, max_traces, gripper_entities,
+                                       action_space=action_space)
+        if robot.command_interface != "ee_delta":
+            cmd = ep.commands[:, [ep.command_names.index(n) for n in robot.joint_names]]
+            rotation_sum += sum(kin.ee_pose(q)[:3, :3] for q in cmd[::10])
         text = ep.instruction or ep.task
         if text not in texts:
             texts.append(text)
@@ -324,7 +339,10 @@ def build_samples(bags, robot, model: str, horizon: int, max_traces: int, trace_
         out["text_index"].append(np.full(len(st), texts.index(text)))
     if not out["state"]:
         raise ValueError(f"no successful demo bags among {len(list(bags))} given")
-    return ExpertSamples(*(np.concatenate(out[k]) for k in ("state", "text_index", "traces", "mask", "actions", "episode")), texts)
+    u, _, vt = np.linalg.svd(rotation_sum)      # the rotation nearest the summed matrices
+    rotation = u @ np.diag([1.0, 1.0, np.linalg.det(u @ vt)]) @ vt
+    return ExpertSamples(*(np.concatenate(out[k]) for k in ("state", "text_index", "traces", "mask", "actions", "episode")),
+                         texts, [[float(x) for x in row] for row in rotation] if rotation_sum.any() else None)
 
 
 __all__ = ["DemoEpisode", "read_demo_bag", "CachedTraces", "ground_truth_traces", "predicted_traces",

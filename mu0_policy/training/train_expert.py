@@ -66,12 +66,15 @@ def train(args) -> Path:
     model = args.model
     factory = None if model == GT_MODEL else make_pipeline_factory(model, args.max_queries, args.queries)
     interface = "ee_delta" if robot.command_interface == "ee_delta" else "joint"
+    if args.action_space == "ee" and interface != "joint":
+        raise ValueError(f"--action-space ee is for joint robots; {args.robot} commands {robot.command_interface}")
     horizon = args.horizon
     gripper_entities = [robot.gripper_entity, "hand"]
     t0 = time.time()
     data = build_samples(bags, robot, model, horizon, args.max_traces, args.trace_every, gripper_entities,
                          cache_dir=args.cache_dir, pipeline_factory=factory, progress=not args.no_progress,
-                         gripper_query=not args.no_gripper_query, query_mode=args.queries)
+                         gripper_query=not args.no_gripper_query, query_mode=args.queries,
+                         action_space=args.action_space)
     prep_s = time.time() - t0
     from mu0_policy.model.text import shared_embedder
 
@@ -94,7 +97,9 @@ def train(args) -> Path:
                             control_dt=robot.control_dt, use_traces=not args.no_traces, head=args.head,
                             dim=args.dim, layers=args.layers, heads=4, max_traces=args.max_traces,
                             gripper_entities=gripper_entities, gripper_query=not args.no_gripper_query,
-                            query_mode=args.queries, trace_model_id=_trace_model_id(model, args.no_traces))
+                            query_mode=args.queries, trace_model_id=_trace_model_id(model, args.no_traces),
+                            action_space=args.action_space,
+                            ee_rotation=data.ee_rotation if args.action_space == "ee" else [])
     net = build_net(cfg)
     n_params = sum(p.numel() for p in net.parameters())
 
@@ -189,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-traces", action="store_true", help="the no-trace ablation (same network, traces masked)")
     p.add_argument("--head", choices=("regression", "flow"), default="regression")
     p.add_argument("--horizon", type=int, default=16)
+    p.add_argument("--action-space", choices=("joint", "ee"), default="joint",
+                   help="joint robots: predict joint offsets, or end-effector offsets that the arm's IK turns into "
+                        "joint targets at run time")
     p.add_argument("--max-traces", type=int, default=32)
     p.add_argument("--max-queries", type=int, default=32)
     p.add_argument("--queries", default="objects", choices=("objects", "automatic", "grid"),
