@@ -6,8 +6,12 @@ Two embodiments with different action spaces:
 - ``sawyer_joint``: [q_right_j0..q_right_j6 (rad), gripper in [-1, 1]] joint position targets, as
   a ros2_control position interface takes them. The mocap weld is switched off; targets are
   rate-limited to the joint velocity limits and tracked by a PD + gravity-compensation joint
-  controller applied as generalized forces inside every physics substep, so the arm moves by
-  MuJoCo's dynamics (contacts, inertia, lag) rather than being teleported.
+  controller inside every physics substep, so the arm moves by MuJoCo's dynamics (contacts,
+  inertia, lag) rather than being teleported. The controller's damping, -kd * qd, is joint damping
+  that MuJoCo integrates implicitly; the stiffness, the velocity feed-forward kd * qd_ref and
+  gravity compensation are applied forces. (Applied explicitly, kd * dt / M reached 3 and 17 on
+  the two light wrist joints: the integration diverged — MuJoCo's BADQACC resets — in about one
+  push or pick-place episode in five.)
 
 Frames: the robot base frame `base_link` is MuJoCo's world frame (the Sawyer `base` body sits at
 the origin with identity orientation). All ground-truth points are in it. No ROS imports.
@@ -201,6 +205,10 @@ class SawyerSimEnv:
         self._hand_id = m.body("hand").id
         self._kp = np.array([j.kp for j in self.robot.arm_joints])
         self._kd = np.array([j.kd for j in self.robot.arm_joints])
+        if embodiment == "sawyer_joint":
+            # the PD's velocity term as joint damping: implicit in MuJoCo's integrator, so stable
+            # whatever kd * dt / M on the light wrist joints (see the module docstring)
+            m.dof_damping[self._arm_dadr] += self._kd
         self._vmax = self.robot.velocity_limits
         self._q_lower, self._q_upper = self.robot.lower, self.robot.upper
         self._ik_data = mujoco.MjData(m)
@@ -363,8 +371,9 @@ class SawyerSimEnv:
             step = np.clip(self._q_target - self._q_setpoint, -self._vmax * dt, self._vmax * dt)
             self._q_setpoint = self._q_setpoint + step
             qd_ref = step / dt
-            q, qd = d.qpos[self._arm_qadr], d.qvel[self._arm_dadr]
-            tau = self._kp * (self._q_setpoint - q) + self._kd * (qd_ref - qd) + d.qfrc_bias[self._arm_dadr]
+            q = d.qpos[self._arm_qadr]
+            # -kd * qd is in dof_damping (implicit); the rest of kp * e + kd * (qd_ref - qd) here
+            tau = self._kp * (self._q_setpoint - q) + self._kd * qd_ref + d.qfrc_bias[self._arm_dadr]
             d.qfrc_applied[self._arm_dadr] = tau
             d.ctrl[:] = [grip, -grip]
             mujoco.mj_step(m, d)

@@ -48,15 +48,16 @@ def _joint_gripper_log(task, seed, settle, steps=300):
 
 
 def test_joint_demonstrator_closes_the_gripper_only_once_the_hand_has_caught_up():
-    """Meta-World's pick-place policy starts closing while descending; the lagging joint arm then
-    shut its fingers above the puck. With the bundled setting the close comes only when the hand is
-    within close_when_within_m of its target, and (seed 1) the puck is picked and placed."""
+    """Meta-World's push and pick-place policies start closing while descending; a joint arm that
+    lags its target then shuts its fingers above the puck. With the bundled setting the close comes
+    only when the hand is within close_when_within_m of its target, and (push, seed 0) the puck is
+    grasped and pushed to the goal."""
     settle = load_sim_robot("sawyer_joint").ik["close_when_within_m"]
-    ok, log = _joint_gripper_log("pick-place", 1, settle)
+    ok, log = _joint_gripper_log("push", 0, settle)
     closes = [lag for (prev, _), (cmd, lag) in zip(log, log[1:]) if prev <= 0.0 < cmd]
     assert ok and closes and all(lag <= settle for lag in closes), closes
-    # without the gate the policy closes while the hand is still far behind its target
-    _, ungated = _joint_gripper_log("pick-place", 1, 0.0, steps=60)
+    # without the gate the policy closes while the hand is still behind its target
+    _, ungated = _joint_gripper_log("push", 0, 0.0, steps=80)
     assert any(lag > settle for (prev, _), (cmd, lag) in zip(ungated, ungated[1:]) if prev <= 0.0 < cmd)
 
 
