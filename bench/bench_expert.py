@@ -82,17 +82,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def bench_learned(n: int) -> None:
-    """The learned expert (trace_policy): act() = features + network, per backend, 32 traces."""
+    """The learned expert (trace_policy): act() = features + network (+ IK for a joint expert in the
+    "ee" action space), per backend, 32 traces."""
     import dataclasses
+    import json
     from pathlib import Path
 
     for cfg, ckpt in (("config/robots/sim_sawyer_ee.yaml", "checkpoints/expert_sawyer_ee"),
-                      ("config/robots/sim_sawyer_joint.yaml", "checkpoints/expert_sawyer_joint")):
+                      ("config/robots/sim_sawyer_joint.yaml", "checkpoints/expert_sawyer_joint"),
+                      ("config/robots/sim_sawyer_ee_mu0base.yaml", "checkpoints/expert_sawyer_ee_mu0base"),
+                      ("config/robots/sim_sawyer_joint_mu0base.yaml", "checkpoints/expert_sawyer_joint_mu0base")):
         if not (Path(ckpt) / "model.onnx").is_file():
             print(f"== {ckpt}: missing (bash scripts/train_experts.sh)")
             continue
         base = load_robot_config(cfg)
-        print(f"== trace_policy {ckpt} on {base.robot} (chunk of {base.chunk_horizon} ticks)")
+        space = json.loads((Path(ckpt) / "config.json").read_text())["policy"].get("action_space", "joint")
+        print(f"== trace_policy {ckpt} on {base.robot} (chunk of {base.chunk_horizon} ticks"
+              + (", hand offsets -> IK" if space == "ee" and base.command_interface != "ee_delta" else "") + ")")
         for backend in ("onnxruntime", "torch"):
             robot = dataclasses.replace(base, expert_name="trace_policy",
                                         expert_params={"checkpoint": ckpt, "backend": backend})
