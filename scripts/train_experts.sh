@@ -20,7 +20,8 @@ for EMB in ee joint; do
   BAGS="$DATA/bags_${EMB}"
   COMMON=(--bags "$BAGS" --robot "$ROBOT" --steps "${STEPS[$EMB]}" --no-progress --export)
   [ -f "$RUNS/${EMB}_mu0/model.onnx" ] || mu0 train-expert "${COMMON[@]}" --model checkpoints/mu0_small --out "$RUNS/${EMB}_mu0"
-  [ -f "$RUNS/${EMB}_notrace/model.onnx" ] || mu0 train-expert "${COMMON[@]}" --model checkpoints/mu0_small --no-traces --out "$RUNS/${EMB}_notrace"
+  # the ablation masks every trace, so whose traces they are does not matter: ground truth skips predicting them
+  [ -f "$RUNS/${EMB}_notrace/model.onnx" ] || mu0 train-expert "${COMMON[@]}" --model ground_truth --no-traces --out "$RUNS/${EMB}_notrace"
   [ -f "$RUNS/${EMB}_gt/model.onnx" ] || mu0 train-expert "${COMMON[@]}" --model ground_truth --out "$RUNS/${EMB}_gt"
   mkdir -p checkpoints/expert_sawyer_${EMB}
   cp "$RUNS/${EMB}_mu0/"{model.safetensors,config.json,model.onnx} checkpoints/expert_sawyer_${EMB}/

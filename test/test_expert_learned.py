@@ -231,6 +231,14 @@ def test_mu0_base_ee_pair_finishes_door_open():
     assert sum(o.success for o in report.outcomes) >= 2, report.markdown()
 
 
+def test_default_joint_pair_finishes_window_open():
+    """What `mu0 sim` runs: mu0_base's traces into the joint expert trained on them, through its
+    robot config (guard, gripper interface), on seeds no demo used."""
+    report = evaluate("config/robots/sim_sawyer_joint_mu0base.yaml", ["window-open"], [100, 101, 102],
+                      "checkpoints/mu0_base", max_steps=250, videos=False, progress=False)
+    assert sum(o.success for o in report.outcomes) >= 2, report.markdown()
+
+
 def test_bundled_expert_finishes_through_the_live_graph_over_dds(tmp_path):
     o = live_episode(EE_ROBOT, "drawer-close", 100, "checkpoints/mu0_small", max_steps=800,
                      wall_timeout_s=200, log_dir=tmp_path, real_time_factor=0.5)
