@@ -253,8 +253,8 @@ class ExpertSamples:
     actions: np.ndarray            # (B, H, A)
     episode: np.ndarray            # (B,) episode index
     texts: list
-    ee_rotation: list = None       # joint robots: the chordal mean of the hand orientation at the
-                                   # commanded joint targets (3x3), what an "ee" action-space expert holds
+    ee_rotation: list = None       # action_space "ee": the chordal mean of the hand orientation at the
+                                   # commanded joint targets (3x3), what the expert's IK holds
 
     def __len__(self):
         return len(self.state)
@@ -325,7 +325,7 @@ def build_samples(bags, robot, model: str, horizon: int, max_traces: int, trace_
                                  robot if gripper_query else None, query_mode)
         st, tr, m, a = episode_samples(ep, ct, robot, kin, horizon, max_traces, gripper_entities,
                                        action_space=action_space)
-        if robot.command_interface != "ee_delta":
+        if action_space == "ee":      # only an "ee" action-space expert holds an orientation
             cmd = ep.commands[:, [ep.command_names.index(n) for n in robot.joint_names]]
             rotation_sum += sum(kin.ee_pose(q)[:3, :3] for q in cmd[::10])
         text = ep.instruction or ep.task
@@ -339,10 +339,15 @@ def build_samples(bags, robot, model: str, horizon: int, max_traces: int, trace_
         out["text_index"].append(np.full(len(st), texts.index(text)))
     if not out["state"]:
         raise ValueError(f"no successful demo bags among {len(list(bags))} given")
-    u, _, vt = np.linalg.svd(rotation_sum)      # the rotation nearest the summed matrices
-    rotation = u @ np.diag([1.0, 1.0, np.linalg.det(u @ vt)]) @ vt
     return ExpertSamples(*(np.concatenate(out[k]) for k in ("state", "text_index", "traces", "mask", "actions", "episode")),
-                         texts, [[float(x) for x in row] for row in rotation] if rotation_sum.any() else None)
+                         texts, _nearest_rotation(rotation_sum) if rotation_sum.any() else None)
+
+
+def _nearest_rotation(m: np.ndarray) -> list:
+    """The rotation matrix nearest `m` (a sum of rotations: their chordal mean), as nested lists."""
+    u, _, vt = np.linalg.svd(m)
+    rotation = u @ np.diag([1.0, 1.0, np.linalg.det(u @ vt)]) @ vt
+    return [[float(x) for x in row] for row in rotation]
 
 
 __all__ = ["DemoEpisode", "read_demo_bag", "CachedTraces", "ground_truth_traces", "predicted_traces",
