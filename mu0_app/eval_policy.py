@@ -113,7 +113,7 @@ class PredictedTraces(TraceSource):
         extra = robot_pixels = None
         if self.kin is not None:
             q = np.array([obs.joint_positions[obs.joint_names.index(n)] for n in self.arm])
-            extra, robot_pixels = robot_queries(self.robot, self.kin, q, obs.T_base_cam, obs.intrinsics)
+            extra, robot_pixels = robot_queries(self.robot, self.kin, q, obs.T_base_cam, obs.intrinsics, obs.depth)
         out = self.pipeline.process(RGBDFrame(obs.stamp_ns, COLOR_FRAME, obs.color, obs.depth, obs.intrinsics),
                                     extra, robot_pixels)
         if out is None or out.base_traces is None:

@@ -120,6 +120,19 @@ def test_robot_whose_joints_do_not_match_the_checkpoint_is_refused():
     assert "joint_names" in msg and "expert_sawyer_joint/config.json" in msg and "right_j0" in msg and "j0" in msg
 
 
+def test_robot_whose_self_filter_differs_from_the_checkpoints_is_refused(tmp_path):
+    """The self filter decides which objects next to the arm get queries: an expert trained on
+    traces of one filter is refused by a robot YAML that sets the other, naming both files."""
+    d, _ = _tiny_checkpoint(tmp_path, True)
+    robot = dataclasses.replace(load_robot_config(EE_ROBOT), expert_name="trace_policy", expert_params={"checkpoint": str(d)})
+    make_expert(robot)                                    # trained with the default (projection): fits
+    depth_robot = dataclasses.replace(robot, self_filter_mode="depth")
+    with pytest.raises(RobotConfigError) as err:
+        make_expert(depth_robot)
+    msg = str(err.value)
+    assert "policy.self_filter" in msg and "'projection'" in msg and "'depth'" in msg and EE_ROBOT in msg
+
+
 def test_bad_expert_checkpoint_fails_naming_file_and_field(tmp_path):
     d, _ = _tiny_checkpoint(tmp_path, True)
     doc = json.loads((d / "config.json").read_text())

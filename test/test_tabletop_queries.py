@@ -186,6 +186,11 @@ def test_robot_config_self_filter_is_validated(tmp_path):
     bad.write_text(yaml.safe_dump(src))
     with pytest.raises(RobotConfigError, match=r"bad.yaml.*self_filter.capsules\[0\]"):
         load_robot_config(str(bad))
+    src["self_filter"]["capsules"] = []
+    src["self_filter"]["mode"] = "xray"
+    bad.write_text(yaml.safe_dump(src))
+    with pytest.raises(RobotConfigError, match=r"bad.yaml.*self_filter.mode"):
+        load_robot_config(str(bad))
 
 
 @pytest.mark.parametrize("task", ["drawer-open", "button-press"])
@@ -223,5 +228,40 @@ def test_sim_scene_queries_land_on_the_task_object_not_the_arm(task):
         corner_task, _ = landed("automatic", None)
         assert on_task >= 0.85 and on_robot <= 0.1
         assert corner_task < 0.5
+    finally:
+        env.close()
+
+
+def test_depth_self_filter_keeps_the_arm_and_frees_what_is_seen_behind_it():
+    """drawer-open, seed 118: the handle sits beside the gripper in the image, 15 cm behind it.
+    The silhouette filter hides most of the handle (no query can land on what the expert has to
+    grasp); the depth filter (`self_filter.mode: depth`) frees it and still covers the arm as the
+    silhouette does (MuJoCo's segmentation as ground truth)."""
+    from mu0_policy.experts.robot_config import load_robot_config
+    from mu0_sim.env import SawyerSimEnv
+
+    from mu0_core.resources import resolve
+
+    robot = load_robot_config(str(resolve("config/robots/sim_sawyer_ee.yaml")))
+    kin = robot.build_kinematics()
+    env = SawyerSimEnv("drawer-open", seed=118, width=W, height=H)
+    try:
+        obs = env.observe()
+        seg = env.renderer.render_segmentation(env.data)
+        body = np.array([env.model.body(int(env.model.geom_bodyid[g])).name if g >= 0 else "" for g in seg.ravel()],
+                        object).reshape(seg.shape)
+        geom = np.array([env.model.geom(int(g)).name if g >= 0 else "" for g in seg.ravel()], object).reshape(seg.shape)
+        robot_px = np.vectorize(lambda n: n.startswith(("right_", "hand", "rightpad", "leftpad", "pedestal", "head",
+                                                        "torso")))(body)
+        handle = geom == "objGeom"
+        q = np.array([obs.joint_positions[obs.joint_names.index(n)] for n in robot.joint_names])
+        caps = tabletop.robot_capsules(kin.link_points(q), robot.self_filter_radius, robot.self_filter_capsules)
+        silhouette = tabletop.capsules_mask(caps, obs.T_base_cam, obs.intrinsics)
+        depth_aware = tabletop.capsules_mask(caps, obs.T_base_cam, obs.intrinsics, obs.depth, 0.02)
+        assert handle.sum() >= 10
+        assert silhouette[handle].mean() >= 0.5 and depth_aware[handle].mean() <= 0.2
+        assert not (depth_aware & ~silhouette).any()                        # it only ever frees pixels
+        assert depth_aware[robot_px].mean() >= 0.97 * silhouette[robot_px].mean()
+        assert (depth_aware & ~robot_px).sum() < 0.75 * (silhouette & ~robot_px).sum()
     finally:
         env.close()

@@ -100,6 +100,10 @@ class RobotConfig:
     # fixed capsules [x0, y0, z0, x1, y1, z1, r] (base frame) for parts off the chain (torso, head)
     self_filter_radius: float = 0.07
     self_filter_capsules: list = field(default_factory=list)
+    self_filter_mode: str = "projection"     # "projection": every pixel the capsules' silhouette covers;
+                                             # "depth": only the pixels whose measured point lies inside
+                                             # a capsule (+ self_filter_depth_margin), see tabletop.capsules_mask
+    self_filter_depth_margin: float = 0.02
 
     @property
     def control_dt(self) -> float:
@@ -364,6 +368,7 @@ def robot_config_from_dict(data: dict, path: str = "<dict>") -> RobotConfig:
                 and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in c)
                 and c[6] > 0):
             sf.fail(f"capsules[{i}]", f"must be [x0, y0, z0, x1, y1, z1, radius > 0] (base frame, m), got {c!r}")
+    sf_mode = sf.get("mode", str, "projection", choices=("projection", "depth"))
     return RobotConfig(
         path=path, robot=robot, base_frame=r.get("base_frame", str, "base_link"), joints=joints,
         command_interface=interface, command_topic=topic, joint_state_topic=js_topic,
@@ -373,4 +378,6 @@ def robot_config_from_dict(data: dict, path: str = "<dict>") -> RobotConfig:
         description=r.get("description", str, ""), gripper=grip,
         self_filter_radius=sf.get("link_radius", float, 0.07, positive=True),
         self_filter_capsules=[[float(x) for x in c] for c in capsules],
+        self_filter_mode=sf_mode,
+        self_filter_depth_margin=sf.get("depth_margin", float, 0.02, positive=True),
     )

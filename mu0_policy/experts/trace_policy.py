@@ -81,6 +81,10 @@ class TracePolicyConfig:
     ee_rotation: list = field(default_factory=list)   # action_space "ee": the hand orientation (3x3,
                                      # row-major) the demonstrations held, which IK holds; [] = the
                                      # orientation the hand has when the episode begins
+    self_filter: str = "projection"  # the robot self filter (robot config self_filter.mode) μ_0's
+                                     # queries were selected with for its training traces: it decides
+                                     # which objects next to the arm get queries (checkpoints before
+                                     # it: projection)
 
     REQUIRED = ("robot", "interface", "joint_names", "action_dim", "state_dim", "horizon", "control_dt",
                 "use_traces", "head", "dim", "layers", "heads", "max_traces", "trace_offsets")
@@ -102,6 +106,8 @@ class TracePolicyConfig:
             raise ExpertCheckpointError(path, "policy.action_space", "applies to the joint interface only")
         if cfg.ee_rotation and np.asarray(cfg.ee_rotation, float).shape != (3, 3):
             raise ExpertCheckpointError(path, "policy.ee_rotation", "must be a 3x3 rotation matrix")
+        if cfg.self_filter not in ("projection", "depth"):
+            raise ExpertCheckpointError(path, "policy.self_filter", f"must be projection or depth, got {cfg.self_filter!r}")
         if cfg.head not in ("regression", "flow"):
             raise ExpertCheckpointError(path, "policy.head", f"must be regression or flow, got {cfg.head!r}")
         for k in ("action_dim", "state_dim", "horizon", "dim", "layers", "heads", "max_traces"):
@@ -478,6 +484,10 @@ class TracePolicyExpert(ActionExpert):
             raise ExpertCheckpointError(cfg_file, "policy.control_dt",
                                         f"checkpoint ticks every {cfg.control_dt} s but {robot.path} control.rate_hz gives "
                                         f"{robot.control_dt} s")
+        if cfg.use_traces and cfg.self_filter != robot.self_filter_mode:
+            raise ExpertCheckpointError(cfg_file, "policy.self_filter",
+                                        f"checkpoint was trained on queries selected with self_filter.mode "
+                                        f"{cfg.self_filter!r} but {robot.path} sets {robot.self_filter_mode!r}")
         if robot.chunk_horizon > cfg.horizon:
             raise ExpertCheckpointError(cfg_file, "policy.horizon",
                                         f"checkpoint predicts {cfg.horizon} ticks but {robot.path} control.chunk_horizon "

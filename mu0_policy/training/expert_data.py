@@ -199,7 +199,8 @@ def predicted_traces(ep: DemoEpisode, pipeline, trace_every: int, robot=None) ->
         frame = RGBDFrame(int(ep.stamps_ns[s]), COLOR_FRAME, ep.color[s], ep.depth[s], ep.intrinsics)
         extra = robot_pixels = None
         if kin is not None:
-            extra, robot_pixels = robot_queries(robot, kin, ep.joint_positions[s, arm], ep.T_base_cam, ep.intrinsics)
+            extra, robot_pixels = robot_queries(robot, kin, ep.joint_positions[s, arm], ep.T_base_cam, ep.intrinsics,
+                                                ep.depth[s])
         out = pipeline.process(frame, extra, robot_pixels)
         steps.append(s)
         if out is None or out.base_traces is None:
@@ -223,10 +224,13 @@ def load_or_make_traces(ep: DemoEpisode, model: str, trace_every: int, cache_dir
                         pipeline_factory=None, gripper_robot=None, query_mode: str = "objects") -> CachedTraces:
     """Cached traces for one episode (computed and written atomically when missing). With
     `gripper_robot`, μ_0 is also asked about the gripper (kinematics-seeded query) and the robot's
-    own pixels are kept free of queries. `query_mode` (the pipeline's) is part of the cache key."""
+    own pixels are kept free of queries. `query_mode` (the pipeline's) and the robot's self-filter
+    mode are part of the cache key."""
     key = model_key(model)
     if model != GT_MODEL:
         key += ("-gq" if gripper_robot is not None else "") + ("" if query_mode == "automatic" else f"-{query_mode}")
+        if gripper_robot is not None and gripper_robot.self_filter_mode != "projection":
+            key += f"-sf{gripper_robot.self_filter_mode}"
     path = cache_path(ep.path, key, trace_every, cache_dir)
     if path.is_file():
         z = np.load(path, allow_pickle=False)

@@ -98,7 +98,7 @@ def train(args) -> Path:
                             dim=args.dim, layers=args.layers, heads=4, max_traces=args.max_traces,
                             gripper_entities=gripper_entities, gripper_query=not args.no_gripper_query,
                             query_mode=args.queries, trace_model_id=_trace_model_id(model, args.no_traces),
-                            action_space=args.action_space,
+                            action_space=args.action_space, self_filter=robot.self_filter_mode,
                             ee_rotation=data.ee_rotation if args.action_space == "ee" else [])
     net = build_net(cfg)
     n_params = sum(p.numel() for p in net.parameters())
