@@ -40,12 +40,37 @@ class SupportPlane:
         return points @ self.normal + self.offset
 
 
+def finite_points(points: np.ndarray) -> np.ndarray:
+    """(...,) bool: points (..., 3) whose three coordinates are finite (`np.isfinite(points).all(-1)`,
+    without numpy's slow reduction over a length-3 axis: ~0.3 ms on a 160 x 120 point image)."""
+    return np.isfinite(points[..., 0]) & np.isfinite(points[..., 1]) & np.isfinite(points[..., 2])
+
+
+_RAY_GRIDS: dict = {}     # (h, w, fx, fy, cx, cy) -> ((u - cx) / fx, (v - cy) / fy), (h, w) each
+
+
+def _ray_grids(h: int, w: int, intr: CameraIntrinsics) -> tuple[np.ndarray, np.ndarray]:
+    """(u - cx) / fx and (v - cy) / fy at every pixel, built once per image size and intrinsics (a
+    camera has one or two: the full and the decimated image)."""
+    key = (h, w, intr.fx, intr.fy, intr.cx, intr.cy)
+    grids = _RAY_GRIDS.get(key)
+    if grids is None:
+        if len(_RAY_GRIDS) >= 8:
+            _RAY_GRIDS.clear()
+        u, v = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
+        grids = ((u - intr.cx) / intr.fx, (v - intr.cy) / intr.fy)
+        for g in grids:
+            g.flags.writeable = False
+        _RAY_GRIDS[key] = grids
+    return grids
+
+
 def backproject(depth: np.ndarray, intr: CameraIntrinsics) -> np.ndarray:
     """(H, W, 3) camera-frame points of a metric depth image (NaN where the depth is invalid)."""
     h, w = depth.shape
     z = np.where(np.isfinite(depth) & (depth > 0), depth, np.nan).astype(np.float64)
-    u, v = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
-    return np.stack([(u - intr.cx) / intr.fx * z, (v - intr.cy) / intr.fy * z, z], axis=-1)
+    gx, gy = _ray_grids(h, w, intr)
+    return np.stack([gx * z, gy * z, z], axis=-1)      # x = (u - cx) / fx * z, as evaluated before
 
 
 def fit_support_plane(points: np.ndarray, up: np.ndarray | None = None, stride: int = 2,
@@ -60,7 +85,7 @@ def fit_support_plane(points: np.ndarray, up: np.ndarray | None = None, stride: 
     image coordinates for every plane not through the camera centre. Either way the plane is
     refitted by least squares on its inliers (within `threshold` m)."""
     sub = points[::stride, ::stride].reshape(-1, 3)
-    sub = sub[np.all(np.isfinite(sub), axis=1)]
+    sub = sub[finite_points(sub)]
     if len(sub) < 50:
         return None
     if up is not None:
@@ -99,7 +124,7 @@ def surface_region(points: np.ndarray, plane: SupportPlane, threshold: float = 0
     """(H, W) bool: the image region of the work surface - the convex hull of the largest connected
     patch of plane pixels (objects standing on it leave holes the hull fills), eroded by `margin_px`
     so that a rim or wall standing at its border does not count as standing on it."""
-    finite = np.all(np.isfinite(points), axis=-1)
+    finite = finite_points(points)
     h = plane.height(np.where(finite[..., None], points, 0.0))
     on_plane = (finite & (np.abs(h) < threshold)).astype(np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(on_plane, connectivity=8)
@@ -130,15 +155,15 @@ def stands_on_surface(points: np.ndarray, plane: SupportPlane, intr: CameraIntri
                       min_height: float = 0.008, max_height: float = 0.45) -> np.ndarray:
     """(M,) bool: `object_mask`'s rule for (M, 3) camera-frame points (NaN = no depth), so a few
     pixels (the followed queries) can be checked without building the whole mask."""
-    finite = np.all(np.isfinite(points), axis=-1)
+    finite = finite_points(points)
     safe = np.where(finite[..., None], points, 0.0)
     h = plane.height(safe)
     cand = finite & (h > min_height) & (h < max_height)
-    foot = safe - h[..., None] * plane.normal
     out = np.zeros_like(cand)
     if not cand.any():
         return out
-    uv, z = project(foot[cand], intr)
+    foot = safe[cand] - h[cand][:, None] * plane.normal      # the feet of the candidates only
+    uv, z = project(foot, intr)
     ui, vi = np.rint(uv[:, 0]).astype(int), np.rint(uv[:, 1]).astype(int)
     ok = (z > 0) & (ui >= 0) & (ui < intr.width) & (vi >= 0) & (vi < intr.height)
     inside = np.zeros(len(ui), bool)
@@ -156,21 +181,50 @@ def lift_pixels(depth_values: np.ndarray, intr: CameraIntrinsics, u: np.ndarray,
                      (np.asarray(v, np.float64) - intr.cy) / intr.fy * z, z], axis=-1)
 
 
-def capsules_mask(capsules_base: np.ndarray, T_base_cam, intr: CameraIntrinsics) -> np.ndarray:
-    """(H, W) bool: pixels covered by capsules [x0, y0, z0, x1, y1, z1, radius] given in the base frame."""
-    mask = np.zeros((intr.height, intr.width), np.uint8)
+def capsules_mask(capsules_base: np.ndarray, T_base_cam, intr: CameraIntrinsics,
+                  depth: np.ndarray | None = None, depth_margin: float = 0.02) -> np.ndarray:
+    """(H, W) bool: pixels covered by capsules [x0, y0, z0, x1, y1, z1, radius] given in the base frame.
+
+    Without `depth`, every pixel a capsule's projection covers (its silhouette, whatever lies behind
+    the arm included). With `depth` ((H, W) metres), a silhouette pixel whose measured depth lies
+    more than `depth_margin` beyond the capsule's far side is not the robot: the camera sees past
+    the arm there (a drawer handle next to the gripper in the image but 15 cm behind it). Pixels
+    without a depth reading stay covered. Distance to the link skeleton would be the stricter test,
+    but the arm's housings sit off its kinematic skeleton (Sawyer's elbow, 10+ cm), so "in front of
+    the capsule's back" is the test that never lets the arm itself through."""
+    mask = np.zeros((intr.height, intr.width), bool)
+    caps = np.asarray(capsules_base, float).reshape(-1, 7)
+    if not len(caps):
+        return mask
     lim = 4 * max(intr.width, intr.height)                       # keep cv2's integer drawing in range
-    for c in np.asarray(capsules_base, float).reshape(-1, 7):
-        cam = T_base_cam.inverse().apply(c[:6].reshape(2, 3))
-        uv, z = project(cam, intr)
+    z_img = None if depth is None else np.asarray(depth, np.float64)
+    T_cam_base = T_base_cam.inverse()
+    # each capsule's ends mapped into the camera on their own, all projected in one call (the
+    # projection is per point: the same pixels as one capsule at a time, without its per-call cost)
+    uvs, zs = project(np.stack([T_cam_base.apply(c[:6].reshape(2, 3)) for c in caps]), intr)
+    # the silhouette alone: every capsule drawn into one image (the union, as drawn one by one)
+    drawn = np.zeros((intr.height, intr.width), np.uint8) if z_img is None else None
+    for c, uv, z in zip(caps, uvs, zs):
         if not (np.all(z > 0.05) and np.all(np.isfinite(uv))):
             continue
         r_px = int(np.ceil(c[6] * intr.fx / z.min()))
         pa, pb = (tuple(int(x) for x in np.clip(np.rint(p), -lim, lim)) for p in uv)
-        cv2.line(mask, pa, pb, 1, thickness=max(1, 2 * r_px))
-        cv2.circle(mask, pa, r_px, 1, -1)
-        cv2.circle(mask, pb, r_px, 1, -1)
-    return mask.astype(bool)
+        if drawn is not None:
+            cv2.line(drawn, pa, pb, 1, thickness=max(1, 2 * r_px))
+            cv2.circle(drawn, pa, r_px, 1, -1)
+            cv2.circle(drawn, pb, r_px, 1, -1)
+            continue
+        one = np.zeros((intr.height, intr.width), np.uint8)
+        cv2.line(one, pa, pb, 1, thickness=max(1, 2 * r_px))
+        cv2.circle(one, pa, r_px, 1, -1)
+        cv2.circle(one, pb, r_px, 1, -1)
+        covered = one.astype(bool)
+        if z_img is not None:
+            far = float(z.max()) + c[6] + depth_margin
+            seen_behind = np.isfinite(z_img) & (z_img > far)
+            covered &= ~seen_behind
+        mask |= covered
+    return drawn.astype(bool) if drawn is not None else mask
 
 
 def robot_capsules(link_points_base: np.ndarray, radius: float = 0.07, extra=()) -> np.ndarray:

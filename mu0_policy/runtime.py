@@ -5,6 +5,7 @@ mu0_node (live, over DDS) and `mu0_app.replay.replay_offline` (in-process, bag t
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 
@@ -67,13 +68,27 @@ def extrinsic_from_list(values, where: str = "camera_to_base") -> RigidTransform
 
 GRIPPER_QUERY_ID = 2 ** 31     # stable id of the kinematics-seeded gripper query (above the tracker's ids)
 
+_last_inverse: tuple | None = None     # (transform, its inverse)
+
+
+def _inverse(T: RigidTransform) -> RigidTransform:
+    """`T.inverse()`, remembered for the last transform object: the node passes the same static
+    extrinsic every frame, and each RigidTransform built validates its rotation (~50 us)."""
+    global _last_inverse
+    last = _last_inverse
+    if last is not None and last[0] is T:
+        return last[1]
+    inv = T.inverse()
+    _last_inverse = (T, inv)
+    return inv
+
 
 def gripper_query(ee_position_base, T_base_cam: RigidTransform, intrinsics, entity: str = "gripper") -> QuerySet:
     """The gripper as a query: its position from the robot's forward kinematics (base frame)
     projected into the camera. Empty when it falls outside the image or behind the camera."""
     from mu0_core.camera import project
 
-    uv, z = project(T_base_cam.inverse().apply(np.asarray(ee_position_base, float).reshape(1, 3)), intrinsics)
+    uv, z = project(_inverse(T_base_cam).apply(np.asarray(ee_position_base, float).reshape(1, 3)), intrinsics)
     u, v = uv[0]
     inside = np.isfinite(u) and np.isfinite(v) and z[0] > 0 and 0 <= u <= intrinsics.width - 1 \
         and 0 <= v <= intrinsics.height - 1
@@ -92,6 +107,15 @@ class GripperSeeder:
         if self.kinematics is None:
             raise ValueError(f"{robot.path}: kinematics.source 'none': the gripper cannot be located")
         self._q = {}
+        # the last query / self mask and what they were computed from (joints, extrinsic,
+        # intrinsics): a robot at rest, or a joint state that has not changed since the last
+        # camera frame, gets them again without forward kinematics and drawing (~1 ms a frame)
+        self._query_memo: tuple | None = None
+        self._mask_memo: tuple | None = None
+
+    def _inputs(self, T_base_cam: RigidTransform, intrinsics) -> tuple:
+        q = np.array([self._q[n] for n in self.robot.joint_names])
+        return q, (q.tobytes(), T_base_cam.rotation.tobytes(), T_base_cam.translation.tobytes(), intrinsics)
 
     def update_joint_state(self, names, positions) -> None:
         pos = np.asarray(positions, float).reshape(-1)
@@ -105,36 +129,59 @@ class GripperSeeder:
         return self.kinematics.ee_pose(np.array([self._q[n] for n in self.robot.joint_names]))[:3, 3]
 
     def query(self, T_base_cam: RigidTransform | None, intrinsics) -> QuerySet | None:
-        ee = self.ee_position()
-        if ee is None or T_base_cam is None:
-            return None
-        return gripper_query(ee, T_base_cam, intrinsics, self.robot.gripper_entity)
-
-    def self_mask(self, T_base_cam: RigidTransform | None, intrinsics) -> np.ndarray | None:
-        """(H, W) bool: the robot's own pixels (`robot_self_mask`), None without joints or extrinsic."""
+        """The gripper query (`gripper_query`); None without joints or extrinsic. The same QuerySet
+        object while joints, extrinsic and intrinsics are unchanged (callers do not modify it)."""
         if T_base_cam is None or not all(n in self._q for n in self.robot.joint_names):
             return None
-        q = np.array([self._q[n] for n in self.robot.joint_names])
-        return robot_self_mask(self.robot, self.kinematics, q, T_base_cam, intrinsics)
+        q, key = self._inputs(T_base_cam, intrinsics)
+        if self._query_memo is not None and self._query_memo[0] == key:
+            return self._query_memo[1]
+        ee = self.kinematics.ee_pose(q)[:3, 3]
+        out = gripper_query(ee, T_base_cam, intrinsics, self.robot.gripper_entity)
+        self._query_memo = (key, out)
+        return out
+
+    def self_mask(self, T_base_cam: RigidTransform | None, intrinsics,
+                  depth: np.ndarray | None = None) -> np.ndarray | None:
+        """(H, W) bool: the robot's own pixels (`robot_self_mask`; `depth`: the frame's, used by a
+        robot config with `self_filter.mode: depth`), None without joints or extrinsic."""
+        if T_base_cam is None or not all(n in self._q for n in self.robot.joint_names):
+            return None
+        q, key = self._inputs(T_base_cam, intrinsics)
+        if self.robot.self_filter_mode == "depth" and depth is not None:   # each frame's depth decides
+            return robot_self_mask(self.robot, self.kinematics, q, T_base_cam, intrinsics, depth)
+        if self._mask_memo is not None and self._mask_memo[0] == key:
+            return self._mask_memo[1]
+        mask = robot_self_mask(self.robot, self.kinematics, q, T_base_cam, intrinsics)
+        mask.flags.writeable = False     # handed out again for the next frames: nobody may edit it
+        self._mask_memo = (key, mask)
+        return mask
 
 
-def robot_queries(robot, kinematics, q_arm, T_base_cam: RigidTransform, intrinsics) -> tuple[QuerySet, np.ndarray]:
+def robot_queries(robot, kinematics, q_arm, T_base_cam: RigidTransform, intrinsics,
+                  depth: np.ndarray | None = None) -> tuple[QuerySet, np.ndarray]:
     """What mu0_node adds to a frame when it has a robot config: the gripper query at the arm's
     forward-kinematics position and the robot's own pixels (`robot_self_mask`), for offline users
     (the expert's training data, the closed-loop evaluator) that hold the joints themselves."""
     ee = kinematics.ee_pose(np.asarray(q_arm, float))[:3, 3]
     return (gripper_query(ee, T_base_cam, intrinsics, robot.gripper_entity),
-            robot_self_mask(robot, kinematics, q_arm, T_base_cam, intrinsics))
+            robot_self_mask(robot, kinematics, q_arm, T_base_cam, intrinsics, depth))
 
 
-def robot_self_mask(robot, kinematics, q_arm, T_base_cam: RigidTransform, intrinsics) -> np.ndarray:
+def robot_self_mask(robot, kinematics, q_arm, T_base_cam: RigidTransform, intrinsics,
+                    depth: np.ndarray | None = None) -> np.ndarray:
     """(H, W) bool: pixels the robot covers - capsules around its link skeleton (forward kinematics
     of `q_arm`, the robot config's joints) plus the config's fixed `self_filter.capsules` - so query
-    selection does not take the arm for an object."""
+    selection does not take the arm for an object. With `self_filter.mode: depth` and the frame's
+    `depth`, only the pixels whose measured point lies inside a capsule: the silhouette alone hides
+    whatever is seen next to the gripper (a drawer handle 15 cm behind it), see
+    tabletop.capsules_mask."""
     from mu0_perception.tabletop import capsules_mask, robot_capsules
 
     caps = robot_capsules(kinematics.link_points(np.asarray(q_arm, float)), robot.self_filter_radius,
                           robot.self_filter_capsules)
+    if robot.self_filter_mode == "depth" and depth is not None:
+        return capsules_mask(caps, T_base_cam, intrinsics, depth, robot.self_filter_depth_margin)
     return capsules_mask(caps, T_base_cam, intrinsics)
 
 
@@ -144,7 +191,7 @@ class PipelineOutput:
     queries: QuerySet
     camera_traces: TraceSet
     base_traces: TraceSet | None
-    markers: list[LineStrip]
+    marker_width: float = 0.006
     timings_ms: dict = field(default_factory=dict)
     queries_without_depth: int = 0
 
@@ -152,6 +199,12 @@ class PipelineOutput:
     def published(self) -> TraceSet:
         """The set the node publishes on /mu0/traces: base frame when an extrinsic is given."""
         return self.base_traces if self.base_traces is not None else self.camera_traces
+
+    @functools.cached_property
+    def markers(self) -> list[LineStrip]:
+        """RViz line strips of the published set (`trace_line_strips`), built on first use: the node
+        asks only when /mu0/trace_markers has a subscriber."""
+        return trace_line_strips(self.published, width=self.marker_width)
 
 
 class TracePipeline:
@@ -216,7 +269,8 @@ class TracePipeline:
         timings = {}
         t0 = time.perf_counter()
         T = self.config.camera_to_base
-        up = None if T is None else T.inverse().as_matrix()[:3, 2]    # base z axis in the camera frame
+        # base z axis in the camera frame: column 2 of T's inverse rotation R^T, i.e. row 2 of R
+        up = None if T is None else T.rotation[2].copy()
         queries = self.tracker.update(frame.color, frame.depth, frame.intrinsics, up, exclude_mask)
         if extra_queries is not None and len(extra_queries):
             queries = QuerySet(np.concatenate([queries.query_ids, extra_queries.query_ids]),
@@ -256,8 +310,6 @@ class TracePipeline:
         base_traces = None
         if self.config.camera_to_base is not None:
             base_traces = transform_trace_set(camera_traces, self.config.camera_to_base, self.config.base_frame_id)
-        shown = base_traces if base_traces is not None else camera_traces
-        markers = trace_line_strips(shown, width=self.config.marker_width)
         timings["postprocess_ms"] = (time.perf_counter() - t2) * 1e3
-        return PipelineOutput(frame.stamp_ns, queries, camera_traces, base_traces, markers, timings,
-                              without_depth)
+        return PipelineOutput(frame.stamp_ns, queries, camera_traces, base_traces, self.config.marker_width,
+                              timings, without_depth)

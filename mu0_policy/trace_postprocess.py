@@ -18,6 +18,7 @@ product per trace instead of assembling and solving the normal equations every f
 from __future__ import annotations
 
 import colorsys
+import functools
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -32,14 +33,27 @@ from mu0_core.traces import TraceSet
 VALID_THRESHOLD = 0.5  # Trace.msg: a trace ends at the first sample with validity < 0.5
 
 
+def _read_only_identity() -> RigidTransform:
+    T = RigidTransform.identity()
+    T.rotation.flags.writeable = False
+    T.translation.flags.writeable = False
+    return T
+
+
+# every camera-frame TraceSet's camera_to_frame: one shared (read-only) instance, as building a
+# RigidTransform validates its rotation (~50 us, every frame)
+_CAMERA_IDENTITY = _read_only_identity()
+
+
 def _hold_last_finite(xyz: np.ndarray, ok: np.ndarray) -> np.ndarray:
-    """Replace non-finite rows of each (T, 3) trace by the last finite one before them."""
-    out = xyz.copy()
-    for i in range(out.shape[0]):
-        for t in range(1, out.shape[1]):
-            if not ok[i, t]:
-                out[i, t] = out[i, t - 1]
-    return out
+    """Replace non-finite rows of each (T, 3) trace by the last finite one before them (step 0
+    stays as it is). One gather (the index of the last ok step at or before each step) instead of
+    a Python loop over N x T steps: the same values, copied."""
+    t = np.arange(xyz.shape[1])
+    held = np.where(ok, t[None, :], 0)
+    held[:, 0] = 0
+    src = np.maximum.accumulate(held, axis=1)
+    return np.take_along_axis(xyz, src[..., None], axis=1)
 
 
 _CACHE_SIZE = 256      # validity patterns kept (a pattern is almost always "valid up to step k")
@@ -150,7 +164,23 @@ def result_to_trace_set(result: TraceResult, *, query_ids, entities, pixels, int
         entities=[str(e) for e in entities], pixels=np.asarray(pixels, np.float32).reshape(n, 2),
         positions=samples[:, 0].copy(), knots=knots, control_points=ctrl, samples=samples,
         validity=validity.astype(np.float32), confidence=confidence.astype(np.float32),
-        degree=bspline.DEFAULT_DEGREE, camera_to_frame=RigidTransform.identity())
+        degree=bspline.DEFAULT_DEGREE, camera_to_frame=_CAMERA_IDENTITY)
+
+
+_last_composed: tuple | None = None     # (target_from_camera, camera_to_frame, the composition)
+
+
+def _composed(target_from_camera: RigidTransform, camera_to_frame: RigidTransform) -> RigidTransform:
+    """`target_from_camera @ camera_to_frame.inverse()`, remembered for the last pair of transform
+    objects: the runtime maps every frame's camera-frame set with the same static extrinsic, and
+    each RigidTransform built validates its rotation."""
+    global _last_composed
+    last = _last_composed
+    if last is not None and last[0] is target_from_camera and last[1] is camera_to_frame:
+        return last[2]
+    value = target_from_camera @ camera_to_frame.inverse()
+    _last_composed = (target_from_camera, camera_to_frame, value)
+    return value
 
 
 def transform_trace_set(traces: TraceSet, target_from_camera: RigidTransform, frame_id: str) -> TraceSet:
@@ -158,7 +188,7 @@ def transform_trace_set(traces: TraceSet, target_from_camera: RigidTransform, fr
     if not isinstance(target_from_camera, RigidTransform):
         raise ValueError(f"target_from_camera must be a RigidTransform, got {type(target_from_camera).__name__}")
     # the set may already be in a non-camera frame: compose with its own camera_to_frame
-    to_target = target_from_camera @ traces.camera_to_frame.inverse()
+    to_target = _composed(target_from_camera, traces.camera_to_frame)
     return TraceSet(
         stamp_ns=traces.stamp_ns, frame_id=frame_id, instruction=traces.instruction, model_id=traces.model_id,
         horizon_steps=traces.horizon_steps, step_period=traces.step_period, query_ids=traces.query_ids.copy(),
@@ -180,8 +210,16 @@ def valid_length(validity: np.ndarray, threshold: float = VALID_THRESHOLD) -> np
 
 def time_colors(num: int, alpha: float = 1.0) -> np.ndarray:
     """(num, 4) RGBA from blue (now) through green to red (end of horizon)."""
+    return _time_colors(int(num), float(alpha)).copy()
+
+
+@functools.lru_cache(maxsize=16)
+def _time_colors(num: int, alpha: float) -> np.ndarray:
+    # the same few horizons every frame; callers get copies (colorsys per point is ~0.1 ms)
     hues = np.linspace(2.0 / 3.0, 0.0, max(num, 1))[:num]
-    return np.array([(*colorsys.hsv_to_rgb(h, 1.0, 1.0), alpha) for h in hues], dtype=np.float32).reshape(num, 4)
+    colors = np.array([(*colorsys.hsv_to_rgb(h, 1.0, 1.0), alpha) for h in hues], dtype=np.float32).reshape(num, 4)
+    colors.flags.writeable = False
+    return colors
 
 
 @dataclass
@@ -200,7 +238,7 @@ def trace_line_strips(traces: TraceSet, width: float = 0.006,
                       threshold: float = VALID_THRESHOLD) -> list[LineStrip]:
     """One line strip per trace (only its valid prefix; traces with < 2 valid points are left out)."""
     lengths = valid_length(traces.validity, threshold)
-    colors = time_colors(traces.horizon_steps + 1)
+    colors = _time_colors(traces.horizon_steps + 1, 1.0)
     strips = []
     for i in range(len(traces)):
         m = int(lengths[i])

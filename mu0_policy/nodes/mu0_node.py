@@ -402,7 +402,8 @@ class Mu0Node(LifecycleNode):
         if self.gripper_seeder is not None:
             with self._tf_lock:
                 extra = self.gripper_seeder.query(pipeline.config.camera_to_base, frame.intrinsics)
-                robot_pixels = self.gripper_seeder.self_mask(pipeline.config.camera_to_base, frame.intrinsics)
+                robot_pixels = self.gripper_seeder.self_mask(pipeline.config.camera_to_base, frame.intrinsics,
+                                                             frame.depth)
         out = pipeline.process(frame, extra, robot_pixels)
         if out is None:
             self.monitor.count("frames_without_queries")
