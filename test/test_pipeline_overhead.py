@@ -240,3 +240,24 @@ def test_gripper_seeder_recomputes_only_when_joints_extrinsic_or_intrinsics_chan
     T2 = RigidTransform.from_quat_xyzw([0.736838, -0.305208, 0.230856, -0.557335], [-1.1, -0.45, 0.6])
     check(q2, T2, intr)
     check(q2, T2, CameraIntrinsics(640, 480, 600.0, 600.0, 319.5, 239.5))
+
+
+# ------------------------------------------------------------------ publish
+def test_trace_cdr_carries_each_sets_own_extrinsic_through_the_quaternion_memo():
+    """trace_set_to_cdr remembers the last transform's quaternion: a set with another extrinsic
+    (a new object, or the same values in a new object) must still carry its own, in the bytes
+    rclpy's own serializer writes (padding aside)."""
+    from rclpy.serialization import deserialize_message, serialize_message
+
+    from mu0_msgs.msg import TraceArray
+
+    pipe = _pipeline(T_BASE_CAM)
+    out = pipe.process(_frames(1)[0])
+    T2 = RigidTransform.from_quat_xyzw([0.0, 0.0, 0.38268343, 0.92387953], [0.1, 0.2, 0.3])
+    for T in (T_BASE_CAM, T2, RigidTransform(T_BASE_CAM.rotation.copy(), T_BASE_CAM.translation.copy()), T2):
+        moved = transform_trace_set(out.camera_traces, T, "base_link")
+        back = convert.trace_cdr_to_set(convert.trace_set_to_cdr(moved))
+        assert np.allclose(back.camera_to_frame.as_matrix(), T.as_matrix(), atol=1e-12)
+        assert _identical(back.samples, moved.samples) and _identical(back.control_points, moved.control_points)
+        wire = serialize_message(convert.trace_set_to_msg(moved))
+        assert deserialize_message(convert.trace_set_to_cdr(moved), TraceArray) == deserialize_message(wire, TraceArray)
