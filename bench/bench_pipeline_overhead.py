@@ -157,10 +157,11 @@ def run(frames: dict, model: str, backend: str, robot_path: str, reps: int, dump
 
 def compare(a: str, b: str) -> int:
     with np.load(a, allow_pickle=False) as za, np.load(b, allow_pickle=False) as zb:
-        keys = sorted(set(za.files) | set(zb.files))
-        bad = [k for k in keys if k not in za.files or k not in zb.files or not np.array_equal(za[k], zb[k])]
-    print(f"{len(keys) - len(bad)} of {len(keys)} published trace sets / marker counts identical"
-          + (f"; differ: {bad[:10]}" if bad else ""))
+        keys = sorted(set(za.files) & set(zb.files))
+        only = sorted(set(za.files) ^ set(zb.files))
+        bad = [k for k in keys if not np.array_equal(za[k], zb[k])]
+    print(f"{len(keys) - len(bad)} of {len(keys)} published trace sets / marker counts in both identical"
+          + (f"; differ: {bad[:10]}" if bad else "") + (f"; {len(only)} in one file only" if only else ""))
     return 1 if bad else 0
 
 

@@ -202,13 +202,16 @@ def capsules_mask(capsules_base: np.ndarray, T_base_cam, intr: CameraIntrinsics,
     # each capsule's ends mapped into the camera on their own, all projected in one call (the
     # projection is per point: the same pixels as one capsule at a time, without its per-call cost)
     uvs, zs = project(np.stack([T_cam_base.apply(c[:6].reshape(2, 3)) for c in caps]), intr)
+    # the drawing parameters of every capsule in front of the camera, computed together (element by
+    # element the same arithmetic as per capsule); the loop below only draws
+    front = np.flatnonzero((zs > 0.05).all(axis=1) & np.isfinite(uvs).all(axis=(1, 2)))
+    radii = np.ceil(caps[front, 6] * intr.fx / zs[front].min(axis=1)).astype(int).tolist()
+    ends = np.clip(np.rint(uvs[front]), -lim, lim).astype(int).tolist()
     # the silhouette alone: every capsule drawn into one image (the union, as drawn one by one)
     drawn = np.zeros((intr.height, intr.width), np.uint8) if z_img is None else None
-    for c, uv, z in zip(caps, uvs, zs):
-        if not (np.all(z > 0.05) and np.all(np.isfinite(uv))):
-            continue
-        r_px = int(np.ceil(c[6] * intr.fx / z.min()))
-        pa, pb = (tuple(int(x) for x in np.clip(np.rint(p), -lim, lim)) for p in uv)
+    for k, r_px, (pa, pb) in zip(front.tolist(), radii, ends):
+        c, z = caps[k], zs[k]
+        pa, pb = tuple(pa), tuple(pb)
         if drawn is not None:
             cv2.line(drawn, pa, pb, 1, thickness=max(1, 2 * r_px))
             cv2.circle(drawn, pa, r_px, 1, -1)
@@ -224,7 +227,7 @@ def capsules_mask(capsules_base: np.ndarray, T_base_cam, intr: CameraIntrinsics,
             seen_behind = np.isfinite(z_img) & (z_img > far)
             covered &= ~seen_behind
         mask |= covered
-    return drawn.astype(bool) if drawn is not None else mask
+    return drawn.view(bool) if drawn is not None else mask        # drawn holds only 0 and 1
 
 
 def robot_capsules(link_points_base: np.ndarray, radius: float = 0.07, extra=()) -> np.ndarray:

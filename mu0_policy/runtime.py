@@ -112,10 +112,21 @@ class GripperSeeder:
         # camera frame, gets them again without forward kinematics and drawing (~1 ms a frame)
         self._query_memo: tuple | None = None
         self._mask_memo: tuple | None = None
+        self._fk_memo: tuple | None = None      # (joints, their link points): one FK per joint state
 
     def _inputs(self, T_base_cam: RigidTransform, intrinsics) -> tuple:
         q = np.array([self._q[n] for n in self.robot.joint_names])
         return q, (q.tobytes(), T_base_cam.rotation.tobytes(), T_base_cam.translation.tobytes(), intrinsics)
+
+    def _link_points(self, q: np.ndarray) -> np.ndarray:
+        """`kinematics.link_points(q)`, shared by the query (its last row, the tool point, is the
+        ee position `ee_pose` gives: the same chain product) and the self mask of one frame."""
+        key = q.tobytes()
+        if self._fk_memo is None or self._fk_memo[0] != key:
+            points = self.kinematics.link_points(q)
+            points.flags.writeable = False
+            self._fk_memo = (key, points)
+        return self._fk_memo[1]
 
     def update_joint_state(self, names, positions) -> None:
         pos = np.asarray(positions, float).reshape(-1)
@@ -136,8 +147,7 @@ class GripperSeeder:
         q, key = self._inputs(T_base_cam, intrinsics)
         if self._query_memo is not None and self._query_memo[0] == key:
             return self._query_memo[1]
-        ee = self.kinematics.ee_pose(q)[:3, 3]
-        out = gripper_query(ee, T_base_cam, intrinsics, self.robot.gripper_entity)
+        out = gripper_query(self._link_points(q)[-1], T_base_cam, intrinsics, self.robot.gripper_entity)
         self._query_memo = (key, out)
         return out
 
@@ -148,11 +158,12 @@ class GripperSeeder:
         if T_base_cam is None or not all(n in self._q for n in self.robot.joint_names):
             return None
         q, key = self._inputs(T_base_cam, intrinsics)
+        points = self._link_points(q)
         if self.robot.self_filter_mode == "depth" and depth is not None:   # each frame's depth decides
-            return robot_self_mask(self.robot, self.kinematics, q, T_base_cam, intrinsics, depth)
+            return robot_self_mask(self.robot, self.kinematics, q, T_base_cam, intrinsics, depth, points)
         if self._mask_memo is not None and self._mask_memo[0] == key:
             return self._mask_memo[1]
-        mask = robot_self_mask(self.robot, self.kinematics, q, T_base_cam, intrinsics)
+        mask = robot_self_mask(self.robot, self.kinematics, q, T_base_cam, intrinsics, link_points=points)
         mask.flags.writeable = False     # handed out again for the next frames: nobody may edit it
         self._mask_memo = (key, mask)
         return mask
@@ -163,13 +174,13 @@ def robot_queries(robot, kinematics, q_arm, T_base_cam: RigidTransform, intrinsi
     """What mu0_node adds to a frame when it has a robot config: the gripper query at the arm's
     forward-kinematics position and the robot's own pixels (`robot_self_mask`), for offline users
     (the expert's training data, the closed-loop evaluator) that hold the joints themselves."""
-    ee = kinematics.ee_pose(np.asarray(q_arm, float))[:3, 3]
-    return (gripper_query(ee, T_base_cam, intrinsics, robot.gripper_entity),
-            robot_self_mask(robot, kinematics, q_arm, T_base_cam, intrinsics, depth))
+    points = kinematics.link_points(np.asarray(q_arm, float))     # its last row is the ee position
+    return (gripper_query(points[-1], T_base_cam, intrinsics, robot.gripper_entity),
+            robot_self_mask(robot, kinematics, q_arm, T_base_cam, intrinsics, depth, points))
 
 
 def robot_self_mask(robot, kinematics, q_arm, T_base_cam: RigidTransform, intrinsics,
-                    depth: np.ndarray | None = None) -> np.ndarray:
+                    depth: np.ndarray | None = None, link_points: np.ndarray | None = None) -> np.ndarray:
     """(H, W) bool: pixels the robot covers - capsules around its link skeleton (forward kinematics
     of `q_arm`, the robot config's joints) plus the config's fixed `self_filter.capsules` - so query
     selection does not take the arm for an object. With `self_filter.mode: depth` and the frame's
@@ -178,8 +189,9 @@ def robot_self_mask(robot, kinematics, q_arm, T_base_cam: RigidTransform, intrin
     tabletop.capsules_mask."""
     from mu0_perception.tabletop import capsules_mask, robot_capsules
 
-    caps = robot_capsules(kinematics.link_points(np.asarray(q_arm, float)), robot.self_filter_radius,
-                          robot.self_filter_capsules)
+    if link_points is None:      # else the caller's `kinematics.link_points(q_arm)`
+        link_points = kinematics.link_points(np.asarray(q_arm, float))
+    caps = robot_capsules(link_points, robot.self_filter_radius, robot.self_filter_capsules)
     if robot.self_filter_mode == "depth" and depth is not None:
         return capsules_mask(caps, T_base_cam, intrinsics, depth, robot.self_filter_depth_margin)
     return capsules_mask(caps, T_base_cam, intrinsics)

@@ -240,6 +240,10 @@ def test_gripper_seeder_recomputes_only_when_joints_extrinsic_or_intrinsics_chan
     T2 = RigidTransform.from_quat_xyzw([0.736838, -0.305208, 0.230856, -0.557335], [-1.1, -0.45, 0.6])
     check(q2, T2, intr)
     check(q2, T2, CameraIntrinsics(640, 480, 600.0, 600.0, 319.5, 239.5))
+    # the offline twin (training data, evaluator): one FK for both, the same query and mask
+    query, mask = runtime.robot_queries(robot, seeder.kinematics, q2, T2, intr)
+    want_mask, want_query = expected(q2, T2, intr)
+    assert _identical(mask, want_mask) and _identical(query.pixels, want_query.pixels)
 
 
 # ------------------------------------------------------------------ publish
