@@ -70,7 +70,11 @@ def backproject(depth: np.ndarray, intr: CameraIntrinsics) -> np.ndarray:
     h, w = depth.shape
     z = np.where(np.isfinite(depth) & (depth > 0), depth, np.nan).astype(np.float64)
     gx, gy = _ray_grids(h, w, intr)
-    return np.stack([gx * z, gy * z, z], axis=-1)      # x = (u - cx) / fx * z, as evaluated before
+    points = np.empty((h, w, 3))
+    np.multiply(gx, z, out=points[..., 0])             # x = (u - cx) / fx * z, as evaluated before
+    np.multiply(gy, z, out=points[..., 1])
+    points[..., 2] = z
+    return points
 
 
 def fit_support_plane(points: np.ndarray, up: np.ndarray | None = None, stride: int = 2,
@@ -132,8 +136,8 @@ def surface_region(points: np.ndarray, plane: SupportPlane, threshold: float = 0
     if n <= 1:
         return region.astype(bool)
     k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    v, u = np.nonzero(labels == k)
-    hull = cv2.convexHull(np.stack([u, v], axis=1).astype(np.int32))
+    # the patch's pixels (u, v) in row-major order, as np.nonzero lists them, without its copies
+    hull = cv2.convexHull(cv2.findNonZero((labels == k).view(np.uint8)))
     cv2.fillConvexPoly(region, hull, 1)
     if margin_px > 0:
         region = cv2.erode(region, np.ones((2 * margin_px + 1, 2 * margin_px + 1), np.uint8))

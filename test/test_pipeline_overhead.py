@@ -83,6 +83,23 @@ def _capsules_mask_one_by_one(capsules_base, T_base_cam, intr, depth=None, depth
     return mask
 
 
+def _surface_region_before(points, plane, threshold=0.006, margin_px=2):
+    finite = np.all(np.isfinite(points), axis=-1)
+    h = plane.height(np.where(finite[..., None], points, 0.0))
+    on_plane = (finite & (np.abs(h) < threshold)).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(on_plane, connectivity=8)
+    region = np.zeros(on_plane.shape, np.uint8)
+    if n <= 1:
+        return region.astype(bool)
+    k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    v, u = np.nonzero(labels == k)
+    hull = cv2.convexHull(np.stack([u, v], axis=1).astype(np.int32))
+    cv2.fillConvexPoly(region, hull, 1)
+    if margin_px > 0:
+        region = cv2.erode(region, np.ones((2 * margin_px + 1, 2 * margin_px + 1), np.uint8))
+    return region.astype(bool)
+
+
 def _table_scene(rng):
     """Depth of a tilted table 0.8-1.1 m away with two boxes on it, a strip with no depth and
     scattered holes; the true support plane."""
@@ -107,6 +124,7 @@ def test_backproject_and_the_object_rule_equal_the_code_they_replaced_bit_for_bi
     other = CameraIntrinsics(160, 120, 151.0, 149.0, 80.0, 59.0)            # other intrinsics: other grids
     assert _identical(tabletop.backproject(depth, other), _backproject_before(depth, other))
     region = tabletop.surface_region(points, plane)
+    assert _identical(region, _surface_region_before(points, plane)) and region.mean() > 0.5
     flat = points.reshape(-1, 3)
     assert _identical(tabletop.stands_on_surface(flat, plane, INTR, region),
                       _stands_on_surface_before(flat, plane, INTR, region))
