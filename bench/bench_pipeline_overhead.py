@@ -13,7 +13,8 @@ bench_runtime.py's synthetic camera instead of the sim (no table: `objects` fall
 
 Times are thread_time (CPU of this thread: readable on a loaded machine; the backends run with
 one thread, torch.set_num_threads(1) and MU0_ORT_THREADS=1, so predict is in this thread too).
-Prints p50 per stage and total / predict per model and size. Numbers, never asserts.
+Prints p50 per stage, `around` (p50 of each frame's total - predict: the work around predict, which
+does not move with predict's own noise) and total / predict per model and size. Numbers, never asserts.
 
     python bench/bench_pipeline_overhead.py [--tasks pick-place,drawer-open,bench-camera] [--sizes 320x240,640x480]
         [--models checkpoints/mu0_small:torch,checkpoints/mu0_base:onnxruntime] [--dump out/x.npz]
@@ -123,7 +124,7 @@ def run(frames: dict, model: str, backend: str, robot_path: str, reps: int, dump
     names = [str(n) for n in frames["joint_names"]]
     predictor = make_predictor(model, backend)
     seeder = GripperSeeder(load_robot_config(robot_path))
-    times = {k: [] for k in (*STAGES, "markers_ms", "total_ms")}
+    times = {k: [] for k in (*STAGES, "markers_ms", "total_ms", "around_ms")}
     for rep in range(reps):
         pipeline = TracePipeline(predictor, PipelineConfig(queries="objects", max_queries=32, camera_to_base=T),
                                  instruction=str(frames["instruction"]))
@@ -150,6 +151,7 @@ def run(frames: dict, model: str, backend: str, robot_path: str, reps: int, dump
             row = {key: v * 1e3 for key, v in row.items()}
             row.update({key: out.timings_ms[key] for key in ("select_ms", "predict_ms", "postprocess_ms")})
             row["total_ms"] = (t4 - t0) * 1e3
+            row["around_ms"] = row["total_ms"] - row["predict_ms"]
             for key, v in row.items():
                 times[key].append(v)
     return times
@@ -190,7 +192,8 @@ def main(argv=None) -> int:
     dumps = {}
     print(f"code: {Path(mu0_policy.__file__).parents[1]}; thread_time ms, p50 over "
           f"{args.reps} x {args.frames} frames per task; robot {Path(args.robot).name}")
-    header = " ".join(f"{s[:-3]:>11s}" for s in (*STAGES, "markers_ms", "total_ms")) + "  total/predict  load"
+    columns = (*STAGES, "markers_ms", "total_ms", "around_ms")
+    header = " ".join(f"{s[:-3]:>11s}" for s in columns) + "  total/predict  load"
     for spec in args.models.split(","):
         model, backend = spec.split(":")
         model = str(REPO / model) if not Path(model).is_absolute() else model
@@ -208,7 +211,7 @@ def main(argv=None) -> int:
                         dumps[key] = np.frombuffer(wire, np.uint8)
                         dumps[key + "_strips"] = np.array(n_strips)
                 p50 = {k: float(np.median(v)) if v else float("nan") for k, v in times.items()}
-                cells = " ".join(f"{p50[s]:11.2f}" for s in (*STAGES, "markers_ms", "total_ms"))
+                cells = " ".join(f"{p50[s]:11.2f}" for s in columns)
                 print(f"  {task:14s} {cells}  {p50['total_ms'] / p50['predict_ms']:13.3f}  "
                       f"{os.getloadavg()[0]:.2f}", flush=True)
     if args.dump:
