@@ -66,7 +66,7 @@ def run(task: str, seed: int, modes: list, robot, every: int, steps: int, width:
         if step % every == 0:
             seg = env.renderer.render_segmentation(env.data)
             q = np.array([obs.joint_positions[obs.joint_names.index(n)] for n in robot.joint_names])
-            mask = robot_self_mask(robot, kin, q, obs.T_base_cam, obs.intrinsics)
+            mask = robot_self_mask(robot, kin, q, obs.T_base_cam, obs.intrinsics, obs.depth)
             up = obs.T_base_cam.inverse().as_matrix()[:3, 2]
             sets = {mode: tr.update(obs.color, obs.depth, obs.intrinsics, up, mask if mode == "objects" else None)
                     for mode, tr in trackers.items()}

@@ -18,7 +18,7 @@ for EMB in ee joint; do
   [ "$WHICH" = all ] || [ "$WHICH" = "$EMB" ] || continue
   ROBOT=config/robots/sim_sawyer_${EMB}.yaml
   BAGS="$DATA/bags_${EMB}"
-  COMMON=(--bags "$BAGS" --robot "$ROBOT" --steps "${STEPS[$EMB]}" --no-progress --export)
+  COMMON=(--bags "$BAGS" --steps "${STEPS[$EMB]}" --no-progress --export --robot "$ROBOT")
   [ -f "$RUNS/${EMB}_mu0/model.onnx" ] || mu0 train-expert "${COMMON[@]}" --model checkpoints/mu0_small --out "$RUNS/${EMB}_mu0"
   # the ablation masks every trace, so whose traces they are does not matter: ground truth skips predicting them
   [ -f "$RUNS/${EMB}_notrace/model.onnx" ] || mu0 train-expert "${COMMON[@]}" --model ground_truth --no-traces --out "$RUNS/${EMB}_notrace"
@@ -26,7 +26,10 @@ for EMB in ee joint; do
   mkdir -p checkpoints/expert_sawyer_${EMB}
   cp "$RUNS/${EMB}_mu0/"{model.safetensors,config.json,model.onnx} checkpoints/expert_sawyer_${EMB}/
   # the same expert on the default μ_0's traces (config/robots/sim_sawyer_${EMB}_mu0base.yaml)
-  [ -f "$RUNS/${EMB}_mu0base/model.onnx" ] || mu0 train-expert "${COMMON[@]}" --model checkpoints/mu0_base --out "$RUNS/${EMB}_mu0base"
+  # its robot YAML selects μ_0's queries with the depth self filter (self_filter.mode: depth), which the
+  # checkpoint records: train it with that YAML (a later --robot overrides the one in COMMON)
+  [ -f "$RUNS/${EMB}_mu0base/model.onnx" ] || mu0 train-expert "${COMMON[@]}" --robot config/robots/sim_sawyer_${EMB}_mu0base.yaml \
+      --model checkpoints/mu0_base --out "$RUNS/${EMB}_mu0base"
   mkdir -p checkpoints/expert_sawyer_${EMB}_mu0base
   cp "$RUNS/${EMB}_mu0base/"{model.safetensors,config.json,model.onnx} checkpoints/expert_sawyer_${EMB}_mu0base/
 done

@@ -124,7 +124,8 @@ def test_robot_whose_self_filter_differs_from_the_checkpoints_is_refused(tmp_pat
     """The self filter decides which objects next to the arm get queries: an expert trained on
     traces of one filter is refused by a robot YAML that sets the other, naming both files."""
     d, _ = _tiny_checkpoint(tmp_path, True)
-    robot = dataclasses.replace(load_robot_config(EE_ROBOT), expert_name="trace_policy", expert_params={"checkpoint": str(d)})
+    robot = dataclasses.replace(load_robot_config(EE_ROBOT), expert_name="trace_policy",
+                                expert_params={"checkpoint": str(d), "backend": "torch"})
     make_expert(robot)                                    # trained with the default (projection): fits
     depth_robot = dataclasses.replace(robot, self_filter_mode="depth")
     with pytest.raises(RobotConfigError) as err:
