@@ -18,6 +18,16 @@ ROWS = [("mu0base_expert", "μ_0 traces (mu0_base, default) + learned expert"),
         ("scripted", "scripted expert (ceiling)")]
 
 
+# the order of mu0_small's 8 tasks (scripts/expert_demos.sh): a merged part lists its tasks sorted
+TASK_ORDER = ["reach", "push", "pick-place", "drawer-open", "drawer-close", "button-press", "door-open", "window-open"]
+
+
+def task_order(rows: dict) -> list:
+    tasks = list(dict.fromkeys(t for r in rows.values() for t in r["per_task"]))
+    rank = {t: i for i, t in enumerate(TASK_ORDER)}
+    return sorted(tasks, key=lambda t: (rank.get(short(t), len(rank)), tasks.index(t)))
+
+
 def short(task: str) -> str:
     return task.removesuffix("-v3")
 
@@ -35,7 +45,7 @@ def load(root: Path) -> dict:
 def markdown(results: dict) -> str:
     lines = []
     for emb, rows in results.items():
-        tasks = list(dict.fromkeys(t for r in rows.values() for t in r["per_task"]))
+        tasks = task_order(rows)
         lines += [f"### {emb}", "", "| row | " + " | ".join(short(t) for t in tasks) + " | mean |",
                   "|---|" + "---|" * (len(tasks) + 1)]
         for key, label in ROWS:
@@ -62,7 +72,7 @@ def plot(results: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(len(results), 1, figsize=(12, 3.6 * len(results)), squeeze=False)
     for ax, (emb, rows) in zip(axes[:, 0], results.items()):
-        tasks = list(dict.fromkeys(t for r in rows.values() for t in r["per_task"]))
+        tasks = task_order(rows)
         keys = [k for k, _ in ROWS if k in rows]
         w = 0.8 / max(1, len(keys))
         for i, k in enumerate(keys):
