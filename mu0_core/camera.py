@@ -95,9 +95,15 @@ class RigidTransform:
         return cls(Rotation.from_quat(q / np.linalg.norm(q)).as_matrix(), translation)
 
     def to_quat_xyzw(self) -> np.ndarray:
-        from scipy.spatial.transform import Rotation
+        # computed once per transform (a copy handed out): a node serialises the same static
+        # extrinsic with every trace set, and scipy's matrix -> quaternion costs ~0.1 ms
+        quat = self.__dict__.get("_quat_xyzw")
+        if quat is None:
+            from scipy.spatial.transform import Rotation
 
-        return Rotation.from_matrix(self.rotation).as_quat()
+            quat = Rotation.from_matrix(self.rotation).as_quat()
+            object.__setattr__(self, "_quat_xyzw", quat)
+        return quat.copy()
 
     @classmethod
     def from_matrix(cls, M) -> "RigidTransform":
@@ -120,7 +126,13 @@ class RigidTransform:
         return p @ self.rotation.T + self.translation
 
     def inverse(self) -> "RigidTransform":
-        return RigidTransform(self.rotation.T, -self.rotation.T @ self.translation)
+        # computed once per transform: the runtime inverts the same static extrinsic every frame,
+        # and each RigidTransform built validates its rotation (~50 us)
+        inv = self.__dict__.get("_inverse")
+        if inv is None:
+            inv = RigidTransform(self.rotation.T, -self.rotation.T @ self.translation)
+            object.__setattr__(self, "_inverse", inv)
+        return inv
 
     def __matmul__(self, other: "RigidTransform") -> "RigidTransform":
         return RigidTransform(self.rotation @ other.rotation,

@@ -68,27 +68,12 @@ def extrinsic_from_list(values, where: str = "camera_to_base") -> RigidTransform
 
 GRIPPER_QUERY_ID = 2 ** 31     # stable id of the kinematics-seeded gripper query (above the tracker's ids)
 
-_last_inverse: tuple | None = None     # (transform, its inverse)
-
-
-def _inverse(T: RigidTransform) -> RigidTransform:
-    """`T.inverse()`, remembered for the last transform object: the node passes the same static
-    extrinsic every frame, and each RigidTransform built validates its rotation (~50 us)."""
-    global _last_inverse
-    last = _last_inverse
-    if last is not None and last[0] is T:
-        return last[1]
-    inv = T.inverse()
-    _last_inverse = (T, inv)
-    return inv
-
-
 def gripper_query(ee_position_base, T_base_cam: RigidTransform, intrinsics, entity: str = "gripper") -> QuerySet:
     """The gripper as a query: its position from the robot's forward kinematics (base frame)
     projected into the camera. Empty when it falls outside the image or behind the camera."""
     from mu0_core.camera import project
 
-    uv, z = project(_inverse(T_base_cam).apply(np.asarray(ee_position_base, float).reshape(1, 3)), intrinsics)
+    uv, z = project(T_base_cam.inverse().apply(np.asarray(ee_position_base, float).reshape(1, 3)), intrinsics)
     u, v = uv[0]
     inside = np.isfinite(u) and np.isfinite(v) and z[0] > 0 and 0 <= u <= intrinsics.width - 1 \
         and 0 <= v <= intrinsics.height - 1

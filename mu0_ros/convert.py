@@ -464,22 +464,6 @@ def _le(values, dtype: str) -> np.ndarray:
     return np.ascontiguousarray(values, dtype=np.dtype(dtype).newbyteorder("<"))
 
 
-_last_quat: tuple | None = None    # (RigidTransform, its quaternion xyzw)
-
-
-def _quat_xyzw(tf: RigidTransform) -> np.ndarray:
-    """`tf.to_quat_xyzw()`, remembered for the last transform object: every set a node publishes
-    carries the same extrinsic, and scipy's matrix -> quaternion is ~0.1 ms (a third of the
-    serialization of 24 traces)."""
-    global _last_quat
-    last = _last_quat
-    if last is not None and last[0] is tf:
-        return last[1]
-    quat = tf.to_quat_xyzw()
-    _last_quat = (tf, quat)
-    return quat
-
-
 def _rows(a: np.ndarray, n: int) -> list:
     """The bytes of each of the n rows of a C-contiguous array, from one conversion of the whole."""
     data = memoryview(a.tobytes())
@@ -497,7 +481,7 @@ def trace_set_to_cdr(traces: TraceSet) -> bytes:
     buf += _struct.pack("<If", int(traces.horizon_steps), float(traces.step_period))
     tf = traces.camera_to_frame
     _pad(buf, 8)
-    buf += _le(np.concatenate([tf.translation, _quat_xyzw(tf)]), "f8").tobytes()
+    buf += _le(np.concatenate([tf.translation, tf.to_quat_xyzw()]), "f8").tobytes()
     n = len(traces)
     buf += _struct.pack("<I", n)
     # every array converted (and turned into bytes) once; per trace only byte slices of them are

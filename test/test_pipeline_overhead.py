@@ -283,3 +283,18 @@ def test_trace_cdr_carries_each_sets_own_extrinsic_through_the_quaternion_memo()
         assert _identical(back.samples, moved.samples) and _identical(back.control_points, moved.control_points)
         wire = serialize_message(convert.trace_set_to_msg(moved))
         assert deserialize_message(convert.trace_set_to_cdr(moved), TraceArray) == deserialize_message(wire, TraceArray)
+
+
+def test_a_transform_computes_its_inverse_and_quaternion_once_with_the_same_numbers():
+    from scipy.spatial.transform import Rotation
+
+    from mu0_core.camera import RigidTransform
+
+    T = RigidTransform(Rotation.from_euler("xyz", [0.3, -0.2, 1.1]).as_matrix(), [0.1, -0.4, 0.9])
+    inv = T.inverse()
+    assert inv is T.inverse()
+    assert _identical(inv.rotation, T.rotation.T) and _identical(inv.translation, -T.rotation.T @ T.translation)
+    q = T.to_quat_xyzw()
+    assert _identical(q, Rotation.from_matrix(T.rotation).as_quat())
+    q[:] = 0.0                                     # a caller's copy: the remembered one is untouched
+    assert _identical(T.to_quat_xyzw(), Rotation.from_matrix(T.rotation).as_quat())
