@@ -11,15 +11,17 @@ export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1   # one thread
 OUT="${1:-data/expert}"
 WHICH="${2:-all}"
 TASKS=reach,push,pick-place,drawer-open,drawer-close,button-press,door-open,window-open
+# MU0_RECORD_ARGS="--engine ray --workers 2": episodes on both cores (the same bags)
+read -r -a EXTRA <<< "${MU0_RECORD_ARGS:-}"
 if [ "$WHICH" = all ] || [ "$WHICH" = ee ]; then
   python -m mu0_sim.record --tasks "$TASKS" --seeds "${MU0_DEMO_SEEDS:-0-19}" --resolution 160x120 \
-      --embodiment sawyer_ee --only-success --max-steps 300 --resume --out "$OUT/bags_ee"
+      --embodiment sawyer_ee --only-success --max-steps 300 --resume "${EXTRA[@]}" --out "$OUT/bags_ee"
   python -m mu0_sim.record --tasks reach,push,pick-place,door-open --seeds "${MU0_DEMO_SEEDS_EXTRA:-20-29}" \
-      --resolution 160x120 --embodiment sawyer_ee --only-success --max-steps 300 --resume --out "$OUT/bags_ee"
+      --resolution 160x120 --embodiment sawyer_ee --only-success --max-steps 300 --resume "${EXTRA[@]}" --out "$OUT/bags_ee"
 fi
 if [ "$WHICH" = all ] || [ "$WHICH" = joint ]; then
   python -m mu0_sim.record --tasks "$TASKS" --seeds "${MU0_DEMO_SEEDS:-0-19}" --resolution 160x120 \
-      --embodiment sawyer_joint --only-success --max-steps 300 --resume --out "$OUT/bags_joint"
+      --embodiment sawyer_joint --only-success --max-steps 300 --resume "${EXTRA[@]}" --out "$OUT/bags_joint"
   python -m mu0_sim.record --tasks reach,push,pick-place,door-open --seeds "${MU0_DEMO_SEEDS_EXTRA:-20-29}" \
-      --resolution 160x120 --embodiment sawyer_joint --only-success --max-steps 300 --resume --out "$OUT/bags_joint"
+      --resolution 160x120 --embodiment sawyer_joint --only-success --max-steps 300 --resume "${EXTRA[@]}" --out "$OUT/bags_joint"
 fi
