@@ -328,6 +328,7 @@ class SawyerSimEnv:
         self._ik_seed = q.copy()
         self._ee_target = self.data.body("hand").xpos.copy()
         self._gripper_cmd = None   # the scripted expert's last gripper command (None: none yet)
+        self._last_expert_action = None
         if self.embodiment == "sawyer_joint":
             for i in self._weld_ids:
                 self.data.eq_active[i] = 0
@@ -418,7 +419,9 @@ class SawyerSimEnv:
                 and lag > settle:
             grip = self._gripper_cmd
         self._gripper_cmd = grip
-        return np.concatenate([q, [grip]])
+        out = np.concatenate([q, [grip]])
+        self._last_expert_action = out
+        return out
 
     def solve_ik(self, target_pos, target_quat_wxyz=_HAND_QUAT_WXYZ, seed_q=None,
                  iterations: int | None = None) -> np.ndarray:
@@ -465,7 +468,7 @@ class SawyerSimEnv:
 
     # ------------------------------------------------------------------ oracle futures
     _SNAPSHOT_ATTRS = ("step_count", "success", "ever_succeeded", "_q_target", "_q_setpoint", "_ik_seed",
-                       "_ee_target", "_gripper_cmd", "_last_action", "_mw_obs")
+                       "_ee_target", "_gripper_cmd", "_last_action", "_last_expert_action", "_mw_obs")
 
     def snapshot(self) -> dict:
         """Everything `step` changes (physics state + controller and episode bookkeeping)."""
@@ -489,6 +492,20 @@ class SawyerSimEnv:
             setattr(self, k, snap["attr:" + k])
         mujoco.mj_forward(self.model, d)
 
+    def _anchor_scripted_state(self) -> None:
+        """Re-anchor the scripted joint controller on the arm as it is, when something other than
+        the scripted expert drove the last step (a learned expert under evaluation). Its IK target,
+        IK seed and gripper command are otherwise those of the last scripted step (the reset pose):
+        the oracle's rollout then first pulled the hand back toward that stale target, and the
+        ground-truth traces an evaluated joint expert got described the wrong motion."""
+        if self.embodiment != "sawyer_joint" or self._last_action is None:
+            return
+        if self._last_expert_action is not None and np.array_equal(self._last_action, self._last_expert_action):
+            return
+        self._ee_target = self.data.body("hand").xpos.copy()
+        self._ik_seed = self.arm_positions().copy()
+        self._gripper_cmd = float(self._last_action[-1])
+
     def oracle_future(self, horizon: int) -> tuple[list[str], np.ndarray]:
         """Ground-truth points over the next `horizon` steps if the scripted expert acted from
         here: (names, (K, horizon + 1, 3) base frame). The env is left exactly as it was."""
@@ -496,6 +513,7 @@ class SawyerSimEnv:
         names, now = self.ground_truth()
         out = [now]
         try:
+            self._anchor_scripted_state()
             for _ in range(int(horizon)):
                 if self.step_count >= self.max_steps:
                     out.append(out[-1])

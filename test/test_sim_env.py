@@ -69,6 +69,31 @@ def test_joint_demonstrator_keeps_a_fist_closed_from_the_first_step():
     assert gated[0][0] > 0.0 and [c for c, _ in gated] == [c for c, _ in ungated]
 
 
+@pytest.mark.parametrize("dq", [[0.0, 0.3, 0.0, -0.3, 0.0, 0.0, 0.0], [0.2, 0.3, 0.0, -0.3, 0.0, 0.0, 0.0]])
+def test_ground_truth_future_starts_from_where_another_controller_left_the_arm(dq):
+    """The ground-truth-trace baseline: a learned expert drives the arm, then the oracle rolls the
+    scripted expert forward from that state. Its first steps head for the reach goal (the scripted
+    controller re-anchored on the hand); with the controller's stale state (IK target, seed and
+    gripper of the reset pose) they first swung back toward the reset pose (cos 0.14 / 0.22)."""
+    env = SawyerSimEnv("reach", seed=0, embodiment="sawyer_joint", render=False)
+    goal = np.asarray(env.mw._target_pos, float)
+    target = np.concatenate([env.arm_positions() + np.array(dq), [-1.0]])
+    for _ in range(60):
+        env.step(target, render=False)
+    before = env.snapshot()
+    names, future = env.oracle_future(32)
+    hand = future[names.index("gripper")]
+    first = hand[4] - hand[0]
+    cos = first @ (goal - hand[0]) / (np.linalg.norm(first) * np.linalg.norm(goal - hand[0]))
+    assert cos > 0.8, cos
+    assert np.linalg.norm(hand[-1] - goal) < 0.5 * np.linalg.norm(hand[0] - goal)
+    # the env is left exactly as it was
+    after = env.snapshot()
+    assert all(np.array_equal(before[k], after[k]) for k in ("qpos", "qvel", "ctrl"))
+    assert after["attr:_ee_target"] is before["attr:_ee_target"] or np.array_equal(
+        after["attr:_ee_target"], before["attr:_ee_target"])
+
+
 def test_joint_targets_are_tracked_by_physics():
     env = SawyerSimEnv("reach", seed=0, embodiment="sawyer_joint", render=False)
     q0 = env.arm_positions()
