@@ -3,7 +3,10 @@
 #   bash scripts/expert_demos.sh [OUT_DIR] [ee|joint|all]      (defaults: data/expert, all)
 # 8 tasks (those of checkpoints/mu0_small), 160x120 (the resolution μ_0 small was trained at),
 # seeds 0-19, and 20-29 for the four tasks the experts find hardest (reach, push, pick-place,
-# door-open); evaluation uses unseen seeds 100-119; successful episodes only.
+# door-open); on the joint arm also 30-89 for its contact tasks (push, pick-place, button-press: the
+# joint expert's grasp and press need more than the ~20 demos each that the EE arm's do) and 30-59
+# for door-open (with only the contact demos added, the joint expert's door-open fell 18 -> 7 / 20);
+# evaluation uses unseen seeds 100-119; successful episodes only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source env.sh
@@ -23,5 +26,9 @@ if [ "$WHICH" = all ] || [ "$WHICH" = joint ]; then
   python -m mu0_sim.record --tasks "$TASKS" --seeds "${MU0_DEMO_SEEDS:-0-19}" --resolution 160x120 \
       --embodiment sawyer_joint --only-success --max-steps 300 --resume "${EXTRA[@]}" --out "$OUT/bags_joint"
   python -m mu0_sim.record --tasks reach,push,pick-place,door-open --seeds "${MU0_DEMO_SEEDS_EXTRA:-20-29}" \
+      --resolution 160x120 --embodiment sawyer_joint --only-success --max-steps 300 --resume "${EXTRA[@]}" --out "$OUT/bags_joint"
+  python -m mu0_sim.record --tasks push,pick-place,button-press --seeds "${MU0_DEMO_SEEDS_CONTACT:-30-89}" \
+      --resolution 160x120 --embodiment sawyer_joint --only-success --max-steps 300 --resume "${EXTRA[@]}" --out "$OUT/bags_joint"
+  python -m mu0_sim.record --tasks door-open --seeds "${MU0_DEMO_SEEDS_DOOR:-30-59}" \
       --resolution 160x120 --embodiment sawyer_joint --only-success --max-steps 300 --resume "${EXTRA[@]}" --out "$OUT/bags_joint"
 fi
