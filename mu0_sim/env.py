@@ -500,7 +500,7 @@ class SawyerSimEnv:
         ground-truth traces an evaluated joint expert got described the wrong motion."""
         if self.embodiment != "sawyer_joint" or self._last_action is None:
             return
-        if self._last_expert_action is not None and np.array_equal(self._last_action, self._last_expert_action):
+        if np.array_equal(self._last_action, self._last_expert_action):   # False while it is None
             return
         self._ee_target = self.data.body("hand").xpos.copy()
         self._ik_seed = self.arm_positions().copy()

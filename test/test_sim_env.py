@@ -90,8 +90,7 @@ def test_ground_truth_future_starts_from_where_another_controller_left_the_arm(d
     # the env is left exactly as it was
     after = env.snapshot()
     assert all(np.array_equal(before[k], after[k]) for k in ("qpos", "qvel", "ctrl"))
-    assert after["attr:_ee_target"] is before["attr:_ee_target"] or np.array_equal(
-        after["attr:_ee_target"], before["attr:_ee_target"])
+    assert np.array_equal(after["attr:_ee_target"], before["attr:_ee_target"])
 
 
 def test_joint_targets_are_tracked_by_physics():
