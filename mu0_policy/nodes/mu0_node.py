@@ -100,6 +100,9 @@ class Mu0Node(LifecycleNode):
         self.pipeline: TracePipeline | None = None
         self._slot = None                      # newest unprocessed RGBD message
         self._slot_cv = threading.Condition()
+        # held by the worker while it processes a frame: deactivate waits on it, so nothing is
+        # published once deactivate has returned (a frame already in the model finishes first)
+        self._processing = threading.Lock()
         self._active = False
         self._stop = False
         self._worker: threading.Thread | None = None
@@ -272,9 +275,12 @@ class Mu0Node(LifecycleNode):
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Stop processing (frames are still received and replaced). SUCCESS."""
+        """Stop processing (frames are still received and replaced); returns once a frame already
+        in the model has finished, so nothing is published after it. SUCCESS."""
         with self._slot_cv:
             self._active = False
+        if self._processing.acquire(timeout=5.0):
+            self._processing.release()
         return super().on_deactivate(state)
 
     def _free(self) -> None:
@@ -369,11 +375,14 @@ class Mu0Node(LifecycleNode):
                 if self._stop:
                     return
                 msg, self._slot = self._slot, None
+                self._processing.acquire()      # taken under the slot lock: deactivate sees it
             try:
                 self._process(msg)
             except Exception as exc:  # a bug or a model failure must not kill the node
                 self.monitor.count("failed_frames")
                 self.get_logger().error(f"frame processing failed: {exc!r}", throttle_duration_sec=5.0)
+            finally:
+                self._processing.release()
 
     def _process(self, msg) -> None:
         start = time.perf_counter()
