@@ -47,14 +47,17 @@ def run_node(make_node: Callable, argv: list[str] | None = None, *, name: str,
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
-    stopping = {"signal": False, "cleanup": False}
+    stopping = {"signal": False, "cleanup": False, "spinning": False}
 
     def interrupt(signum, frame):
         first = not stopping["signal"]
         stopping["signal"] = True
-        # the first stop request ends the spin; the first one's Python handler can run late, after
-        # rclpy's own handler has already ended the spin, and must not skip the cleanup it asked for
-        if first and not stopping["cleanup"]:
+        # the first stop request ends the start-up (KeyboardInterrupt). Once spinning, rclpy's own
+        # handler (it runs first) shuts the context down and the spin ends by itself: raising here
+        # too would land in whatever Python code runs at that moment, e.g. a Future's __del__,
+        # where CPython prints it as an ignored exception with a traceback. The first one's Python
+        # handler can also run late, after the spin ended, and must not skip the cleanup.
+        if first and not stopping["cleanup"] and not stopping["spinning"]:
             raise KeyboardInterrupt
         # afterwards only launch's escalation (SIGTERM after its grace) cuts the cleanup short; a
         # repeated SIGINT (Ctrl-C reaches the group, then launch sends its own) is the same request,
@@ -129,6 +132,7 @@ def exit_now(code: int) -> NoReturn:
 def _spin(rclpy, node, name: str, stopping: dict) -> int:
     from rclpy.executors import ExternalShutdownException
 
+    stopping["spinning"] = True      # from here rclpy's signal handler ends the spin (never reset)
     try:
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
