@@ -216,7 +216,9 @@ def embodiment_of(robot) -> str:
 
 def apply_command(cmd, commands, now_ns: int) -> None:
     """What the sim node does with each published command (trajectory, forward, ee delta, gripper)."""
-    if cmd.interface == "joint_trajectory":
+    if cmd.values is None:
+        pass                                   # a gripper-only tick
+    elif cmd.interface == "joint_trajectory":
         commands.set_joint_trajectory(cmd.names, cmd.values, cmd.dt * np.arange(1, len(cmd.values) + 1), now_ns)
     elif cmd.interface == "forward_position":
         commands.set_forward_positions(cmd.values[0])

@@ -273,7 +273,7 @@ class ExpertStage:
         out = []
         while self.next_tick_ns <= now_ns:
             cmd = self.runner.tick(self.next_tick_ns)
-            if cmd is not None and cmd.send:
+            if cmd is not None and cmd.send and cmd.values is not None:   # the bag records arm commands
                 out.append((self.next_tick_ns, command_msg(cmd, typestore)))
             elif cmd is not None:
                 self.dry_run_ticks += 1

@@ -346,3 +346,110 @@ def test_out_of_order_traces_are_refused_unless_the_clock_was_rewound(fwd_robot)
     back = now - 10 * SEC
     runner.update_traces(trace_set(back, start), back)
     assert runner._traces.stamp_ns == back
+
+
+def _joint_robot(tmp_path, **gripper):
+    """The bundled joint-trajectory sim arm (gripper on its own forward_position interface)."""
+    import yaml
+    from robot_configs import follower_config
+    data = yaml.safe_load(open(follower_config("sim_sawyer_joint")))
+    data["gripper"].update(gripper)
+    p = tmp_path / "joint.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return load_robot_config(str(p))
+
+
+def test_joint_trajectory_runner_drives_the_gripper_every_tick_of_the_plan(tmp_path):
+    """gripper.follow: chunk. The arm's chunk goes to the trajectory controller once; the gripper
+    (not a trajectory joint) follows the plan's gripper column at the control rate (gripper-only
+    commands in between), rate-limited per tick."""
+    robot = _joint_robot(tmp_path, follow="chunk")
+    g = robot.gripper
+    J, T = len(robot.joint_names), robot.chunk_horizon
+    q = (robot.joints.lower + robot.joints.upper) / 2
+    closing = _Chunk(np.tile(q, (T, 1)), np.full(T, g.upper))
+    runner = ExpertRunner(robot, expert=ScriptedExpert(robot, [closing] * 3))
+    runner.guard.dry_run = False
+    now = 50 * SEC
+    runner.update_traces(trace_set(now, np.array([0.0, 0.6, 0.2])), now)
+    grips, arm_commands = [], 0
+    for k in range(robot.chunk_execute * 2):
+        t = now + int(k * robot.control_dt * SEC)
+        runner.update_joint_state(t, list(robot.joint_names) + [g.state_joint], list(q) + [grips[-1] if grips else g.lower])
+        cmd = runner.tick(t)
+        if grips and grips[-1] == pytest.approx(g.upper) and k % robot.chunk_execute:
+            assert cmd is None                                # closed: nothing new to send
+            continue
+        assert cmd is not None and not cmd.hold
+        arm_commands += cmd.values is not None
+        if cmd.values is not None:
+            assert cmd.values.shape == (T, J)
+        grips.append(cmd.gripper)
+    assert arm_commands == 2                                  # one trajectory per plan
+    steps = np.diff([g.lower] + grips)
+    assert np.all(steps > 0) and np.all(steps <= g.max_step_delta + 1e-12)   # rate-limited per tick ...
+    n_full = int(np.ceil((g.upper - g.lower) / g.max_step_delta - 1e-9))
+    assert grips[n_full - 1] == pytest.approx(g.upper)        # ... and closed after that many ticks
+
+
+def test_gripper_follow_plan_holds_each_plans_first_value_until_the_next_plan(tmp_path):
+    """gripper.follow: plan (the default). The gripper takes each plan's first value (rate-limited
+    from the last one sent) and keeps it until the expert is asked again, whatever the rest of the
+    chunk's column says."""
+    robot = _joint_robot(tmp_path)
+    assert robot.gripper.follow == "plan"
+    g = robot.gripper
+    T = robot.chunk_horizon
+    q = (robot.joints.lower + robot.joints.upper) / 2
+    column = np.linspace(g.lower, g.upper, T)             # the chunk closes over its horizon
+    runner = ExpertRunner(robot, expert=ScriptedExpert(robot, [_Chunk(np.tile(q, (T, 1)), column)] * 3))
+    runner.guard.dry_run = False
+    now = 50 * SEC
+    runner.update_traces(trace_set(now, np.array([0.0, 0.6, 0.2])), now)
+    sent = []
+    for k in range(robot.chunk_execute * 3):
+        t = now + int(k * robot.control_dt * SEC)
+        runner.update_joint_state(t, list(robot.joint_names) + [g.state_joint], list(q) + [g.lower])
+        cmd = runner.tick(t)
+        if k % robot.chunk_execute:
+            assert cmd is None                              # nothing between plans: the value holds
+        else:
+            assert cmd is not None and cmd.values is not None
+            sent.append(cmd.gripper)
+    assert sent == pytest.approx([column[0]] * 3)           # each plan's first value, not its future
+
+
+def test_closing_waits_for_a_settled_hand_opening_never_waits(tmp_path):
+    robot = _joint_robot(tmp_path, close_below_speed=0.05, follow="chunk")
+    g = robot.gripper
+    T = robot.chunk_horizon
+    q = (robot.joints.lower + robot.joints.upper) / 2
+    closing = _Chunk(np.tile(q, (T, 1)), np.full(T, g.upper))
+    opening = _Chunk(np.tile(q, (T, 1)), np.full(T, g.lower))
+    runner = ExpertRunner(robot, expert=ScriptedExpert(robot, [closing, closing, opening]))
+    runner.guard.dry_run = False
+    now = 50 * SEC
+    runner.update_traces(trace_set(now, np.array([0.0, 0.6, 0.2])), now)
+    names = list(robot.joint_names) + [g.state_joint]
+    moving = np.full(len(q), 0.5)                              # rad/s on every joint: the hand moves
+    runner.update_joint_state(now, names, list(q) + [g.lower], list(moving) + [0.0])
+    assert runner._hand_speed() > 0.05
+    grips = []
+    for k in range(robot.chunk_execute):
+        t = now + int(k * robot.control_dt * SEC)
+        runner.update_joint_state(t, names, list(q) + [g.lower], list(moving) + [0.0])
+        cmd = runner.tick(t)
+        grips.append(None if cmd is None else cmd.gripper)
+    assert all(x is None or x == pytest.approx(g.lower) for x in grips)   # held open while moving
+    assert runner.counts["gripper_close_deferred"] >= 1
+    t0 = now + int(robot.chunk_execute * robot.control_dt * SEC)
+    for k in range(robot.chunk_execute):                               # settled: closes at the rate limit
+        t = t0 + int(k * robot.control_dt * SEC)
+        runner.update_joint_state(t, names, list(q) + [g.lower], [0.0] * (len(q) + 1))
+        cmd = runner.tick(t)
+    assert cmd.gripper == pytest.approx(min(g.upper, g.lower + robot.chunk_execute * g.max_step_delta))
+    closed = cmd.gripper
+    t = t0 + int(robot.chunk_execute * robot.control_dt * SEC)
+    runner.update_joint_state(t, names, list(q) + [closed], list(moving) + [0.0])
+    cmd = runner.tick(t)                                                # opening while moving: at once
+    assert cmd.gripper == pytest.approx(closed - g.max_step_delta)

@@ -54,6 +54,7 @@ class EEDeltaSpec:
 
 
 GRIPPER_INTERFACES = ("none", "forward_position", "ee_delta")
+GRIPPER_FOLLOW = ("plan", "chunk")
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,10 @@ class GripperSpec:
     lower: float = -1.0
     upper: float = 1.0
     max_step_delta: float = 0.5        # per control tick
+    close_below_speed: float = 0.0     # m/s; > 0: closing waits until the hand moves slower than this
+                                       # (a grasp closes on a settled hand, not one still descending)
+    follow: str = "plan"               # plan: each plan's first gripper value, held until the next plan
+                                       # (re-predicted closed loop); chunk: the plan's column tick by tick
 
 
 @dataclass(frozen=True)
@@ -358,7 +363,9 @@ def robot_config_from_dict(data: dict, path: str = "<dict>") -> RobotConfig:
         glo, ghi = g.get("lower", float, -1.0), g.get("upper", float, 1.0)
         if not glo < ghi:
             g.fail("upper", f"must be greater than lower ({glo}), got {ghi}")
-        grip = GripperSpec(giface, gtopic, state_joint, glo, ghi, g.get("max_step_delta", float, 0.5, positive=True))
+        grip = GripperSpec(giface, gtopic, state_joint, glo, ghi, g.get("max_step_delta", float, 0.5, positive=True),
+                           g.get("close_below_speed", float, 0.0, nonneg=True),
+                           g.get("follow", str, "plan", choices=GRIPPER_FOLLOW))
 
     gp = r.section("gripper_point", required=False)
     sf = r.section("self_filter", required=False)

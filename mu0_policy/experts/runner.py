@@ -31,7 +31,8 @@ from mu0_core.traces import TraceSet
 class TickCommand:
     interface: str                 # joint_trajectory | forward_position | ee_delta
     names: list                    # joint names (joint interfaces) or ["dx", "dy", "dz", "gripper"]
-    values: np.ndarray             # (P, J) trajectory points, or (1, J) / (1, 4) for one tick
+    values: np.ndarray | None      # (P, J) trajectory points, (1, J) / (1, 4) for one tick, or None:
+                                   # a gripper-only tick (no arm command)
     dt: float                      # seconds between trajectory points
     hold: bool
     reasons: tuple
@@ -181,9 +182,40 @@ class ExpertRunner:
             return ["dx", "dy", "dz", "gripper"]
         return list(self.robot.joints.names)
 
+    def _hand_speed(self) -> float | None:
+        """End-effector speed (m/s) from the measured joint positions and velocities, or None."""
+        q, qd, _ = self.measured()
+        if q is None or qd is None or self.kinematics is None or not (np.all(np.isfinite(q)) and np.all(np.isfinite(qd))):
+            return None
+        dt = 0.01   # a finite difference of the forward kinematics along the measured velocity
+        a = self.kinematics.ee_pose(q)[:3, 3]
+        b = self.kinematics.ee_pose(np.asarray(q, float) + dt * np.asarray(qd, float))[:3, 3]
+        return float(np.linalg.norm(b - a) / dt)
+
+    def _settled_for_closing(self, gripper):
+        """`gripper`, or the last emitted value when it would close further while the hand still
+        moves faster than gripper.close_below_speed (robot config): fingers that shut on a hand still
+        descending close above the object. Opening is never delayed."""
+        g = self.robot.gripper
+        if gripper is None or g.close_below_speed <= 0.0:
+            return gripper
+        last = self.guard.gripper_hold(g.lower, g.upper)
+        try:
+            want = float(gripper)
+        except (TypeError, ValueError, OverflowError):
+            return gripper
+        if not want > last:
+            return gripper
+        speed = self._hand_speed()
+        if speed is not None and speed > g.close_below_speed:
+            self.counts["gripper_close_deferred"] += 1
+            return last
+        return gripper
+
     def _emit(self, out, values, trace_stamp_ns=None, gripper=None):
         g = self.robot.gripper
         if g.interface == "forward_position":
+            gripper = self._settled_for_closing(gripper)
             # None (a hold, or an expert that does not drive the gripper) keeps it where it was; the
             # guard makes every emitted value finite, in [lower, upper] and rate-limited
             gripper = self.guard.gripper_emit(None if out.hold else gripper, g.lower, g.upper, g.max_step_delta)
@@ -191,6 +223,19 @@ class ExpertRunner:
             gripper = None
         return TickCommand(self.robot.command_interface, self._names(), values, out.dt, out.hold,
                            out.reasons, out.send, None if out.hold else trace_stamp_ns, gripper)
+
+    def _emit_gripper_only(self, k: int) -> TickCommand | None:
+        """A gripper-only command (values None: no arm command this tick) carrying the plan's
+        gripper value for its tick `k`, or None when there is none or it would not change."""
+        if self._plan_gripper is None or self._plan is None:
+            return None
+        g = self.robot.gripper
+        want = self._settled_for_closing(float(self._plan_gripper[min(k, len(self._plan_gripper) - 1)]))
+        if abs(want - self.guard.gripper_hold(g.lower, g.upper)) < 1e-9:
+            return None
+        value = self.guard.gripper_emit(want, g.lower, g.upper, g.max_step_delta)
+        return TickCommand(self.robot.command_interface, self._names(), None, self._plan.dt, False, (),
+                           self._plan.send, self._plan_stamp_ns, value)
 
     def _guard(self, now_ns, rows, q, js_stamp, tr_stamp, wall):
         if self.robot.command_interface == "ee_delta":
@@ -235,7 +280,10 @@ class ExpertRunner:
         if self._plan is not None and self._ticks_since_plan < self.robot.chunk_execute:
             self._ticks_since_plan += 1
             if iface == "joint_trajectory":
-                return None                         # the controller is executing the chunk
+                # the controller is executing the chunk; the gripper is not one of its joints, so
+                # its own interface follows the plan's gripper column tick by tick (emitting it
+                # only with each plan would rate-limit a grasp to one max_step_delta per plan)
+                return self._emit_gripper_only(self._ticks_since_plan - 1)
             self._plan_tick += 1
             out = self._plan
             k = min(self._plan_tick, len(out.values) - 1)
@@ -285,6 +333,10 @@ class ExpertRunner:
         self._plan_gripper = None
         if g.interface == "forward_position" and chunk is not None and getattr(chunk, "gripper", None) is not None:
             self._plan_gripper = self.guard.gripper_command(chunk.gripper, g.lower, g.upper, g.max_step_delta)
+            if g.follow == "plan" and self._plan_gripper is not None:
+                # the expert's newest "now", held until it is asked again: its open-loop future
+                # closes early wherever the arm runs behind the demonstrations' timing
+                self._plan_gripper = self._plan_gripper[:1]
         g0 = None if self._plan_gripper is None else float(self._plan_gripper[0])
         self.counts["plans"] += 1
         if iface == "joint_trajectory":

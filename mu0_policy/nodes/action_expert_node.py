@@ -344,6 +344,11 @@ class ActionExpertNode(LifecycleNode):
         if cmd is None:
             return
         self._last_was_hold = bool(cmd.hold)
+        if cmd.values is None:                  # a gripper-only tick: the arm's chunk is running
+            if cmd.send and cmd.gripper is not None and self.gripper_pub is not None:
+                self.gripper_pub.publish(convert.float64_array_msg(np.array([cmd.gripper])))
+                self.counts["gripper_only_published"] += 1
+            return
         if not cmd.send:
             self.counts["dry_run_logged"] += 1
             self.get_logger().info(
