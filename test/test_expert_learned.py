@@ -104,6 +104,28 @@ def test_exported_onnx_of_a_fresh_checkpoint_matches_torch(tmp_path):
     assert onnx_parity(d) < 1e-4
 
 
+def test_ensemble_expert_is_the_mean_of_its_members_and_refuses_a_mismatched_one(tmp_path):
+    """`checkpoint: [A, B]` in a robot YAML: each member normalises with its own statistics and the
+    chunk is their mean; a member trained on another μ_0's traces is refused, naming its config.json."""
+    a_dir, _ = _tiny_checkpoint(tmp_path / "a", True, seed=0)
+    b_dir, _ = _tiny_checkpoint(tmp_path / "b", True, seed=1)
+    robot = dataclasses.replace(load_robot_config(EE_ROBOT), expert_name="trace_policy",
+                                expert_params={"checkpoint": [str(a_dir), str(b_dir)], "backend": "torch"})
+    expert = make_expert(robot)
+    rng = np.random.default_rng(0)
+    state, text = rng.normal(size=(1, 11)), rng.normal(size=(1, 384))
+    traces, mask = rng.normal(size=(1, 64, TRACE_FEATURES)), np.ones((1, 64), bool)
+    ya, yb = PolicyRunner(a_dir).predict(state, text, traces, mask), PolicyRunner(b_dir).predict(state, text, traces, mask)
+    assert not np.allclose(ya, yb)                                      # two different members ...
+    np.testing.assert_allclose(expert.runner.predict(state, text, traces, mask), (ya + yb) / 2, atol=1e-6)
+    cfg = json.loads((b_dir / "config.json").read_text())
+    cfg["policy"]["trace_model_id"] = "another_mu0"
+    (b_dir / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(RobotConfigError) as err:
+        make_expert(robot)
+    assert "policy.trace_model_id" in str(err.value) and str(b_dir / "config.json") in str(err.value)
+
+
 def test_robot_whose_joints_do_not_match_the_checkpoint_is_refused():
     robot = load_robot_config(JOINT_ROBOT)
     # the EE checkpoint commands ee_delta; the joint robot a trajectory controller
