@@ -25,7 +25,7 @@ import time
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.clock import JumpThreshold
+from rclpy.clock import Clock, ClockType, JumpThreshold
 from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import QoSPolicyKind
@@ -81,7 +81,9 @@ class RGBDSyncNode(Node):
         self._subs = {s: self._subscribe(s, input_qos) for s in STREAMS}
         self.diag_pub = self.create_publisher(DiagnosticArray,
                                               "/diagnostics", reliable_qos(10))
-        self.create_timer(period, self._report)
+        # diagnostics on the steady clock: under use_sim_time they must keep coming when /clock
+        # stops or jumps back (a paused or looping bag), which is when someone reads them
+        self.create_timer(period, self._report, clock=Clock(clock_type=ClockType.STEADY_TIME))
         # a backwards jump of the node clock (a looping bag's /clock) resets the matcher when it
         # happens, from the clock itself: comparing clock readings between messages misses it when
         # a loaded executor applies the /clock messages of a whole pass before the frames

@@ -32,6 +32,7 @@ import warnings
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.lifecycle.node import LifecycleNodeMixin
@@ -184,7 +185,9 @@ class Mu0Node(LifecycleNode):
         if g("robot_config"):
             self._setup_gripper_seeder(g("robot_config"))
         self.instruction_srv = self.create_service(SetInstruction, "~/set_instruction", self._on_set_instruction)
-        self.diag_timer = self.create_timer(float(g("diagnostics_period")), self._report)
+        # on the steady clock: under use_sim_time diagnostics keep coming when /clock stops
+        self.diag_timer = self.create_timer(float(g("diagnostics_period")), self._report,
+                                            clock=Clock(clock_type=ClockType.STEADY_TIME))
         self._stop = False
         self._worker = threading.Thread(target=self._work, name="mu0_worker", daemon=True)
         self._worker.start()
