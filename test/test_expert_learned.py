@@ -307,3 +307,16 @@ def test_traces_of_another_mu0_than_the_expert_was_trained_on_are_counted_and_na
     other = _runner_counts_for_traces_of("mu0_base")
     assert other.counts["plans"] == 1 and other.counts["trace_model_mismatch"] == 1
     assert "'mu0_base'" in other.last_trace_model_mismatch and "'mu0_small'" in other.last_trace_model_mismatch
+
+
+def test_task_balanced_sampling_draws_every_task_equally_often():
+    """train-expert --balance tasks: a task with 4x the demo steps of another is drawn as often."""
+    from mu0_policy.training.train_expert import task_balanced_probabilities
+    tasks = np.array(["push-v3"] * 400 + ["door-open-v3"] * 100 + ["reach-v3"] * 50)
+    p = task_balanced_probabilities(tasks)
+    assert p.sum() == pytest.approx(1.0)
+    draws = tasks[np.random.default_rng(0).choice(len(tasks), 30000, p=p)]
+    share = {t: float(np.mean(draws == t)) for t in np.unique(tasks)}
+    assert all(abs(v - 1 / 3) < 0.02 for v in share.values()), share
+    uniform = tasks[np.random.default_rng(0).choice(len(tasks), 30000)]
+    assert np.mean(uniform == "push-v3") > 0.65          # what plain sampling gives the big task

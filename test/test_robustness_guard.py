@@ -453,3 +453,75 @@ def test_closing_waits_for_a_settled_hand_opening_never_waits(tmp_path):
     runner.update_joint_state(t, names, list(q) + [closed], list(moving) + [0.0])
     cmd = runner.tick(t)                                                # opening while moving: at once
     assert cmd.gripper == pytest.approx(closed - g.max_step_delta)
+
+
+def _grasp_run(robot, ticks):
+    """A joint-trajectory arm whose expert moves j0 steadily and closes the gripper from its first
+    plan on; returns per tick (command, expert calls so far)."""
+    g = robot.gripper
+    T = robot.chunk_horizon
+    q = (robot.joints.lower + robot.joints.upper) / 2
+    expert = ScriptedExpert(robot, [])
+    calls = []
+
+    def act(obs):       # each plan: j0 on from the measured position, gripper closed
+        calls.append(obs.stamp_ns)
+        rows = np.tile(obs.joint_positions, (T, 1))
+        rows[:, 0] += 0.02 * np.arange(1, T + 1)
+        return _Chunk(rows, np.full(T, g.upper))
+    expert.act = act
+    runner = ExpertRunner(robot, expert=expert)
+    runner.guard.dry_run = False
+    now = 50 * SEC
+    runner.update_traces(trace_set(now, np.array([0.0, 0.6, 0.2])), now)
+    names = list(robot.joint_names) + [g.state_joint]
+    out, pos, grip = [], q.copy(), g.lower
+    for k in range(ticks):
+        t = now + int(k * robot.control_dt * SEC)
+        runner.update_joint_state(t, names, list(pos) + [grip])
+        cmd = runner.tick(t)
+        if cmd is not None and cmd.values is not None:
+            pos = cmd.values[0].copy()          # an arm that tracks its command's first point
+        if cmd is not None and cmd.gripper is not None:
+            grip = cmd.gripper
+        out.append((cmd, len(calls), pos[0]))
+    return runner, out
+
+
+def test_grasp_hold_stops_the_arm_while_the_fingers_shut_then_replans(tmp_path):
+    """gripper.grasp_hold_s: once a command closes the gripper past half-way, the arm is commanded to
+    stay where it was for that long (the expert is not asked) while the gripper closes at its rate
+    limit; then the expert plans again. Without it the arm runs on while the fingers close."""
+    robot = _joint_robot(tmp_path, grasp_hold_s=0.3)
+    g, dt = robot.gripper, robot.control_dt
+    n_hold = int(np.ceil(0.3 / dt - 1e-9)) - 1     # the ticks after the closing one, inside 0.3 s
+    runner, out = _grasp_run(robot, 16)
+    first_close = next(k for k, (cmd, _, _) in enumerate(out) if cmd is not None and cmd.gripper >= 0.5 * (g.lower + g.upper))
+    held = out[first_close + 1:first_close + 1 + n_hold]
+    assert len(held) == n_hold and runner.counts["grasps"] == 1
+    for cmd, calls, j0 in held:
+        assert cmd is not None and cmd.reasons == ("grasp",) and not cmd.hold and cmd.values.shape == (1, len(robot.joint_names))
+        assert j0 == pytest.approx(held[0][2])                # the arm stays put
+        assert calls == out[first_close][1]                   # the expert is not asked meanwhile
+    grips = [cmd.gripper for cmd, _, _ in held]
+    assert np.all(np.diff(grips) >= 0) and grips[-1] == pytest.approx(g.upper)   # the fingers shut, rate-limited
+    after = out[first_close + 1 + n_hold]
+    assert after[1] == out[first_close][1] + 1 and after[0].reasons == ()        # then a fresh plan
+    assert after[2] > held[-1][2]                                               # and the arm moves on
+    # the same expert without the grasp hold: the arm keeps moving through the closing ticks
+    plain, out_plain = _grasp_run(_joint_robot(tmp_path), 16)
+    assert plain.counts["grasps"] == 0
+    j0 = [p for _, _, p in out_plain[first_close:first_close + 1 + n_hold]]
+    assert np.all(np.diff(j0[::robot.chunk_execute]) > 0)
+
+
+def test_grasp_hold_needs_the_grippers_own_interface(tmp_path):
+    import yaml
+    from mu0_policy.experts.robot_config import RobotConfigError
+    from robot_configs import follower_config
+    data = yaml.safe_load(open(follower_config("sim_sawyer_ee")))
+    data.setdefault("gripper", {})["grasp_hold_s"] = 0.2
+    p = tmp_path / "ee.yaml"
+    p.write_text(yaml.safe_dump(data))
+    with pytest.raises(RobotConfigError, match=r"ee\.yaml.*gripper\.grasp_hold_s"):
+        load_robot_config(str(p))

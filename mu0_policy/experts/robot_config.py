@@ -70,6 +70,9 @@ class GripperSpec:
                                        # (a grasp closes on a settled hand, not one still descending)
     follow: str = "plan"               # plan: each plan's first gripper value, held until the next plan
                                        # (re-predicted closed loop); chunk: the plan's column tick by tick
+    grasp_hold_s: float = 0.0          # s; > 0: when a command starts closing the gripper (crosses the
+                                       # middle of [lower, upper]), the arm holds its commanded position
+                                       # this long while the fingers shut, then the expert re-plans
 
 
 @dataclass(frozen=True)
@@ -365,7 +368,11 @@ def robot_config_from_dict(data: dict, path: str = "<dict>") -> RobotConfig:
             g.fail("upper", f"must be greater than lower ({glo}), got {ghi}")
         grip = GripperSpec(giface, gtopic, state_joint, glo, ghi, g.get("max_step_delta", float, 0.5, positive=True),
                            g.get("close_below_speed", float, 0.0, nonneg=True),
-                           g.get("follow", str, "plan", choices=GRIPPER_FOLLOW))
+                           g.get("follow", str, "plan", choices=GRIPPER_FOLLOW),
+                           g.get("grasp_hold_s", float, 0.0, nonneg=True))
+        if grip.grasp_hold_s > 0 and giface != "forward_position":
+            g.fail("grasp_hold_s", f"needs gripper.interface forward_position (the arm holds while its own "
+                                   f"gripper closes), got {giface!r}")
 
     gp = r.section("gripper_point", required=False)
     sf = r.section("self_filter", required=False)

@@ -71,6 +71,7 @@ class ExpertRunner:
         self._ticks_since_plan = 0
         self._traces_wall_ns = None   # steady-clock arrival of the newest traces / joint state
         self._joints_wall_ns = None
+        self._grasp_until_ns = None   # gripper.grasp_hold_s: the arm holds until then while the fingers shut
         self.counts = Counter()
         self.act_ms: list = []     # latency of expert.act, for diagnostics / benchmarks
 
@@ -148,11 +149,13 @@ class ExpertRunner:
     def estop(self, reason: str = "e-stop") -> None:
         self.guard.latch_estop(reason)
         self._plan = self._plan_raw = None
+        self._grasp_until_ns = None
 
     def reset_estop(self) -> bool:
         was = self.guard.reset_estop()
         self.expert.reset()
         self._plan = self._plan_raw = None
+        self._grasp_until_ns = None
         return was
 
     def replan(self) -> None:
@@ -168,6 +171,7 @@ class ExpertRunner:
         self.guard.forget_commands()
         self.expert.reset()
         self._plan = self._plan_raw = None
+        self._grasp_until_ns = None
 
     def hold(self, now_ns: int, reason: str, wall_ns: int | None = None) -> TickCommand | None:
         """An explicit hold now (lifecycle deactivate, shutdown), guarded like any command."""
@@ -266,6 +270,36 @@ class ExpertRunner:
         """What to emit at this control tick (None: nothing this tick). `wall_ns`: a steady clock
         (time.monotonic_ns()) for the wall-clock watchdogs; None offline."""
         now_ns = int(now_ns)
+        g = self.robot.gripper
+        before = self.guard.gripper_hold(g.lower, g.upper)
+        cmd = self._tick(now_ns, wall_ns)
+        if g.grasp_hold_s > 0 and self._grasp_until_ns is None and cmd is not None and not cmd.hold \
+                and cmd.gripper is not None and before < 0.5 * (g.lower + g.upper) <= cmd.gripper:
+            # the first command that closes the gripper past half-way starts a grasp: the arm stops
+            # where it is commanded to be while the fingers shut (a learned expert's arm otherwise
+            # runs on at the demonstrations' pace and pushes the object away as the fingers close)
+            self._grasp_until_ns = now_ns + int(g.grasp_hold_s * 1e9)
+            self.counts["grasps"] += 1
+        return cmd
+
+    def _grasp_tick(self, now_ns, q, js_stamp, tr_stamp, wall) -> TickCommand | None:
+        """One tick of a grasp (gripper.grasp_hold_s): the arm's commanded position of now, sent again
+        through the guard, and the gripper closing at its rate limit."""
+        g = self.robot.gripper
+        row = self.guard.commanded_row(now_ns)
+        if row is None:
+            self._grasp_until_ns = None
+            return None
+        out = self._guard(now_ns, row[None], q, js_stamp, tr_stamp, wall)
+        self._plan = self._plan_raw = None
+        if out.values is None or out.hold:
+            return None if out.values is None else self._emit(out, out.values)
+        self.counts["grasp_hold_ticks"] += 1
+        grip = self.guard.gripper_emit(g.upper, g.lower, g.upper, g.max_step_delta)
+        return TickCommand(self.robot.command_interface, self._names(), out.values[:1], out.dt, False, ("grasp",),
+                           out.send, self._plan_stamp_ns, grip)
+
+    def _tick(self, now_ns: int, wall_ns: int | None) -> TickCommand | None:
         q, qd, js_stamp = self.measured()
         tr_stamp = None if self._traces is None else self._traces.stamp_ns
         wall = {} if wall_ns is None else dict(wall_ns=int(wall_ns), joint_wall_ns=self._joints_wall_ns,
@@ -277,6 +311,11 @@ class ExpertRunner:
             self.counts["hold_ticks"] += 1
             return None if out.values is None else self._emit(out, out.values)
         iface = self.robot.command_interface
+        if self._grasp_until_ns is not None:
+            if now_ns < self._grasp_until_ns:
+                return self._grasp_tick(now_ns, q, js_stamp, tr_stamp, wall)
+            self._grasp_until_ns = None      # the fingers had their time: re-plan with them shut
+            self._plan = self._plan_raw = None
         if self._plan is not None and self._ticks_since_plan < self.robot.chunk_execute:
             self._ticks_since_plan += 1
             if iface == "joint_trajectory":

@@ -306,6 +306,11 @@ class SafetyGuard:
                 return row
         return self._last_joint_command
 
+    def commanded_row(self, now_ns: int):
+        """The joint targets commanded for `now` (a copy; None before any command)."""
+        row = self._prev_row(int(now_ns))
+        return None if row is None else np.array(row, dtype=float)
+
     def _limit_row(self, prev, goal):
         """One step from `prev` toward `goal`: within the step limit, inside the position limits."""
         lim = self.limits

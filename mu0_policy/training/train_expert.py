@@ -85,6 +85,10 @@ def train(args) -> Path:
     val_eps = set(rng.choice(episodes, n_val, replace=False).tolist()) if n_val else set()
     is_val = np.array([e in val_eps for e in data.episode])
     tr_idx, va_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
+    tr_p = None     # --balance tasks: each task drawn equally often, whatever its number of demo steps
+    if args.balance == "tasks":
+        ep_task = np.array([json.loads((b / "episode.json").read_text())["task"] for b in bags])
+        tr_p = task_balanced_probabilities(ep_task[data.episode[tr_idx]])
 
     valid_traces = data.traces[data.mask]
     s_mean, s_std = _stats(data.state[tr_idx], 1e-3)
@@ -150,7 +154,7 @@ def train(args) -> Path:
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        idx = torch.from_numpy(rng.choice(tr_idx, args.batch_size))
+        idx = torch.from_numpy(rng.choice(tr_idx, args.batch_size, p=tr_p))
         s_in = state[idx] + args.state_noise * torch.randn(len(idx), state.shape[1])
         loss = net.loss(s_in, text[idx], traces[idx], batch_mask(idx, True), target[idx])
         opt.zero_grad(set_to_none=True)
@@ -181,6 +185,13 @@ def train(args) -> Path:
         if err > 1e-3:
             raise ValueError(f"{out / 'model.onnx'}: parity check failed (max |diff| {err:.2e})")
     return out
+
+
+def task_balanced_probabilities(sample_tasks) -> np.ndarray:
+    """Sampling probabilities (sum 1) under which every task is drawn equally often: a task's
+    samples share 1 / n_tasks."""
+    _, inverse, counts = np.unique(np.asarray(sample_tasks), return_inverse=True, return_counts=True)
+    return 1.0 / (len(counts) * counts[inverse])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -214,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trace-dropout", type=float, default=0.2)
     p.add_argument("--set-dropout", type=float, default=0.05)
     p.add_argument("--state-noise", type=float, default=0.02, help="std of noise on normalised state inputs")
+    p.add_argument("--balance", choices=("samples", "tasks"), default="samples",
+                   help="samples: every demo step equally likely (the bundled recipe); tasks: every task equally "
+                        "likely per batch (tasks with fewer or shorter demos are not crowded out)")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--threads", type=int, default=1)
