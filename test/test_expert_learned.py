@@ -320,3 +320,35 @@ def test_task_balanced_sampling_draws_every_task_equally_often():
     assert all(abs(v - 1 / 3) < 0.02 for v in share.values()), share
     uniform = tasks[np.random.default_rng(0).choice(len(tasks), 30000)]
     assert np.mean(uniform == "push-v3") > 0.65          # what plain sampling gives the big task
+
+
+def test_expert_with_joint_velocities_reads_them_and_refuses_a_state_without_them(tmp_path):
+    """policy.state_velocity: the state carries the measured joint velocities (train-expert
+    --state-velocity), so the same positions moving differently get different chunks; a joint state
+    without velocities is an error naming the checkpoint (the runner holds), never zeros."""
+    import torch
+
+    torch.manual_seed(0)
+    robot = load_robot_config(JOINT_ROBOT)
+    J = len(robot.joint_names)
+    S = 3 + 1 + 2 * J
+    cfg = TracePolicyConfig(robot=robot.robot, interface="joint", joint_names=list(robot.joint_names),
+                            action_dim=J + 1, state_dim=S, horizon=16, control_dt=robot.control_dt,
+                            dim=32, layers=1, state_velocity=True)
+    out = tmp_path / "vel"
+    save_expert_checkpoint(out, build_net(cfg), cfg, Normalization(np.zeros(S), np.ones(S), np.zeros(TRACE_FEATURES),
+                                                                    np.ones(TRACE_FEATURES), np.zeros(J + 1), np.ones(J + 1)))
+    expert = make_expert(dataclasses.replace(robot, expert_name="trace_policy",
+                                             expert_params={"checkpoint": str(out), "backend": "torch"}))
+    q = np.array([0.0, -1.2, 0.0, 2.0, 0.0, 0.8, 1.6])
+
+    def obs(qd):
+        return ExpertObservation(stamp_ns=10**9, joint_names=list(robot.joint_names), joint_positions=q,
+                                 joint_velocities=qd, traces_xyz=np.zeros((0, 33, 3)), validity=np.zeros((0, 33)),
+                                 entities=[], query_ids=np.zeros(0, int), trace_stamp_ns=10**9, step_period=0.0125)
+    still, moving = expert.act(obs(np.zeros(J))), expert.act(obs(np.full(J, 0.8)))
+    state, *_ = expert.inputs(obs(np.full(J, 0.8)))
+    assert state.shape == (S,) and np.allclose(state[-J:], 0.8)
+    assert not np.allclose(still.joint_positions, moving.joint_positions)
+    with pytest.raises(ValueError, match="joint velocities"):
+        expert.act(obs(None))

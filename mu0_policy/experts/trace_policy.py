@@ -85,6 +85,9 @@ class TracePolicyConfig:
                                      # queries were selected with for its training traces: it decides
                                      # which objects next to the arm get queries (checkpoints before
                                      # it: projection)
+    state_velocity: bool = False     # the state also carries the arm's measured joint velocities (a
+                                     # PD-driven arm lags its targets: position alone does not say
+                                     # whether it is still moving toward them)
 
     REQUIRED = ("robot", "interface", "joint_names", "action_dim", "state_dim", "horizon", "control_dt",
                 "use_traces", "head", "dim", "layers", "heads", "max_traces", "trace_offsets")
@@ -120,10 +123,13 @@ class TracePolicyConfig:
 
 
 # ----------------------------------------------------------------------------------- features
-def state_features(ee_position, gripper: float, arm_q) -> np.ndarray:
-    """(3 + 1 + J,) end-effector xyz (base frame, m), gripper closure, arm joint positions."""
-    return np.concatenate([np.asarray(ee_position, float).reshape(3), [float(gripper)],
-                           np.asarray(arm_q, float).reshape(-1)]).astype(np.float32)
+def state_features(ee_position, gripper: float, arm_q, arm_qd=None) -> np.ndarray:
+    """(3 + 1 + J [+ J],) end-effector xyz (base frame, m), gripper closure, arm joint positions
+    [, arm joint velocities (rad/s) when given]."""
+    parts = [np.asarray(ee_position, float).reshape(3), [float(gripper)], np.asarray(arm_q, float).reshape(-1)]
+    if arm_qd is not None:
+        parts.append(np.asarray(arm_qd, float).reshape(-1))
+    return np.concatenate(parts).astype(np.float32)
 
 
 def _interp_rows(path: np.ndarray, index: np.ndarray) -> np.ndarray:
@@ -418,7 +424,7 @@ class PolicyRunner:
 
 # what every member of an ensemble must share: the same inputs mean the same thing to each, and
 # their chunks can be averaged tick by tick
-ENSEMBLE_SHARED = ("interface", "joint_names", "action_dim", "state_dim", "horizon", "control_dt", "use_traces",
+ENSEMBLE_SHARED = ("interface", "joint_names", "action_dim", "state_dim", "horizon", "control_dt", "use_traces", "state_velocity",
                    "max_traces", "trace_offsets", "gripper_entities", "gripper_query", "query_mode",
                    "trace_model_id", "action_space", "ee_rotation", "self_filter")
 
@@ -557,7 +563,13 @@ class TracePolicyExpert(ActionExpert):
         q = np.asarray(obs.joint_positions, float)
         ee = self.kinematics.ee_pose(q)[:3, 3]
         grip = -1.0 if obs.gripper_position is None else float(obs.gripper_position)
-        state = state_features(ee, grip, q)
+        qd = None
+        if self.cfg.state_velocity:
+            if obs.joint_velocities is None or not np.all(np.isfinite(obs.joint_velocities)):
+                raise ValueError(f"{self.runner.path}: this expert needs the arm's joint velocities "
+                                 "(policy.state_velocity) and /joint_states carries none")
+            qd = np.asarray(obs.joint_velocities, float)
+        state = state_features(ee, grip, q, qd)
         age_steps = (obs.stamp_ns - obs.trace_stamp_ns) * 1e-9 / obs.step_period
         traces, mask = trace_features(obs.traces_xyz, obs.validity, obs.entities, ee, age_steps,
                                       self.cfg.gripper_entities, self.cfg.trace_offsets, self.cfg.max_traces)

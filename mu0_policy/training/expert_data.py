@@ -38,6 +38,7 @@ class DemoEpisode:
     stamps_ns: np.ndarray          # (S,)
     joint_names: list
     joint_positions: np.ndarray    # (S, Jall) every joint the sim reports (arm, fingers, `gripper`)
+    joint_velocities: np.ndarray   # (S, Jall) as reported (NaN where a message carried none)
     gt_names: list
     gt_points: np.ndarray          # (S, K, 3) base frame
     commands: np.ndarray           # (S, C) command sent at each step (last row repeats the previous)
@@ -98,7 +99,9 @@ def read_demo_bag(path) -> DemoEpisode:
             elif kind == "info" and intr is None:
                 intr = convert.intrinsics_from_camera_info(msg)
             elif kind == "joints":
-                rows["joints"][stamp] = (list(msg.name), np.asarray(msg.position, float))
+                vel = np.asarray(msg.velocity, float)
+                rows["joints"][stamp] = (list(msg.name), np.asarray(msg.position, float),
+                                         vel if len(vel) == len(msg.name) else np.full(len(msg.name), np.nan))
             elif kind == "gt":
                 rows["gt"][stamp] = convert.named_points_to_dict(msg)
     stamps = np.array(sorted(rows["color"]), np.int64)
@@ -117,7 +120,8 @@ def read_demo_bag(path) -> DemoEpisode:
     return DemoEpisode(
         path=path, task=str(meta["task"]), seed=int(meta["seed"]), embodiment=str(meta["embodiment"]),
         instruction=str(meta.get("instruction", "")), stamps_ns=stamps, joint_names=joint_names,
-        joint_positions=np.stack([rows["joints"][s][1] for s in stamps]), gt_names=gt_names,
+        joint_positions=np.stack([rows["joints"][s][1] for s in stamps]),
+        joint_velocities=np.stack([rows["joints"][s][2] for s in stamps]), gt_names=gt_names,
         gt_points=np.stack([[rows["gt"][s][n] for n in gt_names] for s in stamps]).astype(float),
         commands=np.stack(cmds).astype(float), command_names=list(cmd_names),
         color=np.stack([rows["color"][s] for s in stamps]),
@@ -265,13 +269,19 @@ class ExpertSamples:
 
 
 def episode_samples(ep: DemoEpisode, traces: CachedTraces, robot, kinematics, horizon: int,
-                    max_traces: int, gripper_entities, stride: int = 1, action_space: str = "joint"):
+                    max_traces: int, gripper_entities, stride: int = 1, action_space: str = "joint",
+                    state_velocity: bool = False):
     """(state, traces, mask, actions) for every `stride`-th step of one episode. A joint robot's
     actions are its commanded joint targets as offsets from the current joints (`action_space`
     "joint"), or where those targets put the end effector, as offsets from where it is now ("ee"),
     + the gripper command."""
     arm = list(robot.joint_names)
     q_all = np.stack([ep.column(n) for n in arm], axis=1)
+    qd_all = None
+    if state_velocity:
+        qd_all = np.stack([ep.joint_velocities[:, ep.joint_names.index(n)] for n in arm], axis=1)
+        if not np.all(np.isfinite(qd_all)):
+            raise ValueError(f"{ep.path}: --state-velocity needs joint velocities in /joint_states; this bag has none")
     grip_state = ep.column("gripper") if "gripper" in ep.joint_names else np.full(ep.num_steps, -1.0)
     S = ep.num_steps
     last = S - 1
@@ -286,7 +296,7 @@ def episode_samples(ep: DemoEpisode, traces: CachedTraces, robot, kinematics, ho
     for s in range(0, last, stride):
         k = int(np.searchsorted(traces.steps, s, side="right") - 1)
         ee = kinematics.ee_pose(q_all[s])[:3, 3]
-        states.append(state_features(ee, grip_state[s], q_all[s]))
+        states.append(state_features(ee, grip_state[s], q_all[s], None if qd_all is None else qd_all[s]))
         x, v, e = traces.at(k)
         age = (s - traces.steps[k]) * ep.step_period / traces.step_period
         f, m = trace_features(x, v, e, ee, age, gripper_entities, max_traces=max_traces)
@@ -312,7 +322,8 @@ def episode_samples(ep: DemoEpisode, traces: CachedTraces, robot, kinematics, ho
 
 def build_samples(bags, robot, model: str, horizon: int, max_traces: int, trace_every: int,
                   gripper_entities, cache_dir=None, pipeline_factory=None, progress: bool = True,
-                  gripper_query: bool = True, query_mode: str = "objects", action_space: str = "joint") -> ExpertSamples:
+                  gripper_query: bool = True, query_mode: str = "objects", action_space: str = "joint",
+                  state_velocity: bool = False) -> ExpertSamples:
     """Samples from many demo bags (failed demos are skipped)."""
     from tqdm import tqdm
 
@@ -328,7 +339,7 @@ def build_samples(bags, robot, model: str, horizon: int, max_traces: int, trace_
         ct = load_or_make_traces(ep, model, trace_every, cache_dir, pipeline_factory,
                                  robot if gripper_query else None, query_mode)
         st, tr, m, a = episode_samples(ep, ct, robot, kin, horizon, max_traces, gripper_entities,
-                                       action_space=action_space)
+                                       action_space=action_space, state_velocity=state_velocity)
         if action_space == "ee":      # only an "ee" action-space expert holds an orientation
             cmd = ep.commands[:, [ep.command_names.index(n) for n in robot.joint_names]]
             rotation_sum += sum(kin.ee_pose(q)[:3, :3] for q in cmd[::10])

@@ -74,7 +74,7 @@ def train(args) -> Path:
     data = build_samples(bags, robot, model, horizon, args.max_traces, args.trace_every, gripper_entities,
                          cache_dir=args.cache_dir, pipeline_factory=factory, progress=not args.no_progress,
                          gripper_query=not args.no_gripper_query, query_mode=args.queries,
-                         action_space=args.action_space)
+                         action_space=args.action_space, state_velocity=args.state_velocity)
     prep_s = time.time() - t0
     from mu0_policy.model.text import shared_embedder
 
@@ -103,7 +103,8 @@ def train(args) -> Path:
                             gripper_entities=gripper_entities, gripper_query=not args.no_gripper_query,
                             query_mode=args.queries, trace_model_id=_trace_model_id(model, args.no_traces),
                             action_space=args.action_space, self_filter=robot.self_filter_mode,
-                            ee_rotation=data.ee_rotation if args.action_space == "ee" else [])
+                            ee_rotation=data.ee_rotation if args.action_space == "ee" else [],
+                            state_velocity=bool(args.state_velocity))
     net = build_net(cfg)
     n_params = sum(p.numel() for p in net.parameters())
 
@@ -225,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trace-dropout", type=float, default=0.2)
     p.add_argument("--set-dropout", type=float, default=0.05)
     p.add_argument("--state-noise", type=float, default=0.02, help="std of noise on normalised state inputs")
+    p.add_argument("--state-velocity", action="store_true",
+                   help="the expert's state also carries the arm's joint velocities (joint robots)")
     p.add_argument("--balance", choices=("samples", "tasks"), default="samples",
                    help="samples: every demo step equally likely (the bundled recipe); tasks: every task equally "
                         "likely per batch (tasks with fewer or shorter demos are not crowded out)")
