@@ -423,6 +423,19 @@ class SawyerSimEnv:
         self._last_expert_action = out
         return out
 
+    def perturbed_action(self, action: np.ndarray, offset_m) -> np.ndarray:
+        """`action` (the scripted expert's, just returned by expert_action) with the hand's target
+        moved by `offset_m` (base frame, m): what a noise-injected demonstration executes while
+        recording the clean action as its label. sawyer_ee: the offset as mocap units per step;
+        sawyer_joint: IK of the shifted target from the expert's own joints."""
+        a = np.asarray(action, float).copy()
+        off = np.asarray(offset_m, float).reshape(3)
+        if self.embodiment == "sawyer_ee":
+            a[:3] = np.clip(a[:3] + off / self.mw.action_scale, -1.0, 1.0)
+            return a
+        a[:-1] = self.solve_ik(self._ee_target + off, seed_q=a[:-1])
+        return a
+
     def solve_ik(self, target_pos, target_quat_wxyz=_HAND_QUAT_WXYZ, seed_q=None,
                  iterations: int | None = None) -> np.ndarray:
         """Arm joint positions placing the `hand` body at target_pos with target orientation."""

@@ -90,17 +90,39 @@ def record_episode(task: str, seed: int, out_dir, embodiment: str = "sawyer_ee",
                    max_steps: int = 300, post_success_steps: int = 10,
                    camera_motion: CameraMotion | None = None, shadows: bool = False,
                    env: SawyerSimEnv | None = None, name: str | None = None,
-                   overwrite: bool = False) -> Path:
+                   overwrite: bool = False, noise_m: float = 0.0) -> Path:
     """Run the scripted expert for one episode and write it as a bag; returns the bag directory."""
     return record_episode_result(task, seed, out_dir, embodiment, camera, width, height, max_steps,
                                  post_success_steps, camera_motion, shadows, env, name,
-                                 overwrite).path
+                                 overwrite, noise_m).path
+
+
+class HandNoise:
+    """DART-style noise injection (Laskey et al. 2017): a slowly wandering offset of the hand's
+    target (base frame, m; each axis drifts toward a new N(0, std^2) goal drawn every `hold` steps),
+    seeded by the episode seed so a recording and its success check run the same perturbed
+    episode. The demonstration executes the perturbed action and records the expert's clean one:
+    the learner sees states off the expert's path with the expert's correction as the label."""
+
+    def __init__(self, std_m: float, seed: int, hold: int = 25, smoothing: float = 0.1):
+        self.std, self.hold, self.smoothing = float(std_m), int(hold), float(smoothing)
+        self.rng = np.random.default_rng([int(seed), 0xDA27])
+        self.offset = np.zeros(3)
+        self.goal = np.zeros(3)
+        self.k = 0
+
+    def __call__(self) -> np.ndarray:
+        if self.k % self.hold == 0:
+            self.goal = self.rng.normal(0.0, self.std, 3)
+        self.k += 1
+        self.offset += self.smoothing * (self.goal - self.offset)
+        return self.offset.copy()
 
 
 def record_episode_result(task, seed, out_dir, embodiment="sawyer_ee", camera=DEFAULT_CAMERA,
                           width=320, height=240, max_steps=300, post_success_steps=10,
                           camera_motion=None, shadows=False, env=None, name=None,
-                          overwrite=False) -> EpisodeResult:
+                          overwrite=False, noise_m: float = 0.0) -> EpisodeResult:
     from rosbags.rosbag2 import StoragePlugin, Writer
 
     from mu0_ros.convert import (camera_info_from_intrinsics, depth_to_image, dict_to_named_points,
@@ -112,6 +134,9 @@ def record_episode_result(task, seed, out_dir, embodiment="sawyer_ee", camera=DE
         raise ValueError(f"max_steps must be positive, got {max_steps}")
     if int(post_success_steps) < 0:
         raise ValueError(f"post_success_steps must be >= 0, got {post_success_steps}")
+    if not (np.isfinite(noise_m) and noise_m >= 0):
+        raise ValueError(f"noise_m must be >= 0, got {noise_m}")
+    noise = HandNoise(noise_m, seed) if noise_m > 0 else None
     own_env = env is None
     if own_env:
         env = SawyerSimEnv(task, seed=seed, embodiment=embodiment, camera=camera, width=width,
@@ -179,7 +204,7 @@ def record_episode_result(task, seed, out_dir, embodiment="sawyer_ee", camera=DE
             else:
                 put(cmd_key, convert.joint_trajectory_msg(env.robot.command_joints, action,
                                                           STEP_PERIOD_NS * 1e-9, t, store), t)
-            obs = env.step(action)
+            obs = env.step(action if noise is None else env.perturbed_action(action, noise()))
             steps += 1
     wall = time.perf_counter() - t_start
     episode = {
@@ -198,6 +223,7 @@ def record_episode_result(task, seed, out_dir, embodiment="sawyer_ee", camera=DE
         "base_frame": BASE_FRAME, "camera_frame": COLOR_FRAME,
         "step_period": STEP_PERIOD_NS * 1e-9, "start_ns": SIM_START_NS,
         "success": bool(env.ever_succeeded), "num_steps": steps, "num_frames": steps + 1,
+        "hand_noise_m": float(noise_m),
         "joint_names": list(obs.joint_names), "command_joints": list(env.robot.command_joints),
         "command_topic": TOPICS[cmd_key], "point_names": list(obs.point_names),
         "topics": {TOPICS[k]: MSG_TYPES[k] for k in keys},
@@ -276,11 +302,14 @@ def _env_for(job: dict, camera: str) -> SawyerSimEnv:
     return _ENVS[key]
 
 
-def _expert_succeeds(env: SawyerSimEnv, seed: int, max_steps: int) -> bool:
-    """Physics only (no rendering, ~0.2 s): does the scripted expert succeed within max_steps?"""
+def _expert_succeeds(env: SawyerSimEnv, seed: int, max_steps: int, noise_m: float = 0.0) -> bool:
+    """Physics only (no rendering, ~0.2 s): does the scripted expert succeed within max_steps
+    (with the recording's hand noise, the same perturbed episode)?"""
     env.reset(seed, render=False)
+    noise = HandNoise(noise_m, seed) if noise_m > 0 else None
     for _ in range(max_steps):
-        env.step(env.expert_action(), render=False)
+        a = env.expert_action()
+        env.step(a if noise is None else env.perturbed_action(a, noise()), render=False)
         if env.ever_succeeded:
             return True
     return False
@@ -306,7 +335,7 @@ def record_job(job: dict) -> dict:
         names = [job["key"] if v["name"] is None else f"{job['key']}__{v['name']}" for v in views]
         complete = job["resume"] and all((out / n / "episode.json").is_file() for n in names)
         if job["only_success"] and not complete and not _expert_succeeds(
-                _env_for(job, views[0]["camera"]), job["seed"], job["max_steps"]):
+                _env_for(job, views[0]["camera"]), job["seed"], job["max_steps"], job.get("noise_m", 0.0)):
             return finish(status="unsuccessful", success=False)
         steps, success = 0, True
         for v, name in zip(views, names):
@@ -324,7 +353,7 @@ def record_job(job: dict) -> dict:
             r = record_episode_result(job["task"], job["seed"], out, job["embodiment"], v["camera"],
                                       job["width"], job["height"], job["max_steps"], job["post_success_steps"],
                                       env.camera_motion, job["shadows"], env=env, name=name,
-                                      overwrite=job["overwrite"])
+                                      overwrite=job["overwrite"], noise_m=job.get("noise_m", 0.0))
             if v["name"] is not None:   # which view this bag is: episode.json, rewritten atomically
                 ep_path = r.path / "episode.json"
                 ep = json.loads(ep_path.read_text())
@@ -407,6 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--camera-amplitude-deg", type=float, default=12.0)
     p.add_argument("--camera-period-s", type=float, default=4.0)
     p.add_argument("--shadows", action="store_true", help="render shadows (slower)")
+    p.add_argument("--hand-noise", type=float, default=0.0, metavar="M",
+                   help="DART-style noise injection: the hand's target wanders by about M metres (std) "
+                        "while the bag records the expert's clean commands (default 0: plain demos)")
     p.add_argument("--only-success", action="store_true",
                    help="record only episodes whose scripted expert succeeds (checked first without rendering)")
     p.add_argument("--overwrite", action="store_true")
@@ -440,6 +472,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--cameras: {bad or 'none given'} (choose from {CAMERAS})")
         if args.perturbed_views < 0:
             raise ValueError("--perturbed-views must be >= 0")
+        if not (np.isfinite(args.hand_noise) and args.hand_noise >= 0):
+            raise ValueError(f"--hand-noise must be >= 0 metres, got {args.hand_noise}")
         if args.ray_address and args.engine != "ray":
             raise ValueError("--ray-address needs --engine ray")
     except ValueError as e:
@@ -474,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
                              width=w, height=h, max_steps=args.max_steps,
                              post_success_steps=args.post_success_steps, motion=motion, shadows=args.shadows,
                              only_success=args.only_success, resume=args.resume, overwrite=args.overwrite,
+                             noise_m=float(args.hand_noise),
                              out=str(out)))
     results: list[dict] = []
     bar = tqdm(total=len(jobs), desc="episodes", unit="ep")

@@ -74,3 +74,35 @@ def test_cli_records_episodes_with_summary(tmp_path, capsys):
     assert "success" in capsys.readouterr().out
     assert main(["--tasks", "nope", "--out", str(tmp_path)]) == 2
     assert MSG_TYPES["ground_truth"] == "mu0_msgs/msg/NamedPoints"
+
+
+def test_hand_noise_records_the_experts_clean_commands_on_a_perturbed_path(tmp_path, bag):
+    """mu0 record --hand-noise (DART-style): the arm executes the expert's action with its hand target
+    shifted by a wandering offset; the bag's commands are the expert's own clean actions in the states
+    the perturbed arm reached (replayed here step by step with the same seed)."""
+    from mu0_policy.training.expert_data import read_demo_bag
+    from mu0_sim.env import SawyerSimEnv
+    from mu0_sim.record import HandNoise
+
+    noisy = read_demo_bag(record_episode("reach", 2, tmp_path, embodiment="sawyer_joint", camera="corner",
+                                         width=160, height=120, max_steps=80, post_success_steps=3, noise_m=0.03))
+    clean = read_demo_bag(bag)
+    assert json.loads((noisy.path / "episode.json").read_text())["hand_noise_m"] == 0.03
+    n = min(noisy.num_steps, clean.num_steps)
+    assert np.max(np.abs(noisy.joint_positions[:n] - clean.joint_positions[:n])) > 0.02   # another path
+    env = SawyerSimEnv("reach", seed=2, embodiment="sawyer_joint", camera="corner", width=160, height=120,
+                       max_steps=200)
+    env.reset(2, render=False)
+    noise = HandNoise(0.03, 2)
+    offsets = []
+    for k in range(noisy.num_steps - 1):
+        label = env.expert_action()
+        np.testing.assert_allclose(noisy.commands[k], label, atol=1e-9)          # the clean label ...
+        off = noise()
+        executed = env.perturbed_action(label, off)
+        offsets.append(np.linalg.norm(off))
+        env.step(executed, render=False)
+    arm = np.stack([noisy.column(j) for j in env.robot.command_joints[:-1]], axis=1)
+    np.testing.assert_allclose(env.arm_positions(), arm[-1], atol=1e-6)       # the same perturbed episode
+    assert max(offsets) > 0.01                                                    # ... on a perturbed arm
+    env.close()
