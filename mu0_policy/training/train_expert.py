@@ -57,7 +57,11 @@ def train(args) -> Path:
     cv2.setNumThreads(args.threads)
     rng = np.random.default_rng(args.seed)
     robot = load_robot_config(args.robot)
-    bags = sorted(p for p in Path(args.bags).iterdir() if (p / "episode.json").is_file())
+    bags = []
+    for d in (x.strip() for x in str(args.bags).split(",") if x.strip()):
+        if not Path(d).is_dir():
+            raise ValueError(f"--bags: {d} is not a directory")
+        bags += sorted(p for p in Path(d).iterdir() if (p / "episode.json").is_file())
     if args.tasks:
         wanted = {t if t.endswith("-v3") else f"{t}-v3" for t in args.tasks.split(",")}
         bags = [b for b in bags if json.loads((b / "episode.json").read_text())["task"] in wanted]
@@ -197,7 +201,7 @@ def task_balanced_probabilities(sample_tasks) -> np.ndarray:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mu0 train-expert", description=__doc__.split("\n\n")[0])
-    p.add_argument("--bags", required=True, help="directory of demo bags (mu0 record)")
+    p.add_argument("--bags", required=True, help="directory of demo bags (mu0 record); several: DIR,DIR")
     p.add_argument("--robot", required=True, help="robot config YAML the expert will drive")
     p.add_argument("--model", default="checkpoints/mu0_small",
                    help="frozen μ_0 checkpoint (traces are predicted and cached), 'ground_truth', or baseline:<name>")
