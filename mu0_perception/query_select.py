@@ -55,6 +55,8 @@ class QuerySet:
     query_ids: np.ndarray   # (N,) uint32
     pixels: np.ndarray      # (N, 2) float32, u right / v down
     entities: list          # N strings
+    depth: np.ndarray | None = None   # (N,) metres along the optical axis where the query's depth is
+                                      # known without the image (NaN: read it from the image); None: all from the image
 
     def __post_init__(self):
         self.query_ids = np.asarray(self.query_ids, dtype=np.uint32).reshape(-1)
@@ -66,13 +68,18 @@ class QuerySet:
                              f"({len(self.entities)}) must have the same length")
         if len(set(self.query_ids.tolist())) != n:
             raise ValueError("QuerySet.query_ids: ids must be unique")
+        if self.depth is not None:
+            self.depth = np.asarray(self.depth, dtype=np.float32).reshape(-1)
+            if len(self.depth) != n:
+                raise ValueError(f"QuerySet.depth: {len(self.depth)} values for {n} queries")
 
     def __len__(self) -> int:
         return len(self.query_ids)
 
     def subset(self, keep: np.ndarray) -> "QuerySet":
         keep = np.asarray(keep, dtype=bool)
-        return QuerySet(self.query_ids[keep], self.pixels[keep], [e for e, k in zip(self.entities, keep) if k])
+        return QuerySet(self.query_ids[keep], self.pixels[keep], [e for e, k in zip(self.entities, keep) if k],
+                        None if self.depth is None else self.depth[keep])
 
 
 def to_gray(color: np.ndarray) -> np.ndarray:

@@ -68,9 +68,13 @@ def extrinsic_from_list(values, where: str = "camera_to_base") -> RigidTransform
 
 GRIPPER_QUERY_ID = 2 ** 31     # stable id of the kinematics-seeded gripper query (above the tracker's ids)
 
-def gripper_query(ee_position_base, T_base_cam: RigidTransform, intrinsics, entity: str = "gripper") -> QuerySet:
+def gripper_query(ee_position_base, T_base_cam: RigidTransform, intrinsics, entity: str = "gripper",
+                  kinematic_depth: bool = False) -> QuerySet:
     """The gripper as a query: its position from the robot's forward kinematics (base frame)
-    projected into the camera. Empty when it falls outside the image or behind the camera."""
+    projected into the camera. Empty when it falls outside the image or behind the camera. With
+    `kinematic_depth` (robot config `gripper_point.depth: kinematic`) its anchor depth is the
+    kinematic point's, not the image's at that pixel: thin fingers high above the table show the
+    table behind them, and the image put the gripper's trace 20-40 cm from the hand."""
     from mu0_core.camera import project
 
     uv, z = project(T_base_cam.inverse().apply(np.asarray(ee_position_base, float).reshape(1, 3)), intrinsics)
@@ -79,7 +83,8 @@ def gripper_query(ee_position_base, T_base_cam: RigidTransform, intrinsics, enti
         and 0 <= v <= intrinsics.height - 1
     if not inside:
         return QuerySet(np.zeros(0, np.uint32), np.zeros((0, 2), np.float32), [])
-    return QuerySet(np.array([GRIPPER_QUERY_ID], np.uint32), np.array([[u, v]], np.float32), [entity])
+    return QuerySet(np.array([GRIPPER_QUERY_ID], np.uint32), np.array([[u, v]], np.float32), [entity],
+                    np.array([z[0]], np.float32) if kinematic_depth else None)
 
 
 class GripperSeeder:
@@ -132,7 +137,8 @@ class GripperSeeder:
         q, key = self._inputs(T_base_cam, intrinsics)
         if self._query_memo is not None and self._query_memo[0] == key:
             return self._query_memo[1]
-        out = gripper_query(self._link_points(q)[-1], T_base_cam, intrinsics, self.robot.gripper_entity)
+        out = gripper_query(self._link_points(q)[-1], T_base_cam, intrinsics, self.robot.gripper_entity,
+                            self.robot.gripper_depth == "kinematic")
         self._query_memo = (key, out)
         return out
 
@@ -160,7 +166,7 @@ def robot_queries(robot, kinematics, q_arm, T_base_cam: RigidTransform, intrinsi
     forward-kinematics position and the robot's own pixels (`robot_self_mask`), for offline users
     (the expert's training data, the closed-loop evaluator) that hold the joints themselves."""
     points = kinematics.link_points(np.asarray(q_arm, float))     # its last row is the ee position
-    return (gripper_query(points[-1], T_base_cam, intrinsics, robot.gripper_entity),
+    return (gripper_query(points[-1], T_base_cam, intrinsics, robot.gripper_entity, robot.gripper_depth == "kinematic"),
             robot_self_mask(robot, kinematics, q_arm, T_base_cam, intrinsics, depth, points))
 
 
@@ -269,12 +275,17 @@ class TracePipeline:
         # base z axis in the camera frame: column 2 of T's inverse rotation R^T, i.e. row 2 of R
         up = None if T is None else T.rotation[2].copy()
         queries = self.tracker.update(frame.color, frame.depth, frame.intrinsics, up, exclude_mask)
+        known = None     # depths known without the image (the kinematic gripper), NaN elsewhere
         if extra_queries is not None and len(extra_queries):
+            if extra_queries.depth is not None:
+                known = np.concatenate([np.full(len(queries), np.nan, np.float32), extra_queries.depth])
             queries = QuerySet(np.concatenate([queries.query_ids, extra_queries.query_ids]),
                                np.concatenate([queries.pixels, extra_queries.pixels]),
                                [*queries.entities, *extra_queries.entities])
         width, height = frame.intrinsics.width, frame.intrinsics.height
         z = sample_depth_at(frame.depth, queries.pixels) if len(queries) else np.zeros(0, np.float32)
+        if known is not None:
+            z = np.where(np.isfinite(known), known, z).astype(np.float32)
         has_depth = np.isfinite(z) & (z > 0)
         without_depth = int((~has_depth).sum())
         if without_depth:   # a depthless frame is a gap in those queries' history (NaN = invalid step),

@@ -265,3 +265,43 @@ def test_depth_self_filter_keeps_the_arm_and_frees_what_is_seen_behind_it():
         assert (depth_aware & ~robot_px).sum() < 0.75 * (silhouette & ~robot_px).sum()
     finally:
         env.close()
+
+
+def test_kinematic_gripper_depth_puts_the_gripper_trace_on_the_hand(tmp_path):
+    """gripper_point.depth: kinematic. At 160x120 the fingers high above the table are a pixel or
+    two wide and the image depth at the gripper's pixel is the table behind them: the gripper's
+    trace started 20-40 cm from the hand (pick-place, seed 100, reset pose). With the kinematic
+    depth it starts at the forward-kinematics point; the YAML field is validated."""
+    import os
+
+    import yaml
+
+    from mu0_app.eval_policy import PredictedTraces
+    from mu0_core.resources import resolve
+    from mu0_policy.experts.robot_config import RobotConfigError, load_robot_config
+    from mu0_sim.env import SawyerSimEnv
+
+    base = os.path.abspath(str(resolve("config/robots/sim_sawyer_joint.yaml")))
+    kin_yaml = tmp_path / "kin.yaml"
+    kin_yaml.write_text(yaml.safe_dump({"extends": base, "gripper_point": {"depth": "kinematic"}}))
+    env = SawyerSimEnv("pick-place", seed=100, embodiment="sawyer_joint", width=160, height=120)
+    try:
+        obs = env.reset(100, render=True)
+        hand = {}
+        for name, path in (("image", base), ("kinematic", str(kin_yaml))):
+            robot = load_robot_config(path)
+            assert robot.gripper_depth == name
+            src = PredictedTraces("checkpoints/mu0_small", robot=robot)
+            src.reset(env.instruction)
+            tr = src.traces(env, obs)
+            q = np.array([obs.joint_positions[obs.joint_names.index(n)] for n in robot.joint_names])
+            fk = robot.build_kinematics().ee_pose(q)[:3, 3]
+            hand[name] = np.linalg.norm(tr.samples[tr.entities.index(robot.gripper_entity), 0] - fk)
+        assert hand["image"] > 0.1            # the table behind the fingers
+        assert hand["kinematic"] < 0.005      # the hand itself
+    finally:
+        env.close()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"extends": base, "gripper_point": {"depth": "sonar"}}))
+    with pytest.raises(RobotConfigError, match=r"bad.yaml.*gripper_point.depth"):
+        load_robot_config(str(bad))

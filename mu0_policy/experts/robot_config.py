@@ -100,6 +100,8 @@ class RobotConfig:
     kinematics: KinematicsSpec
     safety: SafetySpec
     gripper_entity: str = "gripper"
+    gripper_depth: str = "image"            # gripper_point.depth: the gripper query's anchor depth from
+                                            # the image at its pixel, or from the kinematics ("kinematic")
     camera_to_base: dict | None = None      # {"translation": [3], "quat_xyzw": [4]} or None
     ee_delta: EEDeltaSpec = field(default_factory=EEDeltaSpec)
     description: str = ""
@@ -388,7 +390,8 @@ def robot_config_from_dict(data: dict, path: str = "<dict>") -> RobotConfig:
         command_interface=interface, command_topic=topic, joint_state_topic=js_topic,
         control_rate_hz=rate, chunk_horizon=horizon, chunk_execute=execute,
         expert_name=expert_name, expert_params=dict(params), kinematics=kin, safety=safety,
-        gripper_entity=gp.get("entity", str, "gripper"), camera_to_base=cam, ee_delta=ee,
+        gripper_entity=gp.get("entity", str, "gripper"),
+        gripper_depth=gp.get("depth", str, "image", choices=("image", "kinematic")), camera_to_base=cam, ee_delta=ee,
         description=r.get("description", str, ""), gripper=grip,
         self_filter_radius=sf.get("link_radius", float, 0.07, positive=True),
         self_filter_capsules=[[float(x) for x in c] for c in capsules],

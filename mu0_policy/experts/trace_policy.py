@@ -85,6 +85,8 @@ class TracePolicyConfig:
                                      # queries were selected with for its training traces: it decides
                                      # which objects next to the arm get queries (checkpoints before
                                      # it: projection)
+    gripper_depth: str = "image"     # the gripper query's anchor depth in its training traces (robot
+                                     # config gripper_point.depth; checkpoints before it: image)
     state_velocity: bool = False     # the state also carries the arm's measured joint velocities (a
                                      # PD-driven arm lags its targets: position alone does not say
                                      # whether it is still moving toward them)
@@ -109,6 +111,8 @@ class TracePolicyConfig:
             raise ExpertCheckpointError(path, "policy.action_space", "applies to the joint interface only")
         if cfg.ee_rotation and np.asarray(cfg.ee_rotation, float).shape != (3, 3):
             raise ExpertCheckpointError(path, "policy.ee_rotation", "must be a 3x3 rotation matrix")
+        if cfg.gripper_depth not in ("image", "kinematic"):
+            raise ExpertCheckpointError(path, "policy.gripper_depth", f"must be image or kinematic, got {cfg.gripper_depth!r}")
         if cfg.self_filter not in ("projection", "depth"):
             raise ExpertCheckpointError(path, "policy.self_filter", f"must be projection or depth, got {cfg.self_filter!r}")
         if cfg.head not in ("regression", "flow"):
@@ -426,7 +430,7 @@ class PolicyRunner:
 # their chunks can be averaged tick by tick
 ENSEMBLE_SHARED = ("interface", "joint_names", "action_dim", "state_dim", "horizon", "control_dt", "use_traces", "state_velocity",
                    "max_traces", "trace_offsets", "gripper_entities", "gripper_query", "query_mode",
-                   "trace_model_id", "action_space", "ee_rotation", "self_filter")
+                   "trace_model_id", "action_space", "ee_rotation", "self_filter", "gripper_depth")
 
 
 class EnsembleRunner:
@@ -529,6 +533,10 @@ class TracePolicyExpert(ActionExpert):
             raise ExpertCheckpointError(cfg_file, "policy.control_dt",
                                         f"checkpoint ticks every {cfg.control_dt} s but {robot.path} control.rate_hz gives "
                                         f"{robot.control_dt} s")
+        if cfg.use_traces and cfg.gripper_query and cfg.gripper_depth != robot.gripper_depth:
+            raise ExpertCheckpointError(cfg_file, "policy.gripper_depth",
+                                        f"checkpoint was trained on gripper queries with gripper_point.depth "
+                                        f"{cfg.gripper_depth!r} but {robot.path} sets {robot.gripper_depth!r}")
         if cfg.use_traces and cfg.self_filter != robot.self_filter_mode:
             raise ExpertCheckpointError(cfg_file, "policy.self_filter",
                                         f"checkpoint was trained on queries selected with self_filter.mode "

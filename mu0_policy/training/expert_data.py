@@ -235,6 +235,8 @@ def load_or_make_traces(ep: DemoEpisode, model: str, trace_every: int, cache_dir
         key += ("-gq" if gripper_robot is not None else "") + ("" if query_mode == "automatic" else f"-{query_mode}")
         if gripper_robot is not None and gripper_robot.self_filter_mode != "projection":
             key += f"-sf{gripper_robot.self_filter_mode}"
+        if gripper_robot is not None and gripper_robot.gripper_depth != "image":
+            key += f"-gd{gripper_robot.gripper_depth}"
     path = cache_path(ep.path, key, trace_every, cache_dir)
     if path.is_file():
         z = np.load(path, allow_pickle=False)
