@@ -157,14 +157,15 @@ def test_robot_whose_self_filter_differs_from_the_checkpoints_is_refused(tmp_pat
 
 
 def test_robot_whose_gripper_depth_differs_from_the_checkpoints_is_refused():
-    """gripper_point.depth decides where the gripper's trace starts: the bundled joint expert, trained
-    on image-depth gripper queries, is refused by a robot YAML asking for kinematic depth."""
-    robot = load_robot_config("config/robots/sim_sawyer_joint_mu0base.yaml")
+    """gripper_point.depth decides where the gripper's trace starts: the bundled mu0_small joint
+    expert, trained on image-depth gripper queries, is refused by a robot YAML asking for kinematic
+    depth, naming both."""
+    robot = load_robot_config(JOINT_ROBOT)
     make_expert(robot)
     with pytest.raises(RobotConfigError) as err:
         make_expert(dataclasses.replace(robot, gripper_depth="kinematic"))
     msg = str(err.value)
-    assert "policy.gripper_depth" in msg and "'image'" in msg and "'kinematic'" in msg and "sim_sawyer_joint_mu0base.yaml" in msg
+    assert "policy.gripper_depth" in msg and "'image'" in msg and "'kinematic'" in msg and JOINT_ROBOT in msg
 
 
 def test_bad_expert_checkpoint_fails_naming_file_and_field(tmp_path):
