@@ -119,6 +119,11 @@ class HandNoise:
         return self.offset.copy()
 
 
+def _executed(env, action: np.ndarray, noise: HandNoise | None) -> np.ndarray:
+    """What the arm runs this step for the expert's `action`: the action itself, or with noise."""
+    return action if noise is None else env.perturbed_action(action, noise())
+
+
 def record_episode_result(task, seed, out_dir, embodiment="sawyer_ee", camera=DEFAULT_CAMERA,
                           width=320, height=240, max_steps=300, post_success_steps=10,
                           camera_motion=None, shadows=False, env=None, name=None,
@@ -204,7 +209,7 @@ def record_episode_result(task, seed, out_dir, embodiment="sawyer_ee", camera=DE
             else:
                 put(cmd_key, convert.joint_trajectory_msg(env.robot.command_joints, action,
                                                           STEP_PERIOD_NS * 1e-9, t, store), t)
-            obs = env.step(action if noise is None else env.perturbed_action(action, noise()))
+            obs = env.step(_executed(env, action, noise))
             steps += 1
     wall = time.perf_counter() - t_start
     episode = {
@@ -308,8 +313,7 @@ def _expert_succeeds(env: SawyerSimEnv, seed: int, max_steps: int, noise_m: floa
     env.reset(seed, render=False)
     noise = HandNoise(noise_m, seed) if noise_m > 0 else None
     for _ in range(max_steps):
-        a = env.expert_action()
-        env.step(a if noise is None else env.perturbed_action(a, noise()), render=False)
+        env.step(_executed(env, env.expert_action(), noise), render=False)
         if env.ever_succeeded:
             return True
     return False

@@ -271,10 +271,12 @@ class ExpertRunner:
         (time.monotonic_ns()) for the wall-clock watchdogs; None offline."""
         now_ns = int(now_ns)
         g = self.robot.gripper
+        if g.grasp_hold_s <= 0 or self._grasp_until_ns is not None:
+            return self._tick(now_ns, wall_ns)
         before = self.guard.gripper_hold(g.lower, g.upper)
         cmd = self._tick(now_ns, wall_ns)
-        if g.grasp_hold_s > 0 and self._grasp_until_ns is None and cmd is not None and not cmd.hold \
-                and cmd.gripper is not None and before < 0.5 * (g.lower + g.upper) <= cmd.gripper:
+        if cmd is not None and not cmd.hold and cmd.gripper is not None \
+                and before < 0.5 * (g.lower + g.upper) <= cmd.gripper:
             # the first command that closes the gripper past half-way starts a grasp: the arm stops
             # where it is commanded to be while the fingers shut (a learned expert's arm otherwise
             # runs on at the demonstrations' pace and pushes the object away as the fingers close)

@@ -428,7 +428,7 @@ class PolicyRunner:
 
 # what every member of an ensemble must share: the same inputs mean the same thing to each, and
 # their chunks can be averaged tick by tick
-ENSEMBLE_SHARED = ("interface", "joint_names", "action_dim", "state_dim", "horizon", "control_dt", "use_traces", "state_velocity",
+ENSEMBLE_SHARED = ("interface", "joint_names", "action_dim", "state_dim", "state_velocity", "horizon", "control_dt", "use_traces",
                    "max_traces", "trace_offsets", "gripper_entities", "gripper_query", "query_mode",
                    "trace_model_id", "action_space", "ee_rotation", "self_filter", "gripper_depth")
 
