@@ -115,7 +115,7 @@ class PredictedTraces(TraceSource):
             q = np.array([obs.joint_positions[obs.joint_names.index(n)] for n in self.arm])
             extra, robot_pixels = robot_queries(self.robot, self.kin, q, obs.T_base_cam, obs.intrinsics, obs.depth)
         out = self.pipeline.process(RGBDFrame(obs.stamp_ns, COLOR_FRAME, obs.color, obs.depth, obs.intrinsics),
-                                    extra, robot_pixels)
+                                    extra, robot_pixels, 0 if self.kin is None else self.robot.self_filter_hold_frames)
         if out is None or out.base_traces is None:
             return empty_trace_set(obs.stamp_ns, env.instruction)
         return out.base_traces

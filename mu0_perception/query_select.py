@@ -20,6 +20,12 @@ Queries keep their id while the physical point is followed from frame to frame b
 Lucas-Kanade optical flow, so `QueryHistory` can hand the model each query's past positions
 (the (N, 8, 3) history μ_0 is conditioned on). Lost automatic/grid queries are replaced by new
 ones with fresh ids; lost given queries are simply dropped until new ones are given.
+
+Occlusion by the robot (`update(..., hold_occluded=N)`): a query lost where the robot's own pixels
+now cover it (the object the hand approaches disappears under the hand's silhouette seconds before
+the grasp) is held at its last pixel with its last measured depth (`QuerySet.depth`, so it is not
+read off the hand in front of it) for up to N frames, keeping its id and entity, instead of being
+dropped. It resumes as an ordinary query when optical flow finds it again off the robot.
 Pure numpy + OpenCV; no ROS.
 """
 from __future__ import annotations
@@ -30,6 +36,7 @@ import cv2
 import numpy as np
 
 from mu0_core.camera import CameraIntrinsics
+from mu0_core.query_geometry import depth_at_pixels
 from mu0_core.trace_spec import HISTORY_STEPS
 
 MODES = ("objects", "automatic", "grid", "given")
@@ -147,6 +154,13 @@ def cluster_entities(pixels: np.ndarray, depth: np.ndarray | None, width: int, h
     return [f"cluster_{order[int(label)]}" for label in labels.ravel()]
 
 
+def _extended(queries: QuerySet, ids: np.ndarray, pixels: np.ndarray, entities: list) -> QuerySet:
+    """`queries` plus new ones (their depth read from the image: NaN where `queries` carries depths)."""
+    depth = None if queries.depth is None else np.concatenate([queries.depth, np.full(len(ids), np.nan, np.float32)])
+    return QuerySet(np.concatenate([queries.query_ids, ids]), np.concatenate([queries.pixels, pixels]),
+                    queries.entities + list(entities), depth)
+
+
 class QueryTracker:
     """Keeps a stable, tracked set of queries across frames (see module docstring)."""
 
@@ -176,10 +190,13 @@ class QueryTracker:
         self.objects_refresh_frames = int(objects_refresh_frames)
         self._scene: _Scene | None = None
         self._frame = 0                  # update() calls, the clock of the two caches above
+        self._seen_depth: dict = {}      # query id -> its last measured depth (hold_occluded only)
+        self._held: dict = {}            # query id -> frames it has been held occluded
 
     def reset(self) -> None:
         self._plane, self._plane_retry_at = None, 0
         self._scene, self._frame = None, 0
+        self._seen_depth, self._held = {}, {}
         self.current = QuerySet(np.zeros(0), np.zeros((0, 2)), [])
         self._prev_gray = None
         self._pending_given = None
@@ -326,15 +343,42 @@ class QueryTracker:
         entities = [f"object_{k}" for k, seg in enumerate(per_segment) for _ in range(len(seg))]
         return np.asarray(pixels, np.float32).reshape(-1, 2), entities
 
+    def _hold_occluded(self, previous: QuerySet, followed: QuerySet, exclude_mask: np.ndarray,
+                       max_frames: int) -> QuerySet:
+        """`followed` plus the queries of `previous` lost this frame at a pixel the robot now covers
+        (held there with their last measured depth, at most `max_frames` frames in a row)."""
+        h, w = exclude_mask.shape
+        kept = set(followed.query_ids.tolist())
+        held_ids, held_px, held_ent, held_z = [], [], [], []
+        for qid, px, ent in zip(previous.query_ids.tolist(), previous.pixels, previous.entities):
+            if qid in kept or qid not in self._seen_depth or self._held.get(qid, 0) >= max_frames:
+                continue
+            u, v = int(np.clip(np.rint(px[0]), 0, w - 1)), int(np.clip(np.rint(px[1]), 0, h - 1))
+            if exclude_mask[v, u]:
+                held_ids.append(qid)
+                held_px.append(px)
+                held_ent.append(ent)
+                held_z.append(self._seen_depth[qid])
+        self._held = {q: self._held.get(q, 0) + 1 for q in held_ids}
+        if not held_ids:
+            return followed
+        depth = np.full(len(followed), np.nan, np.float32) if followed.depth is None else followed.depth
+        return QuerySet(np.concatenate([followed.query_ids, np.asarray(held_ids, np.uint32)]),
+                        np.concatenate([followed.pixels, np.asarray(held_px, np.float32).reshape(-1, 2)]),
+                        followed.entities + held_ent, np.concatenate([depth, np.asarray(held_z, np.float32)]))
+
     def update(self, color: np.ndarray, depth: np.ndarray | None, intrinsics=None, up=None,
-               exclude_mask: np.ndarray | None = None) -> QuerySet:
+               exclude_mask: np.ndarray | None = None, hold_occluded: int = 0) -> QuerySet:
         """Queries for this frame (ids stable for points that were followed).
 
         `objects` mode uses `intrinsics` (to lift depth to 3D), `up` (the base frame's z axis in the
         camera frame, from the extrinsic; optional) and `exclude_mask` ((H, W) bool, the robot's own
-        pixels: no query is placed there and followed queries that enter it are dropped)."""
+        pixels: no query is placed there and followed queries that enter it are dropped). With
+        `hold_occluded` > 0 (frames) and an `exclude_mask`, a query lost under the robot is held
+        (module docstring); the returned set's `depth` then carries the held queries' depths."""
         gray = to_gray(color)
         h, w = gray.shape
+        previous = self.current
         if self._pending_given is not None:
             followed, self._pending_given = self._pending_given, None
         else:
@@ -350,6 +394,9 @@ class QueryTracker:
             refreshed = points is not None
             if scene is not None and scene.plane is not None and len(followed):
                 followed = followed.subset(self._on_objects(followed, depth, scene, exclude_mask))
+        remember = int(hold_occluded) > 0 and self.mode != "given"
+        if remember and exclude_mask is not None:
+            followed = self._hold_occluded(previous, followed, exclude_mask, int(hold_occluded))
         if mode == "objects" and len(followed) < self.reseed_fraction * self.max_points:
             fresh, labels = np.zeros((0, 2), np.float32), []
             # seeding needs this frame's whole object mask (the objects move), but the plane and
@@ -362,8 +409,7 @@ class QueryTracker:
                     fresh, labels = self._select_objects(self._object_mask(depth, scene, exclude_mask, points),
                                                          scene.f, followed, self.max_points - len(followed))
             if len(fresh):
-                followed = QuerySet(np.concatenate([followed.query_ids, self._new_ids(len(fresh))]),
-                                    np.concatenate([followed.pixels, fresh]), followed.entities + labels)
+                followed = _extended(followed, self._new_ids(len(fresh)), fresh, labels)
             elif len(followed) == 0:
                 mode = "automatic"      # no surface / nothing on it: corners rather than no queries
         if mode == "automatic" and len(followed) < self.reseed_fraction * self.max_points:
@@ -379,17 +425,20 @@ class QueryTracker:
                 if len(followed):  # a new point joins the entity of its nearest surviving query
                     d = np.linalg.norm(fresh[:, None] - followed.pixels[None], axis=2)
                     labels = [followed.entities[j] for j in d.argmin(axis=1)]
-                followed = QuerySet(np.concatenate([followed.query_ids, self._new_ids(len(fresh))]),
-                                    np.concatenate([followed.pixels, fresh]), followed.entities + labels)
+                followed = _extended(followed, self._new_ids(len(fresh)), fresh, labels)
         elif mode == "grid" and len(followed) < self.grid_rows * self.grid_cols:
             lattice = select_grid(w, h, self.grid_rows, self.grid_cols, self.grid_margin)
             if len(followed):
                 d = np.linalg.norm(lattice[:, None] - followed.pixels[None], axis=2).min(axis=1)
                 lattice = lattice[d > self.min_distance]
             lattice = lattice[: self.grid_rows * self.grid_cols - len(followed)]
-            followed = QuerySet(np.concatenate([followed.query_ids, self._new_ids(len(lattice))]),
-                                np.concatenate([followed.pixels, lattice]),
-                                followed.entities + ["grid"] * len(lattice))
+            followed = _extended(followed, self._new_ids(len(lattice)), lattice, ["grid"] * len(lattice))
+        if remember:      # remember where each visible query was measured, for when the robot covers it
+            visible = np.isnan(followed.depth) if followed.depth is not None else np.ones(len(followed), bool)
+            z = depth_at_pixels(depth, followed.pixels[visible])
+            seen = {q: self._seen_depth[q] for q in followed.query_ids.tolist() if q in self._seen_depth}
+            seen.update({q: float(d) for q, d in zip(followed.query_ids[visible].tolist(), z) if np.isfinite(d) and d > 0})
+            self._seen_depth = seen
         self._prev_gray = gray
         self.current = followed
         self._frame += 1

@@ -259,14 +259,16 @@ class TracePipeline:
         return (time.perf_counter() - start) * 1e3
 
     def process(self, frame: RGBDFrame, extra_queries: QuerySet | None = None,
-                exclude_mask: np.ndarray | None = None) -> PipelineOutput | None:
+                exclude_mask: np.ndarray | None = None, hold_occluded: int = 0) -> PipelineOutput | None:
         """Traces for one frame; None when there is nothing to predict (no instruction / queries).
 
         `extra_queries` are asked about in this frame on top of the tracked ones (e.g. the gripper
         where the robot's kinematics puts it: `gripper_query`); their ids must stay stable across
         frames for their history, and must not collide with the tracker's (use ids >= 2**31).
         `exclude_mask` ((H, W) bool, e.g. `robot_self_mask`) marks pixels where the tracker must not
-        place queries (the robot's own body)."""
+        place queries (the robot's own body); `hold_occluded` (frames; robot config
+        `self_filter.hold_occluded_frames`) holds a query the robot's pixels cover instead of
+        dropping it (`QueryTracker.update`)."""
         if not self.instruction:
             return None
         timings = {}
@@ -274,11 +276,14 @@ class TracePipeline:
         T = self.config.camera_to_base
         # base z axis in the camera frame: column 2 of T's inverse rotation R^T, i.e. row 2 of R
         up = None if T is None else T.rotation[2].copy()
-        queries = self.tracker.update(frame.color, frame.depth, frame.intrinsics, up, exclude_mask)
-        known = None     # depths known without the image (the kinematic gripper), NaN elsewhere
+        queries = self.tracker.update(frame.color, frame.depth, frame.intrinsics, up, exclude_mask, hold_occluded)
+        # depths known without the image (a query held under the robot, the kinematic gripper), NaN elsewhere
+        known = queries.depth
         if extra_queries is not None and len(extra_queries):
-            if extra_queries.depth is not None:
-                known = np.concatenate([np.full(len(queries), np.nan, np.float32), extra_queries.depth])
+            if known is not None or extra_queries.depth is not None:
+                own = known if known is not None else np.full(len(queries), np.nan, np.float32)
+                other = extra_queries.depth if extra_queries.depth is not None else np.full(len(extra_queries), np.nan, np.float32)
+                known = np.concatenate([own, other])
             queries = QuerySet(np.concatenate([queries.query_ids, extra_queries.query_ids]),
                                np.concatenate([queries.pixels, extra_queries.pixels]),
                                [*queries.entities, *extra_queries.entities])

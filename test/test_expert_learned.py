@@ -168,6 +168,18 @@ def test_robot_whose_gripper_depth_differs_from_the_checkpoints_is_refused():
     assert "policy.gripper_depth" in msg and "'image'" in msg and "'kinematic'" in msg and JOINT_ROBOT in msg
 
 
+def test_robot_whose_occlusion_hold_differs_from_the_checkpoints_is_refused():
+    """self_filter.hold_occluded_frames decides which queries exist while the hand covers an object:
+    the bundled joint expert (trained without the hold) is refused by a robot YAML that holds them,
+    naming the field, both values and the YAML."""
+    robot = load_robot_config(JOINT_ROBOT)
+    with pytest.raises(RobotConfigError) as err:
+        make_expert(dataclasses.replace(robot, self_filter_hold_frames=10))
+    msg = str(err.value)
+    assert "policy.hold_occluded" in msg and "held 0 frames" in msg and "hold_occluded_frames 10" in msg
+    assert JOINT_ROBOT in msg
+
+
 def test_bad_expert_checkpoint_fails_naming_file_and_field(tmp_path):
     d, _ = _tiny_checkpoint(tmp_path, True)
     doc = json.loads((d / "config.json").read_text())

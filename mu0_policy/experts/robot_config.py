@@ -114,6 +114,9 @@ class RobotConfig:
                                              # "depth": only the pixels whose measured point lies inside
                                              # a capsule (+ self_filter_depth_margin), see tabletop.capsules_mask
     self_filter_depth_margin: float = 0.02
+    self_filter_hold_frames: int = 0         # self_filter.hold_occluded_frames: a query the robot's pixels
+                                             # cover is held (last pixel, last depth) this many frames
+                                             # instead of dropped (QueryTracker.update); 0 = off
 
     @property
     def control_dt(self) -> float:
@@ -397,4 +400,5 @@ def robot_config_from_dict(data: dict, path: str = "<dict>") -> RobotConfig:
         self_filter_capsules=[[float(x) for x in c] for c in capsules],
         self_filter_mode=sf_mode,
         self_filter_depth_margin=sf.get("depth_margin", float, 0.02, positive=True),
+        self_filter_hold_frames=sf.get("hold_occluded_frames", int, 0, nonneg=True),
     )

@@ -87,6 +87,8 @@ class TracePolicyConfig:
                                      # it: projection)
     gripper_depth: str = "image"     # the gripper query's anchor depth in its training traces (robot
                                      # config gripper_point.depth; checkpoints before it: image)
+    hold_occluded: int = 0           # robot config self_filter.hold_occluded_frames its training traces'
+                                     # queries were selected with (checkpoints before it: 0)
     state_velocity: bool = False     # the state also carries the arm's measured joint velocities (a
                                      # PD-driven arm lags its targets: position alone does not say
                                      # whether it is still moving toward them)
@@ -115,6 +117,8 @@ class TracePolicyConfig:
             raise ExpertCheckpointError(path, "policy.gripper_depth", f"must be image or kinematic, got {cfg.gripper_depth!r}")
         if cfg.self_filter not in ("projection", "depth"):
             raise ExpertCheckpointError(path, "policy.self_filter", f"must be projection or depth, got {cfg.self_filter!r}")
+        if isinstance(cfg.hold_occluded, bool) or not isinstance(cfg.hold_occluded, int) or cfg.hold_occluded < 0:
+            raise ExpertCheckpointError(path, "policy.hold_occluded", f"must be an integer >= 0, got {cfg.hold_occluded!r}")
         if cfg.head not in ("regression", "flow"):
             raise ExpertCheckpointError(path, "policy.head", f"must be regression or flow, got {cfg.head!r}")
         for k in ("action_dim", "state_dim", "horizon", "dim", "layers", "heads", "max_traces"):
@@ -430,7 +434,7 @@ class PolicyRunner:
 # their chunks can be averaged tick by tick
 ENSEMBLE_SHARED = ("interface", "joint_names", "action_dim", "state_dim", "state_velocity", "horizon", "control_dt", "use_traces",
                    "max_traces", "trace_offsets", "gripper_entities", "gripper_query", "query_mode",
-                   "trace_model_id", "action_space", "ee_rotation", "self_filter", "gripper_depth")
+                   "trace_model_id", "action_space", "ee_rotation", "self_filter", "gripper_depth", "hold_occluded")
 
 
 class EnsembleRunner:
@@ -541,6 +545,11 @@ class TracePolicyExpert(ActionExpert):
             raise ExpertCheckpointError(cfg_file, "policy.self_filter",
                                         f"checkpoint was trained on queries selected with self_filter.mode "
                                         f"{cfg.self_filter!r} but {robot.path} sets {robot.self_filter_mode!r}")
+        if cfg.use_traces and cfg.hold_occluded != robot.self_filter_hold_frames:
+            raise ExpertCheckpointError(cfg_file, "policy.hold_occluded",
+                                        f"checkpoint was trained on queries held {cfg.hold_occluded} frames under the "
+                                        f"robot but {robot.path} sets self_filter.hold_occluded_frames "
+                                        f"{robot.self_filter_hold_frames}")
         if robot.chunk_horizon > cfg.horizon:
             raise ExpertCheckpointError(cfg_file, "policy.horizon",
                                         f"checkpoint predicts {cfg.horizon} ticks but {robot.path} control.chunk_horizon "

@@ -416,7 +416,8 @@ class Mu0Node(LifecycleNode):
                 extra = self.gripper_seeder.query(pipeline.config.camera_to_base, frame.intrinsics)
                 robot_pixels = self.gripper_seeder.self_mask(pipeline.config.camera_to_base, frame.intrinsics,
                                                              frame.depth)
-        out = pipeline.process(frame, extra, robot_pixels)
+        out = pipeline.process(frame, extra, robot_pixels,
+                               0 if self.gripper_seeder is None else self.gripper_seeder.robot.self_filter_hold_frames)
         if out is None:
             self.monitor.count("frames_without_queries")
             return

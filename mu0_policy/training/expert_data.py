@@ -205,7 +205,7 @@ def predicted_traces(ep: DemoEpisode, pipeline, trace_every: int, robot=None) ->
         if kin is not None:
             extra, robot_pixels = robot_queries(robot, kin, ep.joint_positions[s, arm], ep.T_base_cam, ep.intrinsics,
                                                 ep.depth[s])
-        out = pipeline.process(frame, extra, robot_pixels)
+        out = pipeline.process(frame, extra, robot_pixels, 0 if robot is None else robot.self_filter_hold_frames)
         steps.append(s)
         if out is None or out.base_traces is None:
             sets.append((np.zeros((0, 1, 3)), np.zeros((0, 1)), []))
@@ -237,6 +237,8 @@ def load_or_make_traces(ep: DemoEpisode, model: str, trace_every: int, cache_dir
             key += f"-sf{gripper_robot.self_filter_mode}"
         if gripper_robot is not None and gripper_robot.gripper_depth != "image":
             key += f"-gd{gripper_robot.gripper_depth}"
+        if gripper_robot is not None and gripper_robot.self_filter_hold_frames:
+            key += f"-ho{gripper_robot.self_filter_hold_frames}"
     path = cache_path(ep.path, key, trace_every, cache_dir)
     if path.is_file():
         z = np.load(path, allow_pickle=False)

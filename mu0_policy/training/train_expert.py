@@ -107,7 +107,7 @@ def train(args) -> Path:
                             gripper_entities=gripper_entities, gripper_query=not args.no_gripper_query,
                             query_mode=args.queries, trace_model_id=_trace_model_id(model, args.no_traces),
                             action_space=args.action_space, self_filter=robot.self_filter_mode,
-                            gripper_depth=robot.gripper_depth,
+                            gripper_depth=robot.gripper_depth, hold_occluded=robot.self_filter_hold_frames,
                             ee_rotation=data.ee_rotation if args.action_space == "ee" else [],
                             state_velocity=bool(args.state_velocity))
     net = build_net(cfg)
