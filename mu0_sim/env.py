@@ -270,6 +270,17 @@ class SawyerSimEnv:
         names = ["gripper", *[f"obj_{i}" for i in range(len(objs))]]
         return names, self.T_world_base.inverse().apply(pts)
 
+    def visible_goal(self) -> np.ndarray | None:
+        """The task's goal (base frame) when the scene shows it (a `goal` site drawn in the image:
+        reach / push / pick-place / drawer / door / window), else None (button-press has none)."""
+        try:
+            site = self.model.site("goal")
+        except KeyError:
+            return None
+        if site.rgba[3] <= 0:
+            return None
+        return self.T_world_base.inverse().apply(np.asarray(self.mw._target_pos, float).reshape(1, 3))[0]
+
     def gripper_closure(self) -> float:
         """Finger closure mapped to the gripper command range: -1 open, +1 closed."""
         q = self.data.qpos[self._grip_qadr]
@@ -521,9 +532,12 @@ class SawyerSimEnv:
 
     def oracle_future(self, horizon: int) -> tuple[list[str], np.ndarray]:
         """Ground-truth points over the next `horizon` steps if the scripted expert acted from
-        here: (names, (K, horizon + 1, 3) base frame). The env is left exactly as it was."""
+        here: (names, (K, horizon + 1, 3) base frame), the goal last (entity `goal`, still) where
+        the scene shows it: μ_0's queries find the drawn goal marker, so the oracle, the upper bound
+        of what traces can tell an expert, must not hide it. The env is left exactly as it was."""
         snap = self.snapshot()
         names, now = self.ground_truth()
+        goal = self.visible_goal()
         out = [now]
         try:
             self._anchor_scripted_state()
@@ -535,7 +549,11 @@ class SawyerSimEnv:
                 out.append(self.ground_truth()[1])
         finally:
             self.restore(snap)
-        return names, np.transpose(np.stack(out), (1, 0, 2))
+        future = np.transpose(np.stack(out), (1, 0, 2))
+        if goal is not None:
+            names = [*names, "goal"]
+            future = np.concatenate([future, np.broadcast_to(goal, (1, future.shape[1], 3))], axis=0)
+        return names, future
 
     def close(self) -> None:
         if self.renderer is not None:

@@ -229,6 +229,7 @@ def record_episode_result(task, seed, out_dir, embodiment="sawyer_ee", camera=DE
         "step_period": STEP_PERIOD_NS * 1e-9, "start_ns": SIM_START_NS,
         "success": bool(env.ever_succeeded), "num_steps": steps, "num_frames": steps + 1,
         "hand_noise_m": float(noise_m),
+        "goal_base": None if env.visible_goal() is None else [float(x) for x in env.visible_goal()],
         "joint_names": list(obs.joint_names), "command_joints": list(env.robot.command_joints),
         "command_topic": TOPICS[cmd_key], "point_names": list(obs.point_names),
         "topics": {TOPICS[k]: MSG_TYPES[k] for k in keys},

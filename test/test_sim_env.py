@@ -69,6 +69,24 @@ def test_joint_demonstrator_keeps_a_fist_closed_from_the_first_step():
     assert gated[0][0] > 0.0 and [c for c, _ in gated] == [c for c, _ in ungated]
 
 
+@pytest.mark.parametrize("task", ["push", "button-press"])
+def test_ground_truth_future_carries_the_goal_the_scene_draws(task):
+    """The oracle's traces include the goal marker the camera sees (μ_0's queries find it), still,
+    as entity `goal`; button-press draws none, so it has none."""
+    env = SawyerSimEnv(task, seed=3, embodiment="sawyer_joint", render=False)
+    try:
+        names, future = env.oracle_future(8)
+        if task == "button-press":
+            assert env.visible_goal() is None and "goal" not in names
+            return
+        goal = env.visible_goal()
+        np.testing.assert_allclose(goal, np.asarray(env.mw._target_pos, float))   # T_world_base = I
+        assert names[-1] == "goal" and future.shape == (len(names), 9, 3)
+        np.testing.assert_allclose(future[-1], np.broadcast_to(goal, (9, 3)))
+    finally:
+        env.close()
+
+
 @pytest.mark.parametrize("dq", [[0.0, 0.3, 0.0, -0.3, 0.0, 0.0, 0.0], [0.2, 0.3, 0.0, -0.3, 0.0, 0.0, 0.0]])
 def test_ground_truth_future_starts_from_where_another_controller_left_the_arm(dq):
     """The ground-truth-trace baseline: a learned expert drives the arm, then the oracle rolls the

@@ -44,6 +44,31 @@ def test_bag_read_by_rosbags_anyreader(bag):
     assert len(meta["T_base_cam"]["quat_xyzw"]) == 4 and meta["step_period"] == 0.0125
 
 
+def test_ground_truth_traces_carry_the_recorded_goal_also_for_bags_recorded_before_it(bag, tmp_path):
+    """episode.json records the goal the scene draws; the oracle traces a ground-truth expert trains
+    on carry it (still, entity `goal`), and a bag recorded before the field existed gets the same
+    goal from the sim's task and seed."""
+    import shutil
+
+    from mu0_policy.training.expert_data import ground_truth_traces, read_demo_bag
+    from mu0_sim.env import SawyerSimEnv
+
+    meta = json.loads((bag / "episode.json").read_text())
+    env = SawyerSimEnv("reach", seed=2, embodiment="sawyer_joint", render=False)
+    np.testing.assert_allclose(meta["goal_base"], env.visible_goal())
+    env.close()
+    ep = read_demo_bag(bag)
+    traces = ground_truth_traces(ep, trace_every=8)
+    x, v, names = traces.at(1)
+    assert names == ["gripper", "obj_0", "goal"]
+    np.testing.assert_allclose(x[2], np.broadcast_to(meta["goal_base"], x[2].shape), atol=1e-6)
+    old = tmp_path / bag.name
+    shutil.copytree(bag, old)
+    del meta["goal_base"]
+    (old / "episode.json").write_text(json.dumps(meta))
+    np.testing.assert_allclose(read_demo_bag(old).goal, ep.goal)
+
+
 def test_bag_read_by_mcap_ros2(bag):
     from mcap_ros2.reader import read_ros2_messages
 

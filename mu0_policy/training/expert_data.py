@@ -49,6 +49,7 @@ class DemoEpisode:
     T_base_cam: object             # RigidTransform
     step_period: float
     success: bool
+    goal: np.ndarray | None = None # (3,) the goal the scene shows (base frame), None: no goal drawn
 
     @property
     def num_steps(self) -> int:
@@ -127,7 +128,28 @@ def read_demo_bag(path) -> DemoEpisode:
         color=np.stack([rows["color"][s] for s in stamps]),
         depth=np.stack([rows["depth"][s] for s in stamps]).astype(np.float32), intrinsics=intr,
         T_base_cam=RigidTransform.from_quat_xyzw(meta["T_base_cam"]["quat_xyzw"], meta["T_base_cam"]["translation"]),
-        step_period=float(meta["step_period"]), success=bool(meta.get("success", True)))
+        step_period=float(meta["step_period"]), success=bool(meta.get("success", True)),
+        goal=_episode_goal(meta, meta_path))
+
+
+def _episode_goal(meta: dict, meta_path: Path) -> np.ndarray | None:
+    """episode.json's `goal_base`; bags recorded before it was written get the goal of the same
+    task and seed from the sim (Meta-World places it by the seed alone)."""
+    if "goal_base" in meta:
+        goal = meta["goal_base"]
+        if goal is None:
+            return None
+        goal = np.asarray(goal, float)
+        if goal.shape != (3,) or not np.all(np.isfinite(goal)):
+            raise ValueError(f"{meta_path}: field 'goal_base' must be 3 finite numbers or null, got {meta['goal_base']!r}")
+        return goal
+    from mu0_sim.env import SawyerSimEnv
+
+    env = SawyerSimEnv(str(meta["task"]), seed=int(meta["seed"]), embodiment=str(meta["embodiment"]), render=False)
+    try:
+        return env.visible_goal()
+    finally:
+        env.close()
 
 
 # ------------------------------------------------------------------------------------------ traces
@@ -162,13 +184,17 @@ def _pad(sets, horizon):
 
 
 def ground_truth_traces(ep: DemoEpisode, trace_every: int, horizon: int = 32) -> CachedTraces:
-    """Oracle traces: each ground-truth point's real future over the next `horizon` steps."""
+    """Oracle traces: each ground-truth point's real future over the next `horizon` steps, and the
+    goal the scene shows (still; entity `goal`), as `SawyerSimEnv.oracle_future` gives them."""
     steps = np.arange(0, ep.num_steps, trace_every)
+    names = list(ep.gt_names) + ([] if ep.goal is None else ["goal"])
     sets = []
     for s in steps:
         idx = np.minimum(s + np.arange(horizon + 1), ep.num_steps - 1)
         x = np.transpose(ep.gt_points[idx], (1, 0, 2))           # (K, H+1, 3)
-        sets.append((x, np.ones(x.shape[:2], np.float32), list(ep.gt_names)))
+        if ep.goal is not None:
+            x = np.concatenate([x, np.broadcast_to(ep.goal, (1, horizon + 1, 3))], axis=0)
+        sets.append((x, np.ones(x.shape[:2], np.float32), names))
     counts, samples, validity, entities = _pad(sets, horizon)
     return CachedTraces(steps, counts, samples, validity, entities, ep.step_period)
 
@@ -231,7 +257,9 @@ def load_or_make_traces(ep: DemoEpisode, model: str, trace_every: int, cache_dir
     own pixels are kept free of queries. `query_mode` (the pipeline's) and the robot's self-filter
     mode are part of the cache key."""
     key = model_key(model)
-    if model != GT_MODEL:
+    if model == GT_MODEL:
+        key += "-goal"        # oracle sets with the drawn goal (earlier caches lack it)
+    else:
         key += ("-gq" if gripper_robot is not None else "") + ("" if query_mode == "automatic" else f"-{query_mode}")
         if gripper_robot is not None and gripper_robot.self_filter_mode != "projection":
             key += f"-sf{gripper_robot.self_filter_mode}"
