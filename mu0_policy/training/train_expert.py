@@ -116,6 +116,7 @@ def train(args) -> Path:
     state = torch.from_numpy((data.state - s_mean) / s_std)
     traces = torch.from_numpy(np.where(data.mask[..., None], (data.traces - t_mean) / t_std, 0.0).astype(np.float32))
     mask = torch.from_numpy(data.mask)
+    is_gripper = torch.from_numpy(data.traces[..., -1] > 0.5)      # the trace tokens' gripper flag
     text = torch.from_numpy(text_emb[data.text_index])
     target = torch.from_numpy(((data.actions - a_mean) / a_std).reshape(B, -1).astype(np.float32))
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
@@ -133,7 +134,10 @@ def train(args) -> Path:
         if train_mode:
             keep = torch.rand(m.shape) >= args.trace_dropout
             whole = torch.rand(m.shape[0], 1) >= args.set_dropout
-            m = m & keep & whole
+            # the gripper's own trace says where the hand goes next; dropped more often, the expert
+            # has to read where the objects are (see --gripper-trace-dropout)
+            hand = ~(is_gripper[idx] & (torch.rand(m.shape[0], 1) < args.gripper_trace_dropout))
+            m = m & keep & whole & hand
         return m
 
     def val_loss():
@@ -230,6 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=300)
     p.add_argument("--trace-dropout", type=float, default=0.2)
     p.add_argument("--set-dropout", type=float, default=0.05)
+    p.add_argument("--gripper-trace-dropout", type=float, default=0.0,
+                   help="probability per sample of also masking the gripper's own trace: an expert that "
+                        "always has it learns to follow μ_0's predicted hand path and ignore the objects "
+                        "(the puck's position moved its plan by <= 1 cm of 5)")
     p.add_argument("--state-noise", type=float, default=0.02, help="std of noise on normalised state inputs")
     p.add_argument("--state-velocity", action="store_true",
                    help="the expert's state also carries the arm's joint velocities (joint robots)")
