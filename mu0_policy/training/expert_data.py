@@ -49,7 +49,16 @@ class DemoEpisode:
     T_base_cam: object             # RigidTransform
     step_period: float
     success: bool
-    goal: np.ndarray | None = None # (3,) the goal the scene shows (base frame), None: no goal drawn
+    recorded_goal: np.ndarray | None = None   # episode.json goal_base (base frame); None: no goal drawn
+    goal_recorded: bool = True     # False: a bag from before goal_base; `goal` asks the sim, once
+
+    @property
+    def goal(self) -> np.ndarray | None:
+        """The goal the scene shows (base frame), None where it draws none. Only the ground-truth
+        traces need it, so an old bag's goal is looked up in the sim on first use, not on every read."""
+        if not self.goal_recorded:
+            self.recorded_goal, self.goal_recorded = _sim_goal(self.task, self.seed, self.embodiment), True
+        return self.recorded_goal
 
     @property
     def num_steps(self) -> int:
@@ -129,23 +138,25 @@ def read_demo_bag(path) -> DemoEpisode:
         depth=np.stack([rows["depth"][s] for s in stamps]).astype(np.float32), intrinsics=intr,
         T_base_cam=RigidTransform.from_quat_xyzw(meta["T_base_cam"]["quat_xyzw"], meta["T_base_cam"]["translation"]),
         step_period=float(meta["step_period"]), success=bool(meta.get("success", True)),
-        goal=_episode_goal(meta, meta_path))
+        recorded_goal=_recorded_goal(meta, meta_path), goal_recorded="goal_base" in meta)
 
 
-def _episode_goal(meta: dict, meta_path: Path) -> np.ndarray | None:
-    """episode.json's `goal_base`; bags recorded before it was written get the goal of the same
-    task and seed from the sim (Meta-World places it by the seed alone)."""
-    if "goal_base" in meta:
-        goal = meta["goal_base"]
-        if goal is None:
-            return None
-        goal = np.asarray(goal, float)
-        if goal.shape != (3,) or not np.all(np.isfinite(goal)):
-            raise ValueError(f"{meta_path}: field 'goal_base' must be 3 finite numbers or null, got {meta['goal_base']!r}")
-        return goal
+def _recorded_goal(meta: dict, meta_path: Path) -> np.ndarray | None:
+    """episode.json's `goal_base` (None when absent or null), validated."""
+    goal = meta.get("goal_base")
+    if goal is None:
+        return None
+    goal = np.asarray(goal, float)
+    if goal.shape != (3,) or not np.all(np.isfinite(goal)):
+        raise ValueError(f"{meta_path}: field 'goal_base' must be 3 finite numbers or null, got {meta['goal_base']!r}")
+    return goal
+
+
+def _sim_goal(task: str, seed: int, embodiment: str) -> np.ndarray | None:
+    """The goal of a task and seed from the sim (Meta-World places it by the seed alone)."""
     from mu0_sim.env import SawyerSimEnv
 
-    env = SawyerSimEnv(str(meta["task"]), seed=int(meta["seed"]), embodiment=str(meta["embodiment"]), render=False)
+    env = SawyerSimEnv(task, seed=seed, embodiment=embodiment, render=False)
     try:
         return env.visible_goal()
     finally:
